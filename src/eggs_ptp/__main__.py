@@ -1,0 +1,3 @@
+from eggs_ptp.cli import main
+
+main()

@@ -1,0 +1,211 @@
+"""``eggs-ptp prune | eval | verify``: thin wrappers over the Python API.
+
+User errors (bad patterns, missing models, short texts, existing outputs, NaN activations) are
+printed as one ``error:`` line and exit with status 2; ``verify`` exits 1 when a layer breaks its
+pattern. Set ``EGGS_PTP_TRACEBACK=1`` to see the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import torch
+
+from eggs_ptp.config import PruneConfig
+from eggs_ptp.selectors import RULES
+from eggs_ptp.data import DEFAULT_TEXT
+from eggs_ptp.methods import method_help, method_names
+from eggs_ptp.models import DEFAULT_MODEL
+from eggs_ptp.walk import NonFiniteActivationError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_USER_ERRORS = (ValueError, NonFiniteActivationError, FloatingPointError)
+
+
+def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the package's user-facing errors into one line on stderr and exit status 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except _USER_ERRORS as error:
+            if os.environ.get("EGGS_PTP_TRACEBACK"):
+                raise
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _emit_json(enabled: bool, payload: dict[str, Any]) -> None:
+    if enabled:
+        click.echo(json.dumps(payload, default=str))
+
+
+def _methods_help() -> str:
+    return "; ".join(f"{name}: {method_help(name)}" for name in method_names())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+def main(verbose: bool) -> None:
+    """Prune Hugging Face causal LMs to N:M sparsity with EGGS-PTP and its baselines.
+
+    MODEL is the embedded default's short name (smollm2-135m), a hub id, or a local folder.
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _load(model: str, dtype: str):
+    from eggs_ptp.models import load_model
+
+    return load_model(model, _DTYPES[dtype])
+
+
+def _eval_perplexity(loaded, text: str, windows: int | None, seqlen: int, quiet: bool):
+    from eggs_ptp.api import effective_seqlen
+    from eggs_ptp.data import load_text
+    from eggs_ptp.data.calibration import tokenize
+    from eggs_ptp.eval import perplexity
+
+    source = load_text(text, "evaluation")
+    seqlen = effective_seqlen(loaded.model, loaded.tokenizer, seqlen)
+    tokens = tokenize(loaded.tokenizer, source.text)
+    return tokens, source, seqlen, (lambda model: perplexity(model, tokens, seqlen, windows, source.description, not quiet))
+
+
+@main.command()
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True, help="Folder for the pruned checkpoint.")
+@click.option("--method", type=click.Choice(method_names()), default="eggs", show_default=True, help=_methods_help())
+@click.option("--pattern", default=None, help="N:M, keep N of every M along the input dimension [default: 2:4].")
+@click.option("--sparsity", type=float, default=None, help="Unstructured: prune this fraction of each output row instead of N:M.")
+@click.option("--b", "b", type=int, default=PruneConfig.b, show_default=True, help="EGGS: kept weights every input channel keeps per tile (0 = RIA).")
+@click.option("--rule", type=click.Choice(RULES), default=PruneConfig.rule, show_default=True, help="EGGS selection rule.")
+@click.option("--tile-height", type=int, default=PruneConfig.tile_height, show_default=True, help="EGGS: rows per tile, a multiple of M.")
+@click.option("--alpha", type=float, default=PruneConfig.alpha, show_default=True, help="RIA/EGGS: exponent of the activation norm.")
+@click.option("--nsamples", type=int, default=PruneConfig.nsamples, show_default=True, help="Calibration windows.")
+@click.option("--seqlen", type=int, default=PruneConfig.seqlen, show_default=True, help="Tokens per calibration window (capped by the model's context).")
+@click.option("--seed", type=int, default=PruneConfig.seed, show_default=True, help="Seed of the calibration window starts.")
+@click.option("--calib", default=DEFAULT_TEXT, show_default=True, help="Calibration text: 'wiki' (embedded), a .txt/.jsonl file, or hf:DATASET[:CONFIG[:SPLIT]].")
+@click.option("--include", multiple=True, help="Only prune layers whose name matches this glob (repeatable), e.g. '*.mlp.*'.")
+@click.option("--exclude", multiple=True, help="Never prune layers whose name matches this glob (repeatable).")
+@click.option("--damping", type=float, default=PruneConfig.damping, show_default=True, help="SparseGPT: Hessian damping, a fraction of its mean diagonal.")
+@click.option("--blocksize", type=int, default=PruneConfig.blocksize, show_default=True, help="SparseGPT: columns per update block.")
+@click.option("--dtype", type=click.Choice(list(_DTYPES)), default="float32", show_default=True, help="Dtype to load and prune the model in.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new checkpoint is complete).")
+@click.option("--eval/--no-eval", "evaluate", default=False, show_default=True, help="Measure dense and pruned perplexity side by side.")
+@click.option("--eval-text", default=DEFAULT_TEXT, show_default=True, help="Evaluation text ('wiki' = the held-out split).")
+@click.option("--eval-windows", type=int, default=None, help="Evaluation windows [default: all of the text].")
+@click.option("--eval-seqlen", type=int, default=None, help="Evaluation context length [default: --seqlen].")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_user_errors
+def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: float | None, b: int, rule: str,
+          tile_height: int, alpha: float, nsamples: int, seqlen: int, seed: int, calib: str,
+          include: tuple[str, ...], exclude: tuple[str, ...], damping: float, blocksize: int, dtype: str,
+          overwrite: bool, evaluate: bool, eval_text: str, eval_windows: int | None, eval_seqlen: int | None,
+          as_json: bool, quiet: bool) -> None:
+    """Prune MODEL and save it, dense with zeros, with sparsity.json, to OUTPUT.
+
+    \b
+    Example:
+      eggs-ptp prune smollm2-135m -o smollm2-2of4 --method eggs --pattern 2:4 --eval
+    """
+    from eggs_ptp.api import prune as prune_model
+    from eggs_ptp.formats import check_output_target, save_pruned
+
+    if pattern is not None and sparsity is not None:
+        raise click.UsageError("give --pattern or --sparsity, not both")
+    config = PruneConfig(
+        method=method, pattern=pattern or (str(sparsity) if sparsity is not None else "2:4"), b=b, rule=rule,
+        tile_height=tile_height, alpha=alpha, nsamples=nsamples, seqlen=seqlen, seed=seed, calib=calib,
+        include=include, exclude=exclude, damping=damping, blocksize=blocksize,
+    )
+    check_output_target(output, overwrite)
+    settings = ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in ("type", "schema_version"))
+    click.echo(f"model={model} dtype={dtype} | {settings}")
+    loaded = _load(model, dtype)
+    dense = None
+    if evaluate:
+        _, _, used_seqlen, measure = _eval_perplexity(loaded, eval_text, eval_windows, eval_seqlen or seqlen, quiet)
+        dense = measure(loaded.model)
+    pruned_model, report = prune_model(
+        loaded.model, loaded.tokenizer, config, progress=not quiet,
+        model_info={"source": loaded.source, "location": loaded.location, "revision": loaded.revision},
+    )
+    summary = report.summary()
+    payload: dict[str, Any] = {"output": str(output), "method": config.method, "pattern": config.pattern, **summary}
+    if evaluate:
+        pruned = measure(pruned_model)
+        report.model["perplexity"] = {"dense": dense.to_dict(), "pruned": pruned.to_dict()}
+        payload["perplexity"] = {"dense": dense.perplexity, "pruned": pruned.perplexity,
+                                 "seqlen": used_seqlen, "windows": pruned.windows, "tokens": pruned.tokens,
+                                 "text": pruned.text}
+    save_pruned(pruned_model, loaded.tokenizer, report, output, overwrite)
+    click.echo(
+        f"pruned {summary['pruned_layers']} layers ({summary['skipped_layers']} skipped), kept "
+        f"{summary['kept_fraction']:.4f} of their weights, mean reconstruction error "
+        f"{summary['mean_recon_error']:.4f}, in {summary['seconds']:.1f} s (peak RSS {summary['peak_rss_mb']:.0f} MB)"
+    )
+    for layer in report.skipped_layers:
+        click.echo(f"skipped {layer.name}: {layer.skipped}")
+    if evaluate:
+        click.echo(
+            f"perplexity  dense {dense.perplexity:.2f}  ->  {config.method} {config.pattern} {pruned.perplexity:.2f}"
+            f"   ({pruned.windows} windows x {pruned.seqlen} tokens = {pruned.tokens} tokens of {pruned.text})"
+        )
+    click.echo(f"saved to {output}")
+    _emit_json(as_json, payload)
+
+
+@main.command(name="eval")
+@click.argument("model", default=DEFAULT_MODEL)
+@click.option("--text", default=DEFAULT_TEXT, show_default=True, help="Evaluation text: 'wiki' (held-out split), a .txt/.jsonl file, or hf:DATASET.")
+@click.option("--windows", type=int, default=None, help="Number of non-overlapping windows [default: all].")
+@click.option("--seqlen", type=int, default=2048, show_default=True, help="Context length per window (capped by the model's).")
+@click.option("--dtype", type=click.Choice(list(_DTYPES)), default="float32", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@_user_errors
+def eval_command(model: str, text: str, windows: int | None, seqlen: int, dtype: str, as_json: bool, quiet: bool) -> None:
+    """Perplexity of MODEL (dense or pruned) on held-out text, in non-overlapping windows."""
+    loaded = _load(model, dtype)
+    _, _, _, measure = _eval_perplexity(loaded, text, windows, seqlen, quiet)
+    result = measure(loaded.model)
+    click.echo(
+        f"perplexity {result.perplexity:.3f}  ({result.windows} windows x {result.seqlen} tokens = "
+        f"{result.tokens} tokens of {result.text})"
+    )
+    _emit_json(as_json, {"model": model, **result.to_dict()})
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
+def verify(folder: Path, as_json: bool) -> None:
+    """Check that every pruned layer in FOLDER obeys the pattern in its sparsity.json."""
+    from eggs_ptp.formats import VerifyError, verify_checkpoint
+
+    try:
+        checked = verify_checkpoint(folder)
+    except VerifyError as error:
+        click.echo(f"FAIL {error}", err=True)
+        _emit_json(as_json, {"folder": str(folder), "ok": False, "error": str(error)})
+        sys.exit(1)
+    except ValueError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    click.echo(f"OK {checked} pruned layers obey their pattern")
+    _emit_json(as_json, {"folder": str(folder), "ok": True, "layers": checked})

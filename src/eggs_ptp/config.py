@@ -1,0 +1,94 @@
+"""One frozen config per pruning run; validated on construction, recorded in ``sparsity.json``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from eggs_ptp.pattern import Pattern
+from eggs_ptp.selectors import RULES
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Args:
+    method: a registered method name (``eggs-ptp prune --help`` lists them).
+    pattern: ``"N:M"`` (keep N of every M along the input dimension) or a sparsity like ``"0.5"``.
+    b: EGGS: minimum kept weights per input column in every tile (0 <= b <= N; 0 is RIA).
+    rule: EGGS selection rule: diagonal, matching or repair.
+    tile_height: EGGS: rows per tile, a multiple of M; None means M.
+    alpha: exponent of the activation norm in the RIA score.
+    nsamples, seqlen, seed: calibration windows, their length in tokens, and the sampling seed.
+    calib: calibration source: ``wiki`` (embedded default), a .txt/.jsonl path, or ``hf:NAME``.
+    include, exclude: glob patterns on module names (``*.mlp.*``); exclude wins.
+    damping, blocksize: SparseGPT's Hessian damping fraction and column block.
+    """
+
+    method: str = "eggs"
+    pattern: str = "2:4"
+    b: int = 1
+    rule: str = "repair"
+    tile_height: int | None = 16
+    alpha: float = 0.5
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+    calib: str = "wiki"
+    include: tuple[str, ...] = field(default_factory=tuple)
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+    damping: float = 0.01
+    blocksize: int = 128
+
+    def __post_init__(self) -> None:
+        from eggs_ptp.methods import method_names
+        from eggs_ptp.methods.registry import is_structured_only
+
+        if self.method not in method_names():
+            raise ValueError(
+                f"unknown method {self.method!r}; choose one of: {', '.join(method_names())}"
+            )
+        pattern = Pattern.parse(self.pattern)  # raises ValueError with the reason
+        object.__setattr__(self, "pattern", str(pattern))
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        if is_structured_only(self.method) and not pattern.structured:
+            raise ValueError(f"method {self.method!r} needs an N:M pattern such as 2:4, not {self.pattern}")
+        if self.rule not in RULES:
+            raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if pattern.structured:
+            if not 0 <= self.b <= pattern.n:
+                raise ValueError(f"b must lie in 0..N = 0..{pattern.n} for pattern {pattern}, got {self.b}")
+            if self.tile_height is not None and (self.tile_height < pattern.m or self.tile_height % pattern.m):
+                raise ValueError(
+                    f"tile_height must be a positive multiple of M = {pattern.m}, got {self.tile_height}"
+                )
+        for name in ("nsamples", "seqlen"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be non-negative, got {self.alpha}")
+
+    @property
+    def parsed_pattern(self) -> Pattern:
+        return Pattern.parse(self.pattern)
+
+    def replace(self, **changes: Any) -> "PruneConfig":
+        return PruneConfig(**{**asdict(self), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "PruneConfig", "schema_version": SCHEMA_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PruneConfig":
+        if data.get("type") != "PruneConfig":
+            raise ValueError(f"not a PruneConfig record (type {data.get('type')!r})")
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"PruneConfig schema version {data.get('schema_version')} is not {SCHEMA_VERSION}"
+            )
+        fields = {k: v for k, v in data.items() if k not in ("type", "schema_version")}
+        for name in ("include", "exclude"):
+            fields[name] = tuple(fields.get(name, ()))
+        return cls(**fields)

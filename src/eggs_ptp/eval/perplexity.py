@@ -1,0 +1,62 @@
+"""Perplexity over the first non-overlapping windows of a token stream.
+
+Each window is scored on its own (no carried context), and perplexity is ``exp`` of the mean
+window loss. Context length, window count and token count travel with every number, because
+perplexity depends on them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from eggs_ptp.data import DataError
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    perplexity: float
+    mean_loss: float
+    seqlen: int
+    windows: int
+    tokens: int
+    text: str
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def perplexity(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    seqlen: int,
+    windows: int | None = None,
+    text: str = "",
+    progress: bool = True,
+) -> PerplexityResult:
+    """Perplexity of ``model`` on the first ``windows`` windows of ``seqlen`` tokens (all when None)."""
+    available = tokens.numel() // seqlen
+    if available == 0:
+        raise DataError(
+            f"evaluation text has {tokens.numel()} tokens, shorter than one window of {seqlen}; "
+            "give more text or a smaller --seqlen"
+        )
+    count = available if windows is None else min(windows, available)
+    if windows is not None and windows > available:
+        raise DataError(f"evaluation text holds {available} windows of {seqlen} tokens, not {windows}")
+    device = next(model.parameters()).device
+    losses = []
+    for window in tqdm(
+        tokens[: count * seqlen].view(count, seqlen), desc="perplexity", disable=not progress, leave=False
+    ):
+        output = model(input_ids=window.unsqueeze(0).to(device), labels=window.unsqueeze(0).to(device), use_cache=False)
+        losses.append(float(output.loss))
+    mean_loss = sum(losses) / len(losses)
+    if not math.isfinite(mean_loss):
+        raise FloatingPointError(f"the evaluation loss is {mean_loss}: the model outputs NaN/Inf")
+    return PerplexityResult(math.exp(mean_loss), mean_loss, seqlen, count, count * seqlen, text)

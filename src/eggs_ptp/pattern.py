@@ -1,0 +1,67 @@
+"""Sparsity patterns: N:M along the input dimension, or unstructured per output row."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+_NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Keep ``n`` of every ``m`` consecutive weights along ``in`` (N:M), or, when ``m`` is None,
+    keep a ``1 - sparsity`` fraction of each output row (unstructured)."""
+
+    n: int | None = None
+    m: int | None = None
+    sparsity: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.m is None:
+            if self.sparsity is None or not (0.0 < self.sparsity < 1.0) or math.isnan(self.sparsity):
+                raise ValueError(
+                    f"sparsity must be a fraction strictly between 0 and 1, got {self.sparsity!r}"
+                )
+            if self.n is not None:
+                raise ValueError("give either N:M or a sparsity, not both")
+            return
+        if self.n is None or not (0 < self.n < self.m):
+            raise ValueError(
+                f"pattern {self.n}:{self.m} is impossible: N:M needs 0 < N < M (for example 2:4 or 4:8)"
+            )
+        if self.sparsity is not None:
+            raise ValueError("give either N:M or a sparsity, not both")
+
+    @classmethod
+    def parse(cls, text: str) -> "Pattern":
+        """Parse ``"2:4"`` into N:M or ``"0.5"`` / ``"50%"`` into unstructured sparsity."""
+        match = _NM.match(text)
+        if match:
+            return cls(n=int(match.group(1)), m=int(match.group(2)))
+        stripped = text.strip()
+        try:
+            value = float(stripped[:-1]) / 100 if stripped.endswith("%") else float(stripped)
+        except ValueError:
+            raise ValueError(
+                f"cannot read pattern {text!r}: use N:M with 0 < N < M (e.g. 2:4) "
+                "or a sparsity fraction (e.g. 0.5)"
+            ) from None
+        return cls(sparsity=value)
+
+    @property
+    def structured(self) -> bool:
+        return self.m is not None
+
+    @property
+    def density(self) -> float:
+        """Fraction of weights kept."""
+        return self.n / self.m if self.structured else 1.0 - self.sparsity
+
+    def kept_per_row(self, in_features: int) -> int:
+        """How many weights an unstructured row of ``in_features`` keeps (rounded to nearest)."""
+        return int(round(in_features * self.density))
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}" if self.structured else f"{self.sparsity:g}"

@@ -1,0 +1,79 @@
+"""The record of one pruning run, written as ``sparsity.json`` beside the checkpoint."""
+
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from eggs_ptp.config import PruneConfig
+from eggs_ptp.walk import LayerReport
+
+REPORT_TYPE = "eggs-ptp/sparsity"
+REPORT_VERSION = 1
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("eggs-ptp", "torch", "transformers", "safetensors", "scipy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class PruneReport:
+    config: PruneConfig
+    model: dict[str, Any]
+    calibration: dict[str, Any]
+    layers: list[LayerReport]
+    seconds: float
+    peak_rss_mb: float
+    versions: dict[str, str] = field(default_factory=library_versions)
+
+    @property
+    def pruned_layers(self) -> list[LayerReport]:
+        return [layer for layer in self.layers if layer.skipped is None]
+
+    @property
+    def skipped_layers(self) -> list[LayerReport]:
+        return [layer for layer in self.layers if layer.skipped is not None]
+
+    def summary(self) -> dict[str, Any]:
+        pruned = self.pruned_layers
+        weights = sum(l.shape[0] * l.shape[1] for l in pruned)
+        kept = sum(l.kept_fraction * l.shape[0] * l.shape[1] for l in pruned)
+        errors = [l.recon_error for l in pruned]
+        return {
+            "pruned_layers": len(pruned),
+            "skipped_layers": len(self.skipped_layers),
+            "pruned_weights": weights,
+            "kept_fraction": kept / weights if weights else None,
+            "mean_recon_error": sum(errors) / len(errors) if errors else None,
+            "seconds": self.seconds,
+            "peak_rss_mb": self.peak_rss_mb,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": REPORT_TYPE,
+            "schema_version": REPORT_VERSION,
+            "method": self.config.method,
+            "pattern": self.config.pattern,
+            "config": self.config.to_dict(),
+            "model": self.model,
+            "calibration": self.calibration,
+            "summary": self.summary(),
+            "versions": self.versions,
+            "layers": [layer.to_dict() for layer in self.layers],
+        }

@@ -1,0 +1,12 @@
+"""The sequential layer walk: captures block inputs once, then prunes block after block."""
+
+from eggs_ptp.walk.capture import BlockCall, capture_block_inputs
+from eggs_ptp.walk.sequential import LayerReport, NonFiniteActivationError, walk_and_prune
+
+__all__ = [
+    "BlockCall",
+    "LayerReport",
+    "NonFiniteActivationError",
+    "capture_block_inputs",
+    "walk_and_prune",
+]

@@ -1,0 +1,191 @@
+"""Prune decoder blocks in order, each calibrated on the outputs of the already-pruned blocks.
+
+Per block: one forward collects every prunable layer's input statistics (skipped when the method
+needs none); the method prunes each layer; a second forward through the pruned block produces the
+next block's inputs and measures each layer's reconstruction error ``||WX - W'X|| / ||WX||`` on
+the inputs it sees inside the pruned model. The walk knows nothing about methods beyond
+:class:`~eggs_ptp.methods.Method`'s ``prune`` and its needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from eggs_ptp.methods import Method
+from eggs_ptp.models.layers import PrunableLinear, find_linears
+from eggs_ptp.pattern import Pattern
+from eggs_ptp.stats import LayerStats
+from eggs_ptp.walk.capture import BlockCall
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteActivationError(RuntimeError):
+    """NaN or Inf appeared in a block's activations or a layer's pruned weights."""
+
+
+@dataclass
+class LayerReport:
+    name: str
+    shape: tuple[int, int]  # (out, in)
+    transposed: bool  # stored as (in, out), like GPT-2's Conv1D
+    kept_fraction: float | None = None
+    recon_error: float | None = None
+    seconds: float | None = None
+    skipped: str | None = None  # why the layer was left dense
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _non_finite_kind(tensor: torch.Tensor) -> str | None:
+    if torch.isnan(tensor).any():
+        return "NaN"
+    if torch.isinf(tensor).any():
+        return "Inf"
+    return None
+
+
+def _run_block(
+    block: nn.Module, call: BlockCall, hidden: list[torch.Tensor], index: int, stage: str
+) -> list[torch.Tensor]:
+    outputs = []
+    for state in hidden:
+        output = call(block, state)
+        kind = _non_finite_kind(output)
+        if kind:
+            raise NonFiniteActivationError(
+                f"{kind} in the activations of block {index} ({type(block).__name__}) during the "
+                f"{stage} pass; the model or its inputs overflow here (try --dtype float32)"
+            )
+        outputs.append(output)
+    return outputs
+
+
+class _ErrorMeter:
+    """Accumulates ``||(W - W')X||^2`` and ``||WX||^2`` from a layer's forward in the pruned block."""
+
+    def __init__(self, layer: PrunableLinear, dense: torch.Tensor) -> None:
+        self.dense = dense  # (out, in) fp32
+        self.bias = getattr(layer.module, "bias", None)
+        self.diff = 0.0
+        self.ref = 0.0
+
+    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        x = inputs[0].reshape(-1, self.dense.shape[1]).float()
+        reference = x @ self.dense.T  # (tokens, out)
+        actual = output.reshape(-1, self.dense.shape[0]).float()
+        if self.bias is not None:
+            actual = actual - self.bias.float()
+        self.diff += float((actual - reference).pow(2).sum())
+        self.ref += float(reference.pow(2).sum())
+
+    @property
+    def relative_error(self) -> float:
+        return (self.diff / self.ref) ** 0.5 if self.ref > 0 else 0.0
+
+
+def _skip_reason(layer: PrunableLinear, pattern: Pattern) -> str | None:
+    if pattern.structured and layer.in_features % pattern.m:
+        return f"input dimension {layer.in_features} is not divisible by M = {pattern.m}"
+    return None
+
+
+@torch.no_grad()
+def _prune_block(
+    block: nn.Module,
+    index: int,
+    prefix: str,
+    call: BlockCall,
+    hidden: list[torch.Tensor],
+    method: Method,
+    pattern: Pattern,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+) -> tuple[list[torch.Tensor], list[LayerReport]]:
+    layers = find_linears(block, prefix, include, exclude)
+    reports = {
+        layer.name: LayerReport(layer.name, tuple(layer.weight.shape), layer.transposed)
+        for layer in layers
+    }
+    targets = []
+    for layer in layers:
+        reason = _skip_reason(layer, pattern)
+        if reason:
+            reports[layer.name].skipped = reason
+            log.warning("skipping %s: %s", layer.name, reason)
+        else:
+            targets.append(layer)
+
+    stats: dict[str, LayerStats] = {}
+    if method.needs_calibration and targets:
+        handles = []
+        for layer in targets:
+            stats[layer.name] = layer_stats = LayerStats(layer.in_features, method.needs_hessian)
+            handles.append(
+                layer.module.register_forward_hook(
+                    lambda module, inputs, output, s=layer_stats: s.add(inputs[0])
+                )
+            )
+        try:
+            _run_block(block, call, hidden, index, "calibration")
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    meters: dict[str, _ErrorMeter] = {}
+    for layer in targets:
+        started = time.perf_counter()
+        dense = layer.weight.float().clone()
+        pruned, mask = method.prune(dense, stats.get(layer.name), pattern)
+        kind = _non_finite_kind(pruned)
+        if kind:
+            raise NonFiniteActivationError(f"{kind} in the pruned weights of {layer.name}")
+        layer.set_weight(pruned)
+        report = reports[layer.name]
+        report.seconds = time.perf_counter() - started
+        report.kept_fraction = float(mask.float().mean())
+        meters[layer.name] = _ErrorMeter(layer, dense)
+
+    handles = [layer.module.register_forward_hook(meters[layer.name]) for layer in targets]
+    try:
+        outputs = _run_block(block, call, hidden, index, "output")
+    finally:
+        for handle in handles:
+            handle.remove()
+    for name, meter in meters.items():
+        reports[name].recon_error = meter.relative_error
+    return outputs, list(reports.values())
+
+
+def walk_and_prune(
+    blocks: nn.ModuleList,
+    prefix: str,
+    calls: list[BlockCall],
+    hidden: list[torch.Tensor],
+    method: Method,
+    pattern: Pattern,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    progress: bool = True,
+    on_block: Callable[[int, list[LayerReport]], None] | None = None,
+) -> list[LayerReport]:
+    """Prune every block in order; return one report per linear layer found."""
+    reports: list[LayerReport] = []
+    bar = tqdm(range(len(blocks)), desc=f"prune {method.name} {pattern}", disable=not progress)
+    for index in bar:
+        hidden, block_reports = _prune_block(
+            blocks[index], index, f"{prefix}.{index}", calls[index], hidden, method, pattern,
+            include, exclude,
+        )
+        reports.extend(block_reports)
+        if on_block:
+            on_block(index, block_reports)
+    return reports
