@@ -42,7 +42,7 @@ class PruneConfig:
     blocksize: int = 128
 
     def __post_init__(self) -> None:
-        from eggs_ptp.methods import method_names
+        from eggs_ptp.methods import build_method, method_names
         from eggs_ptp.methods.registry import is_structured_only
 
         if self.method not in method_names():
@@ -57,18 +57,12 @@ class PruneConfig:
             raise ValueError(f"method {self.method!r} needs an N:M pattern such as 2:4, not {self.pattern}")
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
-        if pattern.structured:
-            if not 0 <= self.b <= pattern.n:
-                raise ValueError(f"b must lie in 0..N = 0..{pattern.n} for pattern {pattern}, got {self.b}")
-            if self.tile_height is not None and (self.tile_height < pattern.m or self.tile_height % pattern.m):
-                raise ValueError(
-                    f"tile_height must be a positive multiple of M = {pattern.m}, got {self.tile_height}"
-                )
         for name in ("nsamples", "seqlen"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.alpha < 0:
             raise ValueError(f"alpha must be non-negative, got {self.alpha}")
+        build_method(self)  # method-specific settings (B, tile height, damping) are checked there
 
     @property
     def parsed_pattern(self) -> Pattern:

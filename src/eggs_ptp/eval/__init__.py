@@ -1,5 +1,6 @@
 """Evaluation of dense and pruned models."""
 
 from eggs_ptp.eval.perplexity import PerplexityResult, perplexity
+from eggs_ptp.eval.resources import PeakRss, current_rss_mb
 
-__all__ = ["PerplexityResult", "perplexity"]
+__all__ = ["PeakRss", "PerplexityResult", "current_rss_mb", "perplexity"]

@@ -40,5 +40,10 @@ def _sparsegpt(config: "PruneConfig") -> Method:
     structured_only=True,
 )
 def _eggs(config: "PruneConfig") -> Method:
+    pattern = config.parsed_pattern
+    if not 0 <= config.b <= pattern.n:
+        raise ValueError(f"b must lie in 0..N = 0..{pattern.n} for pattern {pattern}, got {config.b}")
+    if config.tile_height is not None and (config.tile_height < pattern.m or config.tile_height % pattern.m):
+        raise ValueError(f"tile_height must be a positive multiple of M = {pattern.m}, got {config.tile_height}")
     selector = EggsSelector(rule=config.rule, b=config.b, tile_height=config.tile_height)
     return Method("eggs", selector, score=RiaScore(config.alpha))

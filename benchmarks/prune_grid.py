@@ -1,0 +1,175 @@
+"""Perplexity, pruning time and peak RSS of every method on one model, in one process.
+
+Each cell restores the dense weights, draws its calibration windows from one tokenised text, prunes,
+and scores the same held-out windows, so cells differ only in method, pattern, settings and seed.
+Results are appended to ``RESULTS.json`` after every cell (``--resume`` skips finished cells) and
+rendered to ``RESULTS.md``.
+
+Cells are written ``method`` or ``eggs:RULE:bB:hH`` (H as a multiple of M, e.g. ``h4`` = 4M).
+
+    python benchmarks/prune_grid.py --preset reference   # the spec's prototype settings
+    python benchmarks/prune_grid.py --preset grid         # the 2:4 / 4:8 method grid
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from eggs_ptp import PruneConfig, prune
+from eggs_ptp.data import load_text, sample_windows
+from eggs_ptp.data.calibration import tokenize
+from eggs_ptp.eval import PeakRss, perplexity
+from eggs_ptp.formats import write_json_atomic
+from eggs_ptp.models import load_model
+from eggs_ptp.report import library_versions
+
+RESULTS = Path(__file__).parent / "results"
+
+BASELINES = ["magnitude", "wanda", "ria", "sparsegpt"]
+PRESETS: dict[str, dict] = {
+    # The settings of the early prototype numbers in the method notes: 32 x 512, 40 windows.
+    "reference": {"patterns": ["2:4"], "nsamples": 32, "seqlen": 512, "windows": 40, "seeds": [0],
+                  "cells": BASELINES + ["eggs:diagonal:b1:h1", "eggs:diagonal:b2:h1", "eggs:matching:b1:h1",
+                                        "eggs:repair:b1:h1", "eggs:repair:b1:h4", "eggs:repair:b1:h16",
+                                        "eggs:repair:b1:h64"]},
+    "grid": {"patterns": ["2:4", "4:8"], "nsamples": 64, "seqlen": 512, "windows": 40, "seeds": [0],
+             "cells": BASELINES + ["eggs:repair:b0:h1"]
+             + [f"eggs:{rule}:b{b}:h{h}" for rule in ("diagonal", "matching", "repair") for b in (1, 2)
+                for h in (1, 4, 16, 64)]},
+    "seeds": {"patterns": ["2:4"], "nsamples": 64, "seqlen": 512, "windows": 40, "seeds": [0, 1, 2],
+              "cells": ["wanda", "ria", "eggs:repair:b1:h16", "eggs:repair:b1:h64", "eggs:repair:b1:h4"]},
+}
+
+
+def parse_cell(cell: str, pattern: str) -> dict:
+    parts = cell.split(":")
+    if parts[0] != "eggs":
+        return {"method": parts[0]}
+    rule, b, h = parts[1], int(parts[2][1:]), int(parts[3][1:])
+    m = int(pattern.split(":")[1])
+    return {"method": "eggs", "rule": rule, "b": b, "tile_height": h * m}
+
+
+def cell_key(cell: str, pattern: str, nsamples: int, seqlen: int, seed: int, windows: int | None) -> str:
+    return f"{cell}|{pattern}|{nsamples}x{seqlen}|seed{seed}|w{windows}"
+
+
+def render_markdown(record: dict) -> str:
+    rows = record["cells"]
+    lines = [
+        f"# Pruning grid on {record['model']}",
+        "",
+        f"Evaluation: {record['evaluation']}. Calibration: {record['calibration']}. "
+        f"Hardware: {record['hardware']}. Dense perplexity: {record['dense']['perplexity']:.2f}.",
+        "",
+        "Single-seed rows; mean ± std over seeds in the second table.",
+        "",
+        "| pattern | method | rule | B | H | calib | seed | perplexity | prune s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['pattern']} | {row['method']} | {row.get('rule', '')} | {row.get('b', '')} | "
+            f"{row.get('tile_height', '')} | {row['nsamples']}x{row['seqlen']} | {row['seed']} | "
+            f"{row['perplexity']:.2f} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} |"
+        )
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["pattern"], row["cell"], row["nsamples"], row["seqlen"]), []).append(row)
+    multi = {k: v for k, v in groups.items() if len({r["seed"] for r in v}) > 1}
+    if multi:
+        lines += ["", "| pattern | cell | calib | seeds | perplexity mean ± std | prune s (median) |", "|---|---|---|---|---|---|"]
+        for (pattern, cell, nsamples, seqlen), group in sorted(multi.items(), key=lambda kv: statistics.mean(r["perplexity"] for r in kv[1])):
+            ppl = [r["perplexity"] for r in group]
+            lines.append(
+                f"| {pattern} | {cell} | {nsamples}x{seqlen} | {len(group)} | {statistics.mean(ppl):.2f} ± "
+                f"{statistics.stdev(ppl):.2f} | {statistics.median(r['seconds'] for r in group):.1f} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    parser.add_argument("--name", default=None, help="results file stem [default: prune_grid_PRESET]")
+    parser.add_argument("--cells", default=None, help="comma-separated cells overriding the preset's")
+    parser.add_argument("--patterns", default=None)
+    parser.add_argument("--seeds", default=None)
+    parser.add_argument("--windows", type=int, default=None, help="override the preset's evaluation windows (0 = all)")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    preset = dict(PRESETS[args.preset])
+    if args.cells:
+        preset["cells"] = args.cells.split(",")
+    if args.patterns:
+        preset["patterns"] = args.patterns.split(",")
+    if args.seeds:
+        preset["seeds"] = [int(s) for s in args.seeds.split(",")]
+    if args.windows is not None:
+        preset["windows"] = args.windows or None
+    stem = RESULTS / (args.name or f"prune_grid_{args.preset}")
+    json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    if json_path.exists() and not args.resume:
+        sys.exit(f"{json_path} exists; pass --resume to continue it or --name for a new file")
+
+    loaded = load_model(args.model)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    calib_source = load_text("wiki", "calibration")
+    eval_source = load_text("wiki", "evaluation")
+    calib_tokens = tokenize(tokenizer, calib_source.text)
+    eval_tokens = tokenize(tokenizer, eval_source.text)
+    seqlen, windows = preset["seqlen"], preset["windows"]
+
+    record = json.loads(json_path.read_text()) if json_path.exists() else {
+        "model": args.model,
+        "evaluation": f"{eval_source.description}; first {windows or 'all'} non-overlapping windows of {seqlen} tokens",
+        "calibration": f"{calib_source.description}; random windows, seeded",
+        "hardware": f"{torch.get_num_threads()} torch threads, CPU",
+        "versions": library_versions(),
+        "cells": [],
+    }
+    if "dense" not in record:
+        dense = perplexity(model, eval_tokens, seqlen, windows, eval_source.description)
+        record["dense"] = dense.to_dict()
+    done = {row["key"] for row in record["cells"]}
+    for pattern in preset["patterns"]:
+        for seed in preset["seeds"]:
+            for cell in preset["cells"]:
+                key = cell_key(cell, pattern, preset["nsamples"], seqlen, seed, windows)
+                if key in done:
+                    continue
+                model.load_state_dict(dense_state)
+                config = PruneConfig(pattern=pattern, nsamples=preset["nsamples"], seqlen=seqlen, seed=seed,
+                                     **parse_cell(cell, pattern))
+                calibration = sample_windows(calib_tokens, config.nsamples, seqlen, seed, calib_source.description)
+                with PeakRss() as peak:
+                    started = time.perf_counter()
+                    _, report = prune(model, tokenizer, config, calibration=calibration, progress=False)
+                    seconds = time.perf_counter() - started
+                result = perplexity(model, eval_tokens, seqlen, windows, eval_source.description, progress=False)
+                row = {"key": key, "cell": cell, "pattern": pattern, "seed": seed, "nsamples": config.nsamples,
+                       "seqlen": seqlen, **parse_cell(cell, pattern), "perplexity": result.perplexity,
+                       "seconds": seconds, "peak_rss_mb": peak.mb,
+                       "mean_recon_error": report.summary()["mean_recon_error"]}
+                record["cells"].append(row)
+                write_json_atomic(json_path, record)
+                md_path.write_text(render_markdown(record))
+                print(f"{key}: ppl {result.perplexity:.2f}, {seconds:.1f} s", flush=True)
+                if not math.isfinite(result.perplexity):
+                    print(f"warning: {key} perplexity is not finite", flush=True)
+
+
+if __name__ == "__main__":
+    main()

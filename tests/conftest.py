@@ -1,0 +1,72 @@
+"""Shared fixtures: a tiny BPE tokenizer, tiny random models of every supported family, and text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+TEXT = (
+    "The quick brown fox jumps over the lazy dog. Pruning removes weights from a network while "
+    "keeping its function. Expander graphs keep every small set of vertices well connected. "
+) * 40
+
+HIDDEN, INTERMEDIATE, VOCAB = 32, 64, 300
+
+# One tiny random config per family the walk must support (kwargs of AutoConfig.for_model).
+FAMILIES: dict[str, dict] = {
+    "llama": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+    "mistral": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+    "qwen2": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+    "gemma": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128),
+    "gemma2": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
+                   max_position_embeddings=128),
+    "gemma3_text": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
+                        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128),
+    "phi3": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+    "opt": dict(hidden_size=HIDDEN, ffn_dim=INTERMEDIATE, num_hidden_layers=2, num_attention_heads=4,
+                word_embed_proj_dim=HIDDEN, max_position_embeddings=128),
+    "gpt2": dict(n_embd=HIDDEN, n_inner=INTERMEDIATE, n_layer=2, n_head=4, n_positions=128),
+    "gpt_neox": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
+                     num_attention_heads=4, max_position_embeddings=128),
+}
+
+
+def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    ids = dict(bos_token_id=1, eos_token_id=1, pad_token_id=0)
+    config = AutoConfig.for_model(family, vocab_size=VOCAB, **{**ids, **FAMILIES[family], **overrides})
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator([TEXT], trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<unk>", "<eos>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", eos_token="<eos>")
+
+
+@pytest.fixture
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "calib.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_llama_dir(tmp_path: Path, tokenizer) -> Path:
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -1,0 +1,103 @@
+"""Every registered method on a tiny random model of every supported family."""
+
+import pytest
+import torch
+
+from conftest import FAMILIES, VOCAB, tiny_model
+from eggs_ptp import PruneConfig, prune
+from eggs_ptp.data import sample_windows
+from eggs_ptp.formats import pattern_violations
+from eggs_ptp.methods import method_names
+from eggs_ptp.models import find_blocks, find_linears
+from eggs_ptp.pattern import Pattern
+from eggs_ptp.selectors import check_guarantee
+
+
+def calibration(seqlen=16, nsamples=4, seed=0):
+    tokens = torch.randint(2, VOCAB, (400,), generator=torch.Generator().manual_seed(123))
+    return sample_windows(tokens, nsamples, seqlen, seed, "random tokens")
+
+
+def config_for(method: str, pattern: str = "2:4") -> PruneConfig:
+    return PruneConfig(method=method, pattern=pattern, b=1, tile_height=4, nsamples=4, seqlen=16)
+
+
+def linear_weights(model):
+    prefix, blocks = find_blocks(model)
+    return {
+        layer.name: layer.weight.clone()
+        for i, block in enumerate(blocks)
+        for layer in find_linears(block, f"{prefix}.{i}")
+    }
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("method", method_names())
+def test_every_method_prunes_every_family(family, method):
+    model = tiny_model(family)
+    embeddings = model.get_input_embeddings().weight.clone()
+    head = model.get_output_embeddings().weight.clone()
+    model, report = prune(model, None, config_for(method), calibration=calibration(), progress=False)
+
+    weights = linear_weights(model)
+    assert set(weights) == {layer.name for layer in report.layers}
+    assert len(report.pruned_layers) == len(weights) and not report.skipped_layers
+    for layer in report.pruned_layers:
+        weight = weights[layer.name]
+        assert pattern_violations(weight, Pattern(2, 4)) is None, layer.name
+        assert layer.kept_fraction == pytest.approx(0.5)
+        assert 0 <= layer.recon_error < 1.5
+        if method == "eggs":
+            check_guarantee(weight != 0, 2, 4, 1, 4)
+    assert torch.equal(model.get_input_embeddings().weight, embeddings)
+    assert torch.equal(model.get_output_embeddings().weight, head)
+    logits = model(torch.randint(2, VOCAB, (1, 16))).logits
+    assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_same_seed_gives_identical_masks(method):
+    first, _ = prune(tiny_model("llama"), None, config_for(method), calibration=calibration(), progress=False)
+    second, _ = prune(tiny_model("llama"), None, config_for(method), calibration=calibration(), progress=False)
+    for name, weight in linear_weights(first).items():
+        assert torch.equal(weight, linear_weights(second)[name]), name
+
+
+@pytest.mark.parametrize("method", [m for m in method_names() if m != "eggs"])
+def test_unstructured_sparsity_per_row(method):
+    model, report = prune(tiny_model("qwen2"), None, config_for(method, "0.5"), calibration=calibration(), progress=False)
+    for name, weight in linear_weights(model).items():
+        assert ((weight != 0).sum(1) <= weight.shape[1] // 2).all(), name
+
+
+def test_gpt2_conv1d_is_pruned_along_its_input_dimension():
+    model, report = prune(tiny_model("gpt2"), None, config_for("wanda"), calibration=calibration(), progress=False)
+    c_fc = model.transformer.h[0].mlp.c_fc.weight  # stored (in=32, out=64)
+    assert c_fc.shape == (32, 64)
+    assert ((c_fc.T != 0).reshape(64, 8, 4).sum(-1) == 2).all()
+    assert all(layer.transposed for layer in report.layers)
+
+
+def test_layers_whose_input_is_not_divisible_by_m_are_skipped_and_reported():
+    model = tiny_model("llama", intermediate_size=36)
+    dense_down = model.model.layers[0].mlp.down_proj.weight.clone()
+    model, report = prune(model, None, config_for("ria", "4:8"), calibration=calibration(), progress=False)
+    skipped = {layer.name: layer.skipped for layer in report.skipped_layers}
+    assert set(skipped) == {"model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"}
+    assert "not divisible by M = 8" in skipped["model.layers.0.mlp.down_proj"]
+    assert torch.equal(model.model.layers[0].mlp.down_proj.weight, dense_down)
+
+
+def test_include_and_exclude_globs():
+    config = config_for("magnitude").replace(include=("*.mlp.*",), exclude=("*.down_proj",))
+    model = tiny_model("llama")
+    q_dense = model.model.layers[0].self_attn.q_proj.weight.clone()
+    model, report = prune(model, None, config, calibration=calibration(), progress=False)
+    assert {layer.name.split(".")[-1] for layer in report.layers} == {"gate_proj", "up_proj"}
+    assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, q_dense)
+
+
+def test_excluding_everything_is_an_error_not_a_silent_dense_result():
+    config = config_for("wanda").replace(exclude=("*",))
+    with pytest.raises(ValueError, match="no layer was pruned"):
+        prune(tiny_model("llama"), None, config, calibration=calibration(), progress=False)
