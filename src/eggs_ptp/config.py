@@ -18,7 +18,7 @@ class PruneConfig:
     pattern: ``"N:M"`` (keep N of every M along the input dimension) or a sparsity like ``"0.5"``.
     b: EGGS: minimum kept weights per input column in every tile (0 <= b <= N; 0 is RIA).
     rule: EGGS selection rule: diagonal, matching or repair.
-    tile_height: EGGS: rows per tile, a multiple of M; None means M.
+    tile_height: EGGS: rows per tile, a multiple of M; None means the default multiple of M.
     alpha: exponent of the activation norm in the RIA score.
     nsamples, seqlen, seed: calibration windows, their length in tokens, and the sampling seed.
     calib: calibration source: ``wiki`` (embedded default), a .txt/.jsonl path, or ``hf:NAME``.
@@ -30,7 +30,7 @@ class PruneConfig:
     pattern: str = "2:4"
     b: int = 1
     rule: str = "repair"
-    tile_height: int | None = 16
+    tile_height: int | None = None
     alpha: float = 0.5
     nsamples: int = 128
     seqlen: int = 2048

@@ -67,8 +67,13 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _load(model: str, dtype: str):
+def _load(model: str, dtype: str, quiet: bool):
+    from transformers.utils import logging as transformers_logging
+
     from eggs_ptp.models import load_model
+
+    if quiet:
+        transformers_logging.disable_progress_bar()
 
     return load_model(model, _DTYPES[dtype])
 
@@ -93,7 +98,7 @@ def _eval_perplexity(loaded, text: str, windows: int | None, seqlen: int, quiet:
 @click.option("--sparsity", type=float, default=None, help="Unstructured: prune this fraction of each output row instead of N:M.")
 @click.option("--b", "b", type=int, default=PruneConfig.b, show_default=True, help="EGGS: kept weights every input channel keeps per tile (0 = RIA).")
 @click.option("--rule", type=click.Choice(RULES), default=PruneConfig.rule, show_default=True, help="EGGS selection rule.")
-@click.option("--tile-height", type=int, default=PruneConfig.tile_height, show_default=True, help="EGGS: rows per tile, a multiple of M.")
+@click.option("--tile-height", type=int, default=None, help="EGGS: rows per tile, a multiple of M [default: the benchmarked multiple of M].")
 @click.option("--alpha", type=float, default=PruneConfig.alpha, show_default=True, help="RIA/EGGS: exponent of the activation norm.")
 @click.option("--nsamples", type=int, default=PruneConfig.nsamples, show_default=True, help="Calibration windows.")
 @click.option("--seqlen", type=int, default=PruneConfig.seqlen, show_default=True, help="Tokens per calibration window (capped by the model's context).")
@@ -136,7 +141,7 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
     check_output_target(output, overwrite)
     settings = ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in ("type", "schema_version"))
     click.echo(f"model={model} dtype={dtype} | {settings}")
-    loaded = _load(model, dtype)
+    loaded = _load(model, dtype, quiet)
     dense = None
     if evaluate:
         _, _, used_seqlen, measure = _eval_perplexity(loaded, eval_text, eval_windows, eval_seqlen or seqlen, quiet)
@@ -181,7 +186,7 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
 @_user_errors
 def eval_command(model: str, text: str, windows: int | None, seqlen: int, dtype: str, as_json: bool, quiet: bool) -> None:
     """Perplexity of MODEL (dense or pruned) on held-out text, in non-overlapping windows."""
-    loaded = _load(model, dtype)
+    loaded = _load(model, dtype, quiet)
     _, _, _, measure = _eval_perplexity(loaded, text, windows, seqlen, quiet)
     result = measure(loaded.model)
     click.echo(

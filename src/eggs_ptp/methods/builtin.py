@@ -13,6 +13,9 @@ from eggs_ptp.updates import ObsUpdate
 if TYPE_CHECKING:
     from eggs_ptp.config import PruneConfig
 
+# EGGS tile height when none is given, in multiples of M (chosen by benchmarks/prune_grid.py).
+DEFAULT_TILE_FACTOR = 1
+
 
 @register_method("magnitude", "|W|, no calibration needed")
 def _magnitude(config: "PruneConfig") -> Method:
@@ -43,7 +46,8 @@ def _eggs(config: "PruneConfig") -> Method:
     pattern = config.parsed_pattern
     if not 0 <= config.b <= pattern.n:
         raise ValueError(f"b must lie in 0..N = 0..{pattern.n} for pattern {pattern}, got {config.b}")
-    if config.tile_height is not None and (config.tile_height < pattern.m or config.tile_height % pattern.m):
-        raise ValueError(f"tile_height must be a positive multiple of M = {pattern.m}, got {config.tile_height}")
-    selector = EggsSelector(rule=config.rule, b=config.b, tile_height=config.tile_height)
+    tile_height = config.tile_height or DEFAULT_TILE_FACTOR * pattern.m
+    if tile_height < pattern.m or tile_height % pattern.m:
+        raise ValueError(f"tile_height must be a positive multiple of M = {pattern.m}, got {tile_height}")
+    selector = EggsSelector(rule=config.rule, b=config.b, tile_height=tile_height)
     return Method("eggs", selector, score=RiaScore(config.alpha))

@@ -63,7 +63,7 @@ def _run_block(
         if kind:
             raise NonFiniteActivationError(
                 f"{kind} in the activations of block {index} ({type(block).__name__}) during the "
-                f"{stage} pass; the model or its inputs overflow here (try --dtype float32)"
+                f"{stage} pass; check this block's weights, or load in float32 if the model is bf16/fp16"
             )
         outputs.append(output)
     return outputs
