@@ -40,6 +40,7 @@ class PruneReport:
     seconds: float
     peak_rss_mb: float
     versions: dict[str, str] = field(default_factory=library_versions)
+    evaluation: dict[str, Any] | None = None  # dense and pruned perplexity, when measured
 
     @property
     def pruned_layers(self) -> list[LayerReport]:
@@ -75,5 +76,6 @@ class PruneReport:
             "calibration": self.calibration,
             "summary": self.summary(),
             "versions": self.versions,
+            "evaluation": self.evaluation,
             "layers": [layer.to_dict() for layer in self.layers],
         }

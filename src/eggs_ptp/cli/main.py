@@ -26,6 +26,8 @@ from eggs_ptp.models import DEFAULT_MODEL
 from eggs_ptp.walk import NonFiniteActivationError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# By this package's convention every bad-input error is a ValueError subclass with a one-line
+# message; NaN/Inf in activations or in the loss are the user's model's problem, not a bug.
 _USER_ERRORS = (ValueError, NonFiniteActivationError, FloatingPointError)
 
 
@@ -78,7 +80,8 @@ def _load(model: str, dtype: str, quiet: bool):
     return load_model(model, _DTYPES[dtype])
 
 
-def _eval_perplexity(loaded, text: str, windows: int | None, seqlen: int, quiet: bool):
+def _perplexity_meter(loaded, text: str, windows: int | None, seqlen: int, quiet: bool):
+    """Tokenise the evaluation text once; return a function measuring a model on it."""
     from eggs_ptp.api import effective_seqlen
     from eggs_ptp.data import load_text
     from eggs_ptp.data.calibration import tokenize
@@ -87,7 +90,7 @@ def _eval_perplexity(loaded, text: str, windows: int | None, seqlen: int, quiet:
     source = load_text(text, "evaluation")
     seqlen = effective_seqlen(loaded.model, loaded.tokenizer, seqlen)
     tokens = tokenize(loaded.tokenizer, source.text)
-    return tokens, source, seqlen, (lambda model: perplexity(model, tokens, seqlen, windows, source.description, not quiet))
+    return lambda model: perplexity(model, tokens, seqlen, windows, source.description, not quiet)
 
 
 @main.command()
@@ -144,7 +147,7 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
     loaded = _load(model, dtype, quiet)
     dense = None
     if evaluate:
-        _, _, used_seqlen, measure = _eval_perplexity(loaded, eval_text, eval_windows, eval_seqlen or seqlen, quiet)
+        measure = _perplexity_meter(loaded, eval_text, eval_windows, eval_seqlen or seqlen, quiet)
         dense = measure(loaded.model)
     pruned_model, report = prune_model(
         loaded.model, loaded.tokenizer, config, progress=not quiet,
@@ -154,9 +157,9 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
     payload: dict[str, Any] = {"output": str(output), "method": config.method, "pattern": config.pattern, **summary}
     if evaluate:
         pruned = measure(pruned_model)
-        report.model["perplexity"] = {"dense": dense.to_dict(), "pruned": pruned.to_dict()}
+        report.evaluation = {"perplexity": {"dense": dense.to_dict(), "pruned": pruned.to_dict()}}
         payload["perplexity"] = {"dense": dense.perplexity, "pruned": pruned.perplexity,
-                                 "seqlen": used_seqlen, "windows": pruned.windows, "tokens": pruned.tokens,
+                                 "seqlen": pruned.seqlen, "windows": pruned.windows, "tokens": pruned.tokens,
                                  "text": pruned.text}
     save_pruned(pruned_model, loaded.tokenizer, report, output, overwrite)
     click.echo(
@@ -187,7 +190,7 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
 def eval_command(model: str, text: str, windows: int | None, seqlen: int, dtype: str, as_json: bool, quiet: bool) -> None:
     """Perplexity of MODEL (dense or pruned) on held-out text, in non-overlapping windows."""
     loaded = _load(model, dtype, quiet)
-    _, _, _, measure = _eval_perplexity(loaded, text, windows, seqlen, quiet)
+    measure = _perplexity_meter(loaded, text, windows, seqlen, quiet)
     result = measure(loaded.model)
     click.echo(
         f"perplexity {result.perplexity:.3f}  ({result.windows} windows x {result.seqlen} tokens = "

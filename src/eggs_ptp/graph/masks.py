@@ -1,0 +1,159 @@
+"""Kept-weight masks of every prunable layer of a checkpoint or model, one layer at a time.
+
+An eggs-ptp checkpoint names its layers, their orientation and pattern in ``sparsity.json``, so the
+weights are read straight from the safetensors files. Any other model (dense, or pruned by another
+tool and saved dense with zeros) is loaded with :func:`load_model`, its layers found by walking its
+decoder blocks, and a weight counts as kept when it is non-zero (``-0.0`` counts as pruned).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import torch
+from safetensors import safe_open
+
+from eggs_ptp.formats.checkpoint import REPORT_FILE, read_report
+from eggs_ptp.models import ModelError, PrunableLinear, find_blocks, find_linears, load_model
+
+log = logging.getLogger(__name__)
+
+_NM_CANDIDATES = (4, 8, 16)
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    name: str
+    shape: tuple[int, int]  # (out, in)
+    transposed: bool  # stored as (in, out), like GPT-2's Conv1D
+    recon_error: float | None
+
+
+@dataclass(frozen=True)
+class LayerMask:
+    name: str
+    mask: torch.Tensor  # (out, in) bool
+    transposed: bool
+    recon_error: float | None
+
+
+@dataclass
+class MaskSource:
+    """The selected layers of one checkpoint or model; :meth:`masks` reads them lazily, in model order.
+
+    ``pattern`` is the recorded one, or for a model without ``sparsity.json`` the N:M its first
+    pruned layer keeps exactly (``pattern_inferred``), else None. ``dense`` is True when no
+    selected layer has a zero weight: the model was not pruned.
+    """
+
+    name: str
+    has_report: bool
+    method: str | None
+    pattern: str | None
+    pattern_inferred: bool
+    layers: list[LayerInfo]
+    skipped: dict[str, str] = field(default_factory=dict)  # left dense by the pruner, and why
+    dense: bool = False
+    _read: Callable[[LayerInfo], torch.Tensor] | None = field(default=None, repr=False)
+
+    def masks(self) -> Iterator[LayerMask]:
+        for info in self.layers:
+            yield LayerMask(info.name, self._read(info), info.transposed, info.recon_error)
+
+
+def infer_nm(mask: torch.Tensor) -> tuple[int, int] | None:
+    """``(n, m)`` when every group of ``m`` inputs in every row keeps exactly ``n`` (smallest m first)."""
+    for m in _NM_CANDIDATES:
+        if mask.shape[1] % m:
+            continue
+        kept = mask.reshape(mask.shape[0], -1, m).sum(dim=-1)  # (out, groups)
+        n = int(kept.min())
+        if n == int(kept.max()) and 0 < n < m:
+            return n, m
+    return None
+
+
+def select_layers(names: Sequence[str], wanted: Sequence[str]) -> list[str]:
+    """Names matching any exact name or glob in ``wanted`` (all when empty), in model order."""
+    if not wanted:
+        return list(names)
+    for pattern in wanted:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            listed = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+            raise ValueError(f"no layer named or matching {pattern!r}; the {len(names)} layers include {listed}")
+    return [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in wanted)]
+
+
+def _display_name(spec: str) -> str:
+    path = Path(spec).expanduser()
+    return path.resolve().name if path.exists() else spec.strip("/").replace("/", "--")
+
+
+def _from_report(folder: Path, wanted: Sequence[str]) -> MaskSource:
+    report = read_report(folder)
+    records = {layer["name"]: layer for layer in report["layers"]}
+    chosen = select_layers(list(records), wanted)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{folder} holds no .safetensors weights")
+    where: dict[str, Path] = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            where.update(dict.fromkeys(handle.keys(), path))
+
+    def read(info: LayerInfo) -> torch.Tensor:
+        key = f"{info.name}.weight"
+        if key not in where:
+            raise ValueError(f"{info.name}: weight {key} is missing from {folder}")
+        with safe_open(str(where[key]), framework="pt") as handle:
+            weight = handle.get_tensor(key)
+        weight = weight.T if info.transposed else weight  # (out, in)
+        if tuple(weight.shape) != info.shape:
+            raise ValueError(f"{info.name}: shape {tuple(weight.shape)} is not the recorded {list(info.shape)}")
+        return weight != 0
+
+    layers = [
+        LayerInfo(name, tuple(records[name]["shape"]), bool(records[name]["transposed"]), records[name]["recon_error"])
+        for name in chosen
+        if records[name]["skipped"] is None
+    ]
+    skipped = {name: records[name]["skipped"] for name in chosen if records[name]["skipped"] is not None}
+    return MaskSource(_display_name(str(folder)), True, report.get("method"), report.get("pattern"), False,
+                      layers, skipped, dense=not layers, _read=read)
+
+
+def _from_model(spec: str, wanted: Sequence[str]) -> MaskSource:
+    try:
+        # bfloat16 has float32's exponent range, so no fp32/fp16/bf16 non-zero weight becomes zero.
+        model = load_model(spec, torch.bfloat16).model
+    except OSError as error:  # e.g. a checkpoint saved without its tokenizer
+        raise ModelError(f"could not load {spec!r}: {str(error).splitlines()[0]}") from error
+    prefix, blocks = find_blocks(model)
+    linears: dict[str, PrunableLinear] = {
+        layer.name: layer for i, block in enumerate(blocks) for layer in find_linears(block, f"{prefix}.{i}")
+    }
+    chosen = [linears[name] for name in select_layers(list(linears), wanted)]
+    first_pruned = next((layer for layer in chosen if (layer.weight == 0).any()), None)
+    inferred = infer_nm(first_pruned.weight != 0) if first_pruned is not None else None
+    log.info("%s has no %s; masks are its zero weights", spec, REPORT_FILE)
+    return MaskSource(
+        _display_name(spec), False, None, f"{inferred[0]}:{inferred[1]}" if inferred else None, inferred is not None,
+        [LayerInfo(layer.name, tuple(layer.weight.shape), layer.transposed, None) for layer in chosen],
+        dense=first_pruned is None, _read=lambda info: linears[info.name].weight != 0,
+    )
+
+
+def open_masks(spec: str | Path, layers: Sequence[str] = ()) -> MaskSource:
+    """Open a checkpoint folder, model folder, hub id or short name; ``layers`` are names or globs.
+
+    Raises ValueError (``ModelError`` for a path that is not a model) with one line, naming an
+    unknown layer and listing a few valid ones.
+    """
+    folder = Path(spec).expanduser()
+    if (folder / REPORT_FILE).is_file():
+        return _from_report(folder, layers)
+    return _from_model(str(spec), layers)
