@@ -41,12 +41,19 @@ PRESETS: dict[str, dict] = {
                   "cells": BASELINES + ["eggs:diagonal:b1:h1", "eggs:diagonal:b2:h1", "eggs:matching:b1:h1",
                                         "eggs:repair:b1:h1", "eggs:repair:b1:h4", "eggs:repair:b1:h16",
                                         "eggs:repair:b1:h64"]},
+    # The full grid: every rule, B in 1..2, H in {M, 4M, 16M, 64M}, both patterns.
     "grid": {"patterns": ["2:4", "4:8"], "nsamples": 64, "seqlen": 512, "windows": 40, "seeds": [0],
              "cells": BASELINES + ["eggs:repair:b0:h1"]
              + [f"eggs:{rule}:b{b}:h{h}" for rule in ("diagonal", "matching", "repair") for b in (1, 2)
                 for h in (1, 4, 16, 64)]},
+    # What one 2-core session affords: the 2:4 contenders over 3 calibration seeds.
     "seeds": {"patterns": ["2:4"], "nsamples": 64, "seqlen": 512, "windows": 40, "seeds": [0, 1, 2],
-              "cells": ["wanda", "ria", "eggs:repair:b1:h16", "eggs:repair:b1:h64", "eggs:repair:b1:h4"]},
+              "cells": ["wanda", "ria", "eggs:repair:b1:h16", "eggs:repair:b1:h64"]},
+    # ... and one seed of the other methods and EGGS settings at 2:4 and 4:8.
+    "single": {"patterns": ["2:4", "4:8"], "nsamples": 64, "seqlen": 512, "windows": 40, "seeds": [0],
+               "cells": BASELINES + ["eggs:repair:b0:h1", "eggs:diagonal:b1:h1", "eggs:matching:b1:h1",
+                                     "eggs:repair:b1:h1", "eggs:repair:b1:h4", "eggs:repair:b1:h16",
+                                     "eggs:repair:b2:h16"]},
 }
 
 

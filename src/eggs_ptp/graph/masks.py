@@ -88,7 +88,9 @@ def select_layers(names: Sequence[str], wanted: Sequence[str]) -> list[str]:
     return [name for name in names if any(fnmatch.fnmatchcase(name, p) for p in wanted)]
 
 
-def _display_name(spec: str) -> str:
+def source_name(spec: str | Path) -> str:
+    """A short name for a checkpoint folder or model id, usable as a folder name."""
+    spec = str(spec)
     path = Path(spec).expanduser()
     return path.resolve().name if path.exists() else spec.strip("/").replace("/", "--")
 
@@ -122,16 +124,24 @@ def _from_report(folder: Path, wanted: Sequence[str]) -> MaskSource:
         if records[name]["skipped"] is None
     ]
     skipped = {name: records[name]["skipped"] for name in chosen if records[name]["skipped"] is not None}
-    return MaskSource(_display_name(str(folder)), True, report.get("method"), report.get("pattern"), False,
-                      layers, skipped, dense=not layers, _read=read)
+    return MaskSource(
+        name=source_name(folder), has_report=True, method=report.get("method"), pattern=report.get("pattern"),
+        pattern_inferred=False, layers=layers, skipped=skipped, dense=not layers, _read=read,
+    )
 
 
 def _from_model(spec: str, wanted: Sequence[str]) -> MaskSource:
     try:
-        # bfloat16 has float32's exponent range, so no fp32/fp16/bf16 non-zero weight becomes zero.
+        # bfloat16 halves memory and has float32's exponent range: no fp16/bf16 non-zero becomes
+        # zero, and of float32 values only subnormals below ~1e-40 could.
         model = load_model(spec, torch.bfloat16).model
-    except OSError as error:  # e.g. a checkpoint saved without its tokenizer
-        raise ModelError(f"could not load {spec!r}: {str(error).splitlines()[0]}") from error
+    except ModelError:
+        raise
+    except (OSError, ValueError) as error:  # e.g. a folder saved without its tokenizer
+        reason = str(error).strip().splitlines()[0].rstrip(" :")
+        raise ModelError(
+            f"could not load {spec!r} (it has no {REPORT_FILE}, so the model and its tokenizer are loaded): {reason}"
+        ) from error
     prefix, blocks = find_blocks(model)
     linears: dict[str, PrunableLinear] = {
         layer.name: layer for i, block in enumerate(blocks) for layer in find_linears(block, f"{prefix}.{i}")
@@ -141,8 +151,9 @@ def _from_model(spec: str, wanted: Sequence[str]) -> MaskSource:
     inferred = infer_nm(first_pruned.weight != 0) if first_pruned is not None else None
     log.info("%s has no %s; masks are its zero weights", spec, REPORT_FILE)
     return MaskSource(
-        _display_name(spec), False, None, f"{inferred[0]}:{inferred[1]}" if inferred else None, inferred is not None,
-        [LayerInfo(layer.name, tuple(layer.weight.shape), layer.transposed, None) for layer in chosen],
+        name=source_name(spec), has_report=False, method=None,
+        pattern=f"{inferred[0]}:{inferred[1]}" if inferred else None, pattern_inferred=inferred is not None,
+        layers=[LayerInfo(layer.name, tuple(layer.weight.shape), layer.transposed, None) for layer in chosen],
         dense=first_pruned is None, _read=lambda info: linears[info.name].weight != 0,
     )
 
