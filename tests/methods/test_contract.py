@@ -101,3 +101,11 @@ def test_excluding_everything_is_an_error_not_a_silent_dense_result():
     config = config_for("wanda").replace(exclude=("*",))
     with pytest.raises(ValueError, match="no layer was pruned"):
         prune(tiny_model("llama"), None, config, calibration=calibration(), progress=False)
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_pruned_weights_are_positive_zero(method):
+    """-0.0 would leak the pruned weights' signs into checkpoints and break bit-exact packing."""
+    model, _ = prune(tiny_model("llama"), None, config_for(method), calibration=calibration(), progress=False)
+    for name, weight in linear_weights(model).items():
+        assert not (weight == 0).logical_and(weight.signbit()).any(), name

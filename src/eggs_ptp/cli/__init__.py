@@ -2,7 +2,9 @@
 
 from eggs_ptp.cli.inspect import inspect_command
 from eggs_ptp.cli.main import main
+from eggs_ptp.cli.pack import pack_command
 
 main.add_command(inspect_command)
+main.add_command(pack_command)
 
 __all__ = ["main"]

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from tqdm.auto import tqdm
 
-from eggs_ptp.cli.main import _user_errors
+from eggs_ptp.cli.main import user_errors
 from eggs_ptp.pattern import Pattern
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def _plots(name: str, rows: list[dict[str, Any]], metrics: list[LayerGraphMetric
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out (replaces inspect.json and figures, deletes nothing).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@_user_errors
+@user_errors
 def inspect_command(source: str, layers: tuple[str, ...], b: int, pattern: str | None, tile_height: int | None,
                     plot: bool, out: Path | None, overwrite: bool, as_json: bool, quiet: bool) -> None:
     """Connectivity of every pruned layer of CHECKPOINT_OR_MODEL seen as a bipartite graph.

@@ -31,7 +31,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 _USER_ERRORS = (ValueError, NonFiniteActivationError, FloatingPointError)
 
 
-def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Turn the package's user-facing errors into one line on stderr and exit status 2."""
 
     @functools.wraps(command)
@@ -50,7 +50,7 @@ def _user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _emit_json(enabled: bool, payload: dict[str, Any]) -> None:
+def emit_json(enabled: bool, payload: dict[str, Any]) -> None:
     if enabled:
         click.echo(json.dumps(payload, default=str))
 
@@ -119,7 +119,7 @@ def _perplexity_meter(loaded, text: str, windows: int | None, seqlen: int, quiet
 @click.option("--eval-seqlen", type=int, default=None, help="Evaluation context length [default: --seqlen].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@_user_errors
+@user_errors
 def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: float | None, b: int, rule: str,
           tile_height: int, alpha: float, nsamples: int, seqlen: int, seed: int, calib: str,
           include: tuple[str, ...], exclude: tuple[str, ...], damping: float, blocksize: int, dtype: str,
@@ -175,7 +175,7 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
             f"   ({pruned.windows} windows x {pruned.seqlen} tokens = {pruned.tokens} tokens of {pruned.text})"
         )
     click.echo(f"saved to {output}")
-    _emit_json(as_json, payload)
+    emit_json(as_json, payload)
 
 
 @main.command(name="eval")
@@ -186,7 +186,7 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
 @click.option("--dtype", type=click.Choice(list(_DTYPES)), default="float32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@_user_errors
+@user_errors
 def eval_command(model: str, text: str, windows: int | None, seqlen: int, dtype: str, as_json: bool, quiet: bool) -> None:
     """Perplexity of MODEL (dense or pruned) on held-out text, in non-overlapping windows."""
     loaded = _load(model, dtype, quiet)
@@ -196,7 +196,7 @@ def eval_command(model: str, text: str, windows: int | None, seqlen: int, dtype:
         f"perplexity {result.perplexity:.3f}  ({result.windows} windows x {result.seqlen} tokens = "
         f"{result.tokens} tokens of {result.text})"
     )
-    _emit_json(as_json, {"model": model, **result.to_dict()})
+    emit_json(as_json, {"model": model, **result.to_dict()})
 
 
 @main.command()
@@ -210,10 +210,10 @@ def verify(folder: Path, as_json: bool) -> None:
         checked = verify_checkpoint(folder)
     except VerifyError as error:
         click.echo(f"FAIL {error}", err=True)
-        _emit_json(as_json, {"folder": str(folder), "ok": False, "error": str(error)})
+        emit_json(as_json, {"folder": str(folder), "ok": False, "error": str(error)})
         sys.exit(1)
     except ValueError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
     click.echo(f"OK {checked} pruned layers obey their pattern")
-    _emit_json(as_json, {"folder": str(folder), "ok": True, "layers": checked})
+    emit_json(as_json, {"folder": str(folder), "ok": True, "layers": checked})

@@ -11,8 +11,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from transformers import PreTrainedModel
 
@@ -53,18 +54,14 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
-def save_pruned(
-    model: PreTrainedModel, tokenizer: object | None, report: PruneReport, out: Path, overwrite: bool = False
-) -> Path:
-    """Write the model (safetensors), tokenizer and ``sparsity.json`` to ``out`` atomically."""
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """Yield a hidden staging folder beside ``out`` (already checked with ``check_output_target``)
+    and rename it into place only when the body succeeds; an existing ``out`` is retired only then."""
     out = Path(out)
-    check_output_target(out, overwrite)
     staging = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.partial-"))
     try:
-        model.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        write_json_atomic(staging / REPORT_FILE, report.to_dict())
+        yield staging
         if out.exists():
             retired = out.resolve().parent / f".{out.name}.replaced-{os.getpid()}"
             out.rename(retired)
@@ -75,6 +72,19 @@ def save_pruned(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def save_pruned(
+    model: PreTrainedModel, tokenizer: object | None, report: PruneReport, out: Path, overwrite: bool = False
+) -> Path:
+    """Write the model (safetensors), tokenizer and ``sparsity.json`` to ``out`` atomically."""
+    out = Path(out)
+    check_output_target(out, overwrite)
+    with staged_folder(out) as staging:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        write_json_atomic(staging / REPORT_FILE, report.to_dict())
     return out
 
 

@@ -40,7 +40,7 @@ def pattern_violations(weight: torch.Tensor, pattern: Pattern) -> Violation | No
     return Violation(int(over.sum()), row, group if pattern.structured else None)
 
 
-def _tensor_files(folder: Path) -> list[Path]:
+def tensor_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise VerifyError(f"{folder} holds no .safetensors weights")
@@ -54,7 +54,7 @@ def verify_checkpoint(folder: Path) -> int:
     pattern = Pattern.parse(report["pattern"])
     wanted = {f"{l['name']}.weight": l for l in report["layers"] if l["skipped"] is None}
     found: dict[str, torch.Tensor] = {}
-    for path in _tensor_files(folder):
+    for path in tensor_files(folder):
         with safe_open(str(path), framework="pt") as handle:
             for key in wanted.keys() & set(handle.keys()):
                 found[key] = handle.get_tensor(key)

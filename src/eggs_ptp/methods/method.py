@@ -47,6 +47,6 @@ class Method:
         if self.score is not None:
             mask = self.selector.select(self.score(weight, stats), pattern)
         if self.update is None:
-            return weight * mask.to(weight.dtype), mask
+            return torch.where(mask, weight, torch.zeros_like(weight)), mask  # +0.0, never -0.0
         pruned, mask = self.update.apply(weight, stats, pattern, self.selector, mask=mask)
         return pruned.to(weight.dtype), mask

@@ -100,11 +100,11 @@ class ObsUpdate:
                     saliency = w_block[:, i : i + group].pow(2) / hinv_diag[i : i + group].pow(2)
                     kept[:, column : column + group] = selector.select(saliency, pattern)
                 w_col = w_block[:, i]
-                quantised = w_col * kept[:, column]
+                quantised = torch.where(kept[:, column], w_col, torch.zeros_like(w_col))
                 error = (w_col - quantised) / hinv_block[i, i]
                 w_block[:, i:] -= error.unsqueeze(1) @ hinv_block[i, i:].unsqueeze(0)
                 w_block[:, i] = quantised
                 errors[:, i] = error
             w[:, start:end] = w_block
             w[:, end:] -= errors @ hinv[start:end, end:]
-        return w * kept, kept
+        return torch.where(kept, w, torch.zeros_like(w)), kept  # +0.0 where pruned, never -0.0
