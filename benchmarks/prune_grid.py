@@ -94,12 +94,18 @@ def render_markdown(record: dict) -> str:
         groups.setdefault((row["pattern"], row["cell"], row["nsamples"], row["seqlen"]), []).append(row)
     multi = {k: v for k, v in groups.items() if len({r["seed"] for r in v}) > 1}
     if multi:
-        lines += ["", "| pattern | cell | calib | seeds | perplexity mean ± std | prune s (median) |", "|---|---|---|---|---|---|"]
+        lines += ["", "Paired: the same calibration seed's `ria` perplexity subtracted, then mean ± std over seeds.",
+                  "", "| pattern | cell | calib | seeds | perplexity mean ± std | minus ria, paired | prune s (median) |",
+                  "|---|---|---|---|---|---|---|"]
+        ria = {(r["pattern"], r["nsamples"], r["seqlen"], r["seed"]): r["perplexity"] for r in rows if r["cell"] == "ria"}
         for (pattern, cell, nsamples, seqlen), group in sorted(multi.items(), key=lambda kv: statistics.mean(r["perplexity"] for r in kv[1])):
             ppl = [r["perplexity"] for r in group]
+            paired = [r["perplexity"] - ria[(pattern, nsamples, seqlen, r["seed"])] for r in group
+                      if (pattern, nsamples, seqlen, r["seed"]) in ria]
+            delta = f"{statistics.mean(paired):+.2f} ± {statistics.stdev(paired):.2f}" if len(paired) > 1 else ""
             lines.append(
                 f"| {pattern} | {cell} | {nsamples}x{seqlen} | {len(group)} | {statistics.mean(ppl):.2f} ± "
-                f"{statistics.stdev(ppl):.2f} | {statistics.median(r['seconds'] for r in group):.1f} |"
+                f"{statistics.stdev(ppl):.2f} | {delta} | {statistics.median(r['seconds'] for r in group):.1f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -114,6 +120,7 @@ def main() -> None:
     parser.add_argument("--seeds", default=None)
     parser.add_argument("--windows", type=int, default=None, help="override the preset's evaluation windows (0 = all)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     preset = dict(PRESETS[args.preset])
@@ -127,6 +134,9 @@ def main() -> None:
         preset["windows"] = args.windows or None
     stem = RESULTS / (args.name or f"prune_grid_{args.preset}")
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
+    if args.render:
+        md_path.write_text(render_markdown(json.loads(json_path.read_text())))
+        return
     if json_path.exists() and not args.resume:
         sys.exit(f"{json_path} exists; pass --resume to continue it or --name for a new file")
 

@@ -13,8 +13,9 @@ from eggs_ptp.updates import ObsUpdate
 if TYPE_CHECKING:
     from eggs_ptp.config import PruneConfig
 
-# EGGS tile height when none is given, in multiples of M (chosen by benchmarks/prune_grid.py).
-DEFAULT_TILE_FACTOR = 1
+# EGGS tile height when none is given, in multiples of M: the best EGGS setting in
+# benchmarks/results/prune_grid_64x512.md (repair, B = 1, H = 64M), though not better than RIA beyond noise.
+DEFAULT_TILE_FACTOR = 64
 
 
 @register_method("magnitude", "|W|, no calibration needed")
