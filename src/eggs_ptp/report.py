@@ -10,6 +10,7 @@ from importlib import metadata
 from typing import Any
 
 from eggs_ptp.config import PruneConfig
+from eggs_ptp.methods import build_method
 from eggs_ptp.walk import LayerReport
 
 REPORT_TYPE = "eggs-ptp/sparsity"
@@ -72,6 +73,7 @@ class PruneReport:
             "method": self.config.method,
             "pattern": self.config.pattern,
             "config": self.config.to_dict(),
+            "stages": build_method(self.config).describe(),
             "model": self.model,
             "calibration": self.calibration,
             "summary": self.summary(),

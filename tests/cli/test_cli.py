@@ -32,6 +32,7 @@ def test_prune_eval_verify_end_to_end(tiny_llama_dir, tmp_path, text_file):
                              "--eval", "--eval-text", text_file, "--eval-seqlen", 16, "--json"))
     assert result.exit_code == 0, result.output
     assert "method=eggs" in result.stdout and "pattern=2:4" in result.stdout  # settings are printed
+    assert "EggsSelector(rule='repair', b=1, tile_height=4)" in result.stdout  # resolved stages too
     payload = json.loads(result.stdout.strip().splitlines()[-1])
     assert payload["kept_fraction"] == pytest.approx(0.5)
     assert payload["perplexity"]["pruned"] > 0 and payload["perplexity"]["seqlen"] == 16

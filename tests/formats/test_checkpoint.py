@@ -44,6 +44,7 @@ def test_save_then_verify_round_trip(tmp_path, tokenizer):
     record = json.loads((out / "sparsity.json").read_text())
     assert record["method"] == "ria" and record["pattern"] == "2:4"
     assert record["config"]["type"] == "PruneConfig"
+    assert record["stages"]["score"].startswith("RiaScore(alpha=0.5")
     assert PruneConfig.from_dict(record["config"]) == report.config
     assert {"torch", "transformers", "eggs-ptp"} <= set(record["versions"])
     assert all(layer["recon_error"] is not None for layer in record["layers"])

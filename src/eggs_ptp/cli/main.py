@@ -21,7 +21,7 @@ import torch
 from eggs_ptp.config import PruneConfig
 from eggs_ptp.selectors import RULES
 from eggs_ptp.data import DEFAULT_TEXT
-from eggs_ptp.methods import method_help, method_names
+from eggs_ptp.methods import build_method, method_help, method_names
 from eggs_ptp.models import DEFAULT_MODEL
 from eggs_ptp.walk import NonFiniteActivationError
 
@@ -143,7 +143,8 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
     )
     check_output_target(output, overwrite)
     settings = ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in ("type", "schema_version"))
-    click.echo(f"model={model} dtype={dtype} | {settings}")
+    stages = " ".join(f"{k}={v}" for k, v in build_method(config).describe().items() if v)
+    click.echo(f"model={model} dtype={dtype} | {settings}\nstages: {stages}")
     loaded = _load(model, dtype, quiet)
     dense = None
     if evaluate:

@@ -31,6 +31,11 @@ class Method:
         if self.score is None and self.update is None:
             raise ValueError(f"method {self.name!r} needs a score, an update, or both")
 
+    def describe(self) -> dict[str, str | None]:
+        """The resolved stages, e.g. ``EggsSelector(rule='repair', b=1, tile_height=256)``."""
+        return {"score": repr(self.score) if self.score else None, "selector": repr(self.selector),
+                "update": repr(self.update) if self.update else None}
+
     @property
     def needs_calibration(self) -> bool:
         return self.update is not None or bool(self.score and self.score.needs_calibration)
