@@ -49,6 +49,33 @@ def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+def pruned_tiny(family: str = "llama", method: str = "ria", pattern: str = "2:4"):
+    """A tiny random model pruned on 2 random-token windows; returns (model, report)."""
+    from eggs_ptp import PruneConfig, prune
+    from eggs_ptp.data import sample_windows
+
+    tokens = torch.randint(2, VOCAB, (200,), generator=torch.Generator().manual_seed(0))
+    calibration = sample_windows(tokens, 2, 16, 0, "random")
+    config = PruneConfig(method=method, pattern=pattern, nsamples=2, seqlen=16)
+    return prune(tiny_model(family), None, config, calibration=calibration, progress=False)
+
+
+def pruned_checkpoint(folder: Path, family: str = "llama", pattern: str = "2:4", tokenizer=None):
+    """Save ``pruned_tiny`` to ``folder``; returns (folder, model)."""
+    from eggs_ptp.formats import save_pruned
+
+    model, report = pruned_tiny(family, "ria", pattern)
+    return save_pruned(model, tokenizer, report, folder), model
+
+
+def one_error_line(result, code: int = 2) -> str:
+    """Assert a CLI run failed with exactly one ``error:`` line on stderr, and return it."""
+    assert result.exit_code == code, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))

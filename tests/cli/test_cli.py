@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import one_error_line
 from transformers import AutoConfig, T5Config
 
 from eggs_ptp.cli import main
@@ -18,12 +19,6 @@ def run(*args):
 def prune_args(model_dir, out, text_file, *extra):
     return ["prune", model_dir, "-o", out, "--nsamples", 2, "--seqlen", 16, "--calib", text_file, "-q", *extra]
 
-
-def one_error_line(result, code=2):
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
 
 
 def test_prune_eval_verify_end_to_end(tiny_llama_dir, tmp_path, text_file):

@@ -3,38 +3,21 @@
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
+from conftest import one_error_line, pruned_checkpoint
 
-from conftest import tiny_model
-from eggs_ptp import PruneConfig, prune
 from eggs_ptp.cli.inspect import inspect_command
-from eggs_ptp.data import sample_windows
-from eggs_ptp.formats import save_pruned
 
 
 def run(*args):
     return CliRunner().invoke(inspect_command, [str(a) for a in args])
 
 
-def one_error_line(result):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
-def pruned_checkpoint(folder, family, pattern, tokenizer=None):
-    tokens = torch.randint(2, 300, (200,), generator=torch.Generator().manual_seed(0))
-    calibration = sample_windows(tokens, 2, 16, 0, "random")
-    model, report = prune(tiny_model(family), None, PruneConfig(method="ria", pattern=pattern, nsamples=2, seqlen=16),
-                          calibration=calibration, progress=False)
-    return save_pruned(model, tokenizer, report, folder)
 
 
 @pytest.fixture(scope="module")
 def llama_checkpoint(tmp_path_factory):
-    return pruned_checkpoint(tmp_path_factory.mktemp("inspect") / "llama-2of4", "llama", "2:4")
+    return pruned_checkpoint(tmp_path_factory.mktemp("inspect") / "llama-2of4", "llama", "2:4")[0]
 
 
 def test_pruned_llama_end_to_end(llama_checkpoint, tmp_path):
@@ -62,7 +45,7 @@ def test_pruned_llama_end_to_end(llama_checkpoint, tmp_path):
 
 
 def test_gpt2_conv1d_layers_are_read_out_by_in(tmp_path):
-    checkpoint = pruned_checkpoint(tmp_path / "gpt2-4of8", "gpt2", "4:8")
+    checkpoint, _ = pruned_checkpoint(tmp_path / "gpt2-4of8", "gpt2", "4:8")
     result = run(checkpoint, "--out", tmp_path / "r", "--layers", "*.mlp.*", "-q")
     assert result.exit_code == 0, result.output
     layers = json.loads((tmp_path / "r" / "inspect.json").read_text())["layers"]

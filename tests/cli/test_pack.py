@@ -3,38 +3,21 @@
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
+from conftest import one_error_line, pruned_checkpoint
 
-from conftest import tiny_model
-from eggs_ptp import PruneConfig, prune
 from eggs_ptp.cli.pack import pack_command
-from eggs_ptp.data import sample_windows
-from eggs_ptp.formats import save_pruned
 
 
 def run(*args):
     return CliRunner().invoke(pack_command, [str(a) for a in args])
 
 
-def one_error_line(result):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
-def pruned_checkpoint(folder, pattern):
-    tokens = torch.randint(2, 300, (200,), generator=torch.Generator().manual_seed(0))
-    calibration = sample_windows(tokens, 2, 16, 0, "random")
-    model, report = prune(tiny_model("llama"), None, PruneConfig(method="ria", pattern=pattern, nsamples=2, seqlen=16),
-                          calibration=calibration, progress=False)
-    return save_pruned(model, None, report, folder)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    return pruned_checkpoint(tmp_path_factory.mktemp("pack") / "llama-2of4", "2:4")
+    return pruned_checkpoint(tmp_path_factory.mktemp("pack") / "llama-2of4", "llama", "2:4")[0]
 
 
 def test_pack_reports_sizes_and_json(checkpoint, tmp_path):
@@ -67,6 +50,6 @@ def test_folder_without_sparsity_json_is_refused(tmp_path):
 
 
 def test_unstructured_checkpoint_is_refused(tmp_path):
-    folder = pruned_checkpoint(tmp_path / "unstructured", "0.5")
+    folder, _ = pruned_checkpoint(tmp_path / "unstructured", "llama", "0.5")
     assert "N:M only" in one_error_line(run(folder, tmp_path / "out"))
     assert not (tmp_path / "out").exists()

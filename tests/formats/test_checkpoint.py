@@ -2,10 +2,9 @@ import json
 
 import pytest
 import torch
+from conftest import pruned_tiny
 
-from conftest import tiny_model
-from eggs_ptp import PruneConfig, prune
-from eggs_ptp.data import sample_windows
+from eggs_ptp import PruneConfig
 from eggs_ptp.formats import (
     OutputExistsError,
     VerifyError,
@@ -16,13 +15,6 @@ from eggs_ptp.formats import (
     write_json_atomic,
 )
 from eggs_ptp.pattern import Pattern
-
-
-def pruned_tiny(family="llama", method="ria", pattern="2:4"):
-    tokens = torch.randint(2, 300, (200,), generator=torch.Generator().manual_seed(0))
-    calibration = sample_windows(tokens, 2, 16, 0, "random")
-    return prune(tiny_model(family), None, PruneConfig(method=method, pattern=pattern, nsamples=2, seqlen=16),
-                 calibration=calibration, progress=False)
 
 
 def test_pattern_violations_counts_and_locates():

@@ -5,12 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import pruned_tiny
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_model
-from eggs_ptp import PruneConfig, prune
-from eggs_ptp.data import sample_windows
 from eggs_ptp.formats import save_pruned
 from eggs_ptp.formats.compact import compress, decompress, load_compact, pack_checkpoint
 from eggs_ptp.pattern import Pattern
@@ -88,12 +86,6 @@ def test_decompress_refuses_a_bitmask_that_breaks_the_pattern():
     with pytest.raises(ValueError, match="exactly 2 of every 4"):
         decompress(values, bitmask | 0b100, (1, 8), Pattern(2, 4))
 
-
-def pruned_tiny(family, pattern="2:4"):
-    tokens = torch.randint(2, 300, (200,), generator=torch.Generator().manual_seed(0))
-    calibration = sample_windows(tokens, 2, 16, 0, "random")
-    return prune(tiny_model(family), None, PruneConfig(method="ria", pattern=pattern, nsamples=2, seqlen=16),
-                 calibration=calibration, progress=False)
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

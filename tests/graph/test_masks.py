@@ -2,22 +2,10 @@
 
 import pytest
 import torch
+from conftest import pruned_checkpoint, tiny_model
 
-from conftest import tiny_model
-from eggs_ptp import PruneConfig, prune
-from eggs_ptp.data import sample_windows
-from eggs_ptp.formats import save_pruned
 from eggs_ptp.graph import infer_nm, open_masks, select_layers
 from eggs_ptp.models import ModelError, find_blocks, find_linears
-
-
-def pruned_checkpoint(folder, family, pattern, tokenizer=None):
-    tokens = torch.randint(2, 300, (200,), generator=torch.Generator().manual_seed(0))
-    calibration = sample_windows(tokens, 2, 16, 0, "random")
-    model, report = prune(tiny_model(family), None, PruneConfig(method="ria", pattern=pattern, nsamples=2, seqlen=16),
-                          calibration=calibration, progress=False)
-    save_pruned(model, tokenizer, report, folder)
-    return model
 
 
 def model_masks(model):
@@ -28,7 +16,7 @@ def model_masks(model):
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory, tokenizer):
     folder = tmp_path_factory.mktemp("graph") / "llama-2of4"
-    return folder, pruned_checkpoint(folder, "llama", "2:4", tokenizer)
+    return pruned_checkpoint(folder, "llama", "2:4", tokenizer)
 
 
 def test_checkpoint_masks_follow_the_record(llama):
@@ -44,7 +32,7 @@ def test_checkpoint_masks_follow_the_record(llama):
 
 
 def test_gpt2_conv1d_masks_are_out_by_in(tmp_path):
-    model = pruned_checkpoint(tmp_path / "gpt2", "gpt2", "4:8")
+    _, model = pruned_checkpoint(tmp_path / "gpt2", "gpt2", "4:8")
     masks = {m.name: m for m in open_masks(tmp_path / "gpt2").masks()}
     fc = masks["transformer.h.0.mlp.c_fc"]
     assert fc.transposed and fc.mask.shape == (64, 32)  # stored (32, 64) by Conv1D

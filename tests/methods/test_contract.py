@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import FAMILIES, VOCAB, tiny_model
+
 from eggs_ptp import PruneConfig, prune
 from eggs_ptp.data import sample_windows
 from eggs_ptp.formats import pattern_violations

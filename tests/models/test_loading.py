@@ -3,8 +3,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import tiny_model
+
 from eggs_ptp.models import ModelError, context_length, find_blocks, load_model
 from eggs_ptp.models.layers import BlockDiscoveryError
 

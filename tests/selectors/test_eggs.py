@@ -8,7 +8,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from eggs_ptp.pattern import Pattern
-from eggs_ptp.selectors import RULES, EggsSelector, GuaranteeError, check_guarantee, select_nm
+from eggs_ptp.selectors import (
+    RULES,
+    EggsSelector,
+    GuaranteeError,
+    check_guarantee,
+    select_nm,
+)
 
 T, F = True, False
 P24 = Pattern(n=2, m=4)

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import FAMILIES, tiny_model
+
 from eggs_ptp import PruneConfig, prune
 from eggs_ptp.data import sample_windows
 from eggs_ptp.models import find_blocks

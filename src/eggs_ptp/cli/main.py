@@ -19,10 +19,10 @@ import click
 import torch
 
 from eggs_ptp.config import PruneConfig
-from eggs_ptp.selectors import RULES
 from eggs_ptp.data import DEFAULT_TEXT
 from eggs_ptp.methods import build_method, method_help, method_names
 from eggs_ptp.models import DEFAULT_MODEL
+from eggs_ptp.selectors import RULES
 from eggs_ptp.walk import NonFiniteActivationError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -31,7 +31,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from eggs_ptp.formats.checkpoint import check_output_target, read_report, staged_folder, write_json_atomic
+from eggs_ptp.formats.checkpoint import (
+    check_output_target,
+    read_report,
+    staged_folder,
+    write_json_atomic,
+)
 from eggs_ptp.formats.verify import pattern_violations, tensor_files
 from eggs_ptp.pattern import Pattern
 

@@ -3,7 +3,14 @@
 Plots live in :mod:`eggs_ptp.graph.plots`, imported on demand because they need matplotlib.
 """
 
-from eggs_ptp.graph.masks import LayerMask, MaskSource, infer_nm, open_masks, select_layers, source_name
+from eggs_ptp.graph.masks import (
+    LayerMask,
+    MaskSource,
+    infer_nm,
+    open_masks,
+    select_layers,
+    source_name,
+)
 from eggs_ptp.graph.metrics import (
     DegreeHistogram,
     ExpansionPoint,

@@ -18,7 +18,13 @@ import torch
 from safetensors import safe_open
 
 from eggs_ptp.formats.checkpoint import REPORT_FILE, read_report
-from eggs_ptp.models import ModelError, PrunableLinear, find_blocks, find_linears, load_model
+from eggs_ptp.models import (
+    ModelError,
+    PrunableLinear,
+    find_blocks,
+    find_linears,
+    load_model,
+)
 
 log = logging.getLogger(__name__)
 

@@ -2,6 +2,11 @@
 
 from eggs_ptp.methods import builtin as _builtin  # noqa: F401  (registers the built-in methods)
 from eggs_ptp.methods.method import Method
-from eggs_ptp.methods.registry import build_method, method_help, method_names, register_method
+from eggs_ptp.methods.registry import (
+    build_method,
+    method_help,
+    method_names,
+    register_method,
+)
 
 __all__ = ["Method", "build_method", "method_help", "method_names", "register_method"]

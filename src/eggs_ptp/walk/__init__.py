@@ -1,7 +1,11 @@
 """The sequential layer walk: captures block inputs once, then prunes block after block."""
 
 from eggs_ptp.walk.capture import BlockCall, capture_block_inputs
-from eggs_ptp.walk.sequential import LayerReport, NonFiniteActivationError, walk_and_prune
+from eggs_ptp.walk.sequential import (
+    LayerReport,
+    NonFiniteActivationError,
+    walk_and_prune,
+)
 
 __all__ = [
     "BlockCall",
