@@ -80,7 +80,7 @@ def render_markdown(record: dict) -> str:
         "",
         "Single-seed rows; mean ± std over seeds in the second table.",
         "",
-        *[f"Note: {note}" for note in record.get("notes", [])],
+        *[f"- {note}" for note in record.get("notes", [])],
         *([""] if record.get("notes") else []),
         "| pattern | method | rule | B | H | calib | seed | perplexity | prune s | peak RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",
