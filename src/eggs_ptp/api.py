@@ -53,7 +53,9 @@ def prune(
             ``config.calib`` when None.
         model_info: recorded in the report as the model's provenance.
     """
-    config = (config or PruneConfig()).replace(**overrides) if overrides else (config or PruneConfig())
+    config = config or PruneConfig()
+    if overrides:
+        config = config.replace(**overrides)
     method = build_method(config)
     pattern = config.parsed_pattern
     started = time.perf_counter()

@@ -90,7 +90,7 @@ def default_model_folder() -> Path:
 
 
 def _looks_like_path(spec: str) -> bool:
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or os.sep in spec and os.sep != "/"
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec)
 
 
 def resolve(spec: str) -> str:
