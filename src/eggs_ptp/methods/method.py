@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -11,6 +12,15 @@ from eggs_ptp.scores import Score
 from eggs_ptp.selectors import Selector
 from eggs_ptp.stats import LayerStats
 from eggs_ptp.updates import ObsUpdate
+
+
+@dataclass
+class PrunedLayer:
+    """One layer's pruned weight (out, in), its boolean kept mask, and any per-layer choices made."""
+
+    weight: torch.Tensor
+    mask: torch.Tensor
+    settings: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -44,14 +54,12 @@ class Method:
     def needs_hessian(self) -> bool:
         return self.update is not None
 
-    def prune(
-        self, weight: torch.Tensor, stats: LayerStats | None, pattern: Pattern
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the pruned weight (out, in) in ``weight``'s dtype and its boolean kept mask."""
+    def prune(self, weight: torch.Tensor, stats: LayerStats | None, pattern: Pattern) -> PrunedLayer:
+        """Prune ``weight`` (out, in); the result keeps ``weight``'s dtype."""
         mask = None
         if self.score is not None:
             mask = self.selector.select(self.score(weight, stats), pattern)
         if self.update is None:
-            return torch.where(mask, weight, torch.zeros_like(weight)), mask  # +0.0, never -0.0
+            return PrunedLayer(torch.where(mask, weight, torch.zeros_like(weight)), mask)  # +0.0, never -0.0
         pruned, mask = self.update.apply(weight, stats, pattern, self.selector, mask=mask)
-        return pruned.to(weight.dtype), mask
+        return PrunedLayer(pruned.to(weight.dtype), mask)

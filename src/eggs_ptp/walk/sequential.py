@@ -40,6 +40,7 @@ class LayerReport:
     recon_error: float | None = None
     seconds: float | None = None
     skipped: str | None = None  # why the layer was left dense
+    settings: dict[str, Any] | None = None  # choices the method made for this layer alone
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -144,14 +145,15 @@ def _prune_block(
     for layer in targets:
         started = time.perf_counter()
         dense = layer.weight.float().clone()
-        pruned, mask = method.prune(dense, stats.get(layer.name), pattern)
-        kind = _non_finite_kind(pruned)
+        result = method.prune(dense, stats.get(layer.name), pattern)
+        kind = _non_finite_kind(result.weight)
         if kind:
             raise NonFiniteActivationError(f"{kind} in the pruned weights of {layer.name}")
-        layer.set_weight(pruned)
+        layer.set_weight(result.weight)
         report = reports[layer.name]
         report.seconds = time.perf_counter() - started
-        report.kept_fraction = float(mask.float().mean())
+        report.kept_fraction = float(result.mask.float().mean())
+        report.settings = result.settings
         meters[layer.name] = _ErrorMeter(layer, dense)
 
     handles = [layer.module.register_forward_hook(meters[layer.name]) for layer in targets]
