@@ -10,6 +10,8 @@ from eggs_ptp.selectors import RULES
 
 SCHEMA_VERSION = 1
 
+ALLOCATIONS = ("uniform", "owl")
+
 
 @dataclass(frozen=True)
 class PruneConfig:
@@ -24,6 +26,13 @@ class PruneConfig:
     calib: calibration source: ``wiki`` (embedded default), a .txt/.jsonl path, or ``hf:NAME``.
     include, exclude: glob patterns on module names (``*.mlp.*``); exclude wins.
     damping, blocksize: SparseGPT's Hessian damping fraction and column block.
+    auto: EGGS: choose rule, B and H per layer from its calibration reconstruction error.
+    permute: N:M: permute input channels where the permutation folds exactly into the producing
+        layer, so more score survives and the stored weights stay N:M in memory order.
+    allocation: unstructured: ``uniform`` (every layer at the target) or ``owl`` (outlier-weighted
+        per-block sparsity with the same mean).
+    owl_lambda, owl_threshold: OWL's largest deviation from the mean sparsity, and the multiple of
+        the mean score above which a weight counts as an outlier.
     """
 
     method: str = "eggs"
@@ -40,6 +49,11 @@ class PruneConfig:
     exclude: tuple[str, ...] = field(default_factory=tuple)
     damping: float = 0.01
     blocksize: int = 128
+    auto: bool = False
+    permute: bool = False
+    allocation: str = "uniform"
+    owl_lambda: float = 0.08
+    owl_threshold: float = 5.0
 
     def __post_init__(self) -> None:
         from eggs_ptp.methods import build_method, method_names
@@ -57,6 +71,19 @@ class PruneConfig:
             raise ValueError(f"method {self.method!r} needs an N:M pattern such as 2:4, not {self.pattern}")
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if self.auto and not self.method.startswith("eggs"):
+            raise ValueError(f"auto chooses EGGS settings per layer; it needs an eggs method, not {self.method!r}")
+        if self.permute and not pattern.structured:
+            raise ValueError("permute keeps an N:M layout; it needs an N:M pattern such as 2:4")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation must be one of {', '.join(ALLOCATIONS)}, got {self.allocation!r}")
+        if self.allocation == "owl" and pattern.structured:
+            raise ValueError("owl allocation varies sparsity per layer; it needs an unstructured pattern like 0.5")
+        if not 0 <= self.owl_lambda < 1 or self.owl_threshold <= 0:
+            raise ValueError(
+                f"owl_lambda must lie in [0, 1) and owl_threshold be positive, got {self.owl_lambda}, "
+                f"{self.owl_threshold}"
+            )
         for name in ("nsamples", "seqlen"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import click
 import torch
 
-from eggs_ptp.config import PruneConfig
+from eggs_ptp.config import ALLOCATIONS, PruneConfig
 from eggs_ptp.data import DEFAULT_TEXT
 from eggs_ptp.methods import build_method, method_help, method_names
 from eggs_ptp.models import DEFAULT_MODEL
@@ -111,6 +111,11 @@ def _perplexity_meter(loaded, text: str, windows: int | None, seqlen: int, quiet
 @click.option("--exclude", multiple=True, help="Never prune layers whose name matches this glob (repeatable).")
 @click.option("--damping", type=float, default=PruneConfig.damping, show_default=True, help="SparseGPT: Hessian damping, a fraction of its mean diagonal.")
 @click.option("--blocksize", type=int, default=PruneConfig.blocksize, show_default=True, help="SparseGPT: columns per update block.")
+@click.option("--auto", is_flag=True, help="EGGS: choose rule, B and H per layer from its calibration reconstruction error.")
+@click.option("--permute", is_flag=True, help="N:M: permute input channels where the permutation folds exactly into the producing layer.")
+@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=PruneConfig.allocation, show_default=True, help="Unstructured: per-layer sparsity, uniform or outlier-weighted (OWL), same mean.")
+@click.option("--owl-lambda", type=float, default=PruneConfig.owl_lambda, show_default=True, help="OWL: largest deviation of a block's sparsity from the mean.")
+@click.option("--owl-threshold", type=float, default=PruneConfig.owl_threshold, show_default=True, help="OWL: an outlier's score is this multiple of its layer's mean score.")
 @click.option("--dtype", type=click.Choice(list(_DTYPES)), default="float32", show_default=True, help="Dtype to load and prune the model in.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new checkpoint is complete).")
 @click.option("--eval/--no-eval", "evaluate", default=False, show_default=True, help="Measure dense and pruned perplexity side by side.")
@@ -122,7 +127,8 @@ def _perplexity_meter(loaded, text: str, windows: int | None, seqlen: int, quiet
 @user_errors
 def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: float | None, b: int, rule: str,
           tile_height: int, alpha: float, nsamples: int, seqlen: int, seed: int, calib: str,
-          include: tuple[str, ...], exclude: tuple[str, ...], damping: float, blocksize: int, dtype: str,
+          include: tuple[str, ...], exclude: tuple[str, ...], damping: float, blocksize: int, auto: bool,
+          permute: bool, allocation: str, owl_lambda: float, owl_threshold: float, dtype: str,
           overwrite: bool, evaluate: bool, eval_text: str, eval_windows: int | None, eval_seqlen: int | None,
           as_json: bool, quiet: bool) -> None:
     """Prune MODEL and save it, dense with zeros, with sparsity.json, to OUTPUT.
@@ -139,7 +145,8 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
     config = PruneConfig(
         method=method, pattern=pattern or (str(sparsity) if sparsity is not None else "2:4"), b=b, rule=rule,
         tile_height=tile_height, alpha=alpha, nsamples=nsamples, seqlen=seqlen, seed=seed, calib=calib,
-        include=include, exclude=exclude, damping=damping, blocksize=blocksize,
+        include=include, exclude=exclude, damping=damping, blocksize=blocksize, auto=auto, permute=permute,
+        allocation=allocation, owl_lambda=owl_lambda, owl_threshold=owl_threshold,
     )
     check_output_target(output, overwrite)
     settings = ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in ("type", "schema_version"))
