@@ -5,7 +5,7 @@ and scores the same held-out windows, so cells differ only in method, pattern, s
 Results are appended to ``RESULTS.json`` after every cell (``--resume`` skips finished cells) and
 rendered to ``RESULTS.md``.
 
-Cells are written ``method`` or ``eggs:RULE:bB:hH`` (H as a multiple of M, e.g. ``h4`` = 4M).
+Cells are written ``method`` or ``METHOD:RULE:bB:hH`` for EGGS methods (H as a multiple of M, e.g. ``h4`` = 4M).
 
     python benchmarks/prune_grid.py --preset reference   # the spec's prototype settings
     python benchmarks/prune_grid.py --preset grid         # the 2:4 / 4:8 method grid
@@ -59,11 +59,11 @@ PRESETS: dict[str, dict] = {
 
 def parse_cell(cell: str, pattern: str) -> dict:
     parts = cell.split(":")
-    if parts[0] != "eggs":
+    if len(parts) == 1:
         return {"method": parts[0]}
     rule, b, h = parts[1], int(parts[2][1:]), int(parts[3][1:])
     m = int(pattern.split(":")[1])
-    return {"method": "eggs", "rule": rule, "b": b, "tile_height": h * m}
+    return {"method": parts[0], "rule": rule, "b": b, "tile_height": h * m}
 
 
 def cell_key(cell: str, pattern: str, nsamples: int, seqlen: int, seed: int, windows: int | None) -> str:

@@ -5,7 +5,7 @@ from eggs_ptp.methods import build_method, method_names, register_method
 
 
 def test_builtin_methods_are_registered():
-    assert set(method_names()) == {"magnitude", "wanda", "ria", "sparsegpt", "eggs"}
+    assert set(method_names()) == {"magnitude", "wanda", "ria", "sparsegpt", "sparsegpt+refit", "eggs", "eggs+update"}
 
 
 def test_duplicate_names_are_refused():

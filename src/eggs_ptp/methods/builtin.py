@@ -8,7 +8,7 @@ from eggs_ptp.methods.method import Method
 from eggs_ptp.methods.registry import register_method
 from eggs_ptp.scores import MagnitudeScore, RiaScore, WandaScore
 from eggs_ptp.selectors import EggsSelector, TopKSelector
-from eggs_ptp.updates import ObsUpdate
+from eggs_ptp.updates import LeastSquaresRefit, ObsUpdate
 
 if TYPE_CHECKING:
     from eggs_ptp.config import PruneConfig
@@ -39,16 +39,37 @@ def _sparsegpt(config: "PruneConfig") -> Method:
 
 
 @register_method(
-    "eggs",
-    "RIA score + expander guarantee: every input keeps >= B per tile (EGGS-PTP)",
-    structured_only=True,
+    "sparsegpt+refit", "SparseGPT, then a least-squares re-fit of the kept weights to the dense outputs"
 )
-def _eggs(config: "PruneConfig") -> Method:
+def _sparsegpt_refit(config: "PruneConfig") -> Method:
+    return Method("sparsegpt+refit", TopKSelector(), update=ObsUpdate(config.damping, config.blocksize),
+                  refit=LeastSquaresRefit(config.damping))
+
+
+def _eggs_selector(config: "PruneConfig") -> EggsSelector:
     pattern = config.parsed_pattern
     if not 0 <= config.b <= pattern.n:
         raise ValueError(f"b must lie in 0..N = 0..{pattern.n} for pattern {pattern}, got {config.b}")
     tile_height = config.tile_height or DEFAULT_TILE_FACTOR * pattern.m
     if tile_height < pattern.m or tile_height % pattern.m:
         raise ValueError(f"tile_height must be a positive multiple of M = {pattern.m}, got {tile_height}")
-    selector = EggsSelector(rule=config.rule, b=config.b, tile_height=tile_height)
-    return Method("eggs", selector, score=RiaScore(config.alpha))
+    return EggsSelector(rule=config.rule, b=config.b, tile_height=tile_height)
+
+
+@register_method(
+    "eggs",
+    "RIA score + expander guarantee: every input keeps >= B per tile (EGGS-PTP)",
+    structured_only=True,
+)
+def _eggs(config: "PruneConfig") -> Method:
+    return Method("eggs", _eggs_selector(config), score=RiaScore(config.alpha))
+
+
+@register_method(
+    "eggs+update",
+    "EGGS guarantee on the OBS saliency inside SparseGPT's sweep, then a least-squares re-fit",
+    structured_only=True,
+)
+def _eggs_update(config: "PruneConfig") -> Method:
+    return Method("eggs+update", _eggs_selector(config), update=ObsUpdate(config.damping, config.blocksize),
+                  refit=LeastSquaresRefit(config.damping))

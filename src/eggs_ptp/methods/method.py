@@ -11,7 +11,7 @@ from eggs_ptp.pattern import Pattern
 from eggs_ptp.scores import Score
 from eggs_ptp.selectors import Selector
 from eggs_ptp.stats import LayerStats
-from eggs_ptp.updates import ObsUpdate
+from eggs_ptp.updates import LeastSquaresRefit, ObsUpdate
 
 
 @dataclass
@@ -30,12 +30,14 @@ class Method:
     selector: turns scores into a kept mask obeying the pattern.
     score: importance of each weight; None lets the update choose the mask inside its sweep.
     update: changes the kept weights after (or while) the mask is chosen.
+    refit: re-fits the kept weights of the finished mask to the dense layer's outputs.
     """
 
     name: str
     selector: Selector
     score: Score | None = None
     update: ObsUpdate | None = None
+    refit: LeastSquaresRefit | None = None
 
     def __post_init__(self) -> None:
         if self.score is None and self.update is None:
@@ -43,16 +45,16 @@ class Method:
 
     def describe(self) -> dict[str, str | None]:
         """The resolved stages, e.g. ``EggsSelector(rule='repair', b=1, tile_height=256)``."""
-        return {"score": repr(self.score) if self.score else None, "selector": repr(self.selector),
-                "update": repr(self.update) if self.update else None}
+        stages = {"score": self.score, "selector": self.selector, "update": self.update, "refit": self.refit}
+        return {name: repr(stage) if stage else None for name, stage in stages.items()}
 
     @property
     def needs_calibration(self) -> bool:
-        return self.update is not None or bool(self.score and self.score.needs_calibration)
+        return self.needs_hessian or bool(self.score and self.score.needs_calibration)
 
     @property
     def needs_hessian(self) -> bool:
-        return self.update is not None
+        return self.update is not None or self.refit is not None
 
     def prune(self, weight: torch.Tensor, stats: LayerStats | None, pattern: Pattern) -> PrunedLayer:
         """Prune ``weight`` (out, in); the result keeps ``weight``'s dtype."""
@@ -60,6 +62,9 @@ class Method:
         if self.score is not None:
             mask = self.selector.select(self.score(weight, stats), pattern)
         if self.update is None:
-            return PrunedLayer(torch.where(mask, weight, torch.zeros_like(weight)), mask)  # +0.0, never -0.0
-        pruned, mask = self.update.apply(weight, stats, pattern, self.selector, mask=mask)
+            pruned = torch.where(mask, weight, torch.zeros_like(weight))  # +0.0, never -0.0
+        else:
+            pruned, mask = self.update.apply(weight, stats, pattern, self.selector, mask=mask)
+        if self.refit is not None:
+            pruned = self.refit.apply(weight, pruned, mask, stats)
         return PrunedLayer(pruned.to(weight.dtype), mask)
