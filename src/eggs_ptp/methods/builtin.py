@@ -8,6 +8,7 @@ from eggs_ptp.methods.method import Method
 from eggs_ptp.methods.registry import register_method
 from eggs_ptp.scores import MagnitudeScore, RiaScore, WandaScore
 from eggs_ptp.selectors import EggsSelector, TopKSelector
+from eggs_ptp.selectors.auto import EggsSettingSearch
 from eggs_ptp.updates import LeastSquaresRefit, ObsUpdate
 
 if TYPE_CHECKING:
@@ -46,14 +47,16 @@ def _sparsegpt_refit(config: "PruneConfig") -> Method:
                   refit=LeastSquaresRefit(config.damping))
 
 
-def _eggs_selector(config: "PruneConfig") -> EggsSelector:
+def _eggs_stages(config: "PruneConfig") -> dict[str, EggsSelector | EggsSettingSearch | None]:
+    """The configured EGGS selector and, with ``auto``, the per-layer search around it."""
     pattern = config.parsed_pattern
     if not 0 <= config.b <= pattern.n:
         raise ValueError(f"b must lie in 0..N = 0..{pattern.n} for pattern {pattern}, got {config.b}")
     tile_height = config.tile_height or DEFAULT_TILE_FACTOR * pattern.m
     if tile_height < pattern.m or tile_height % pattern.m:
         raise ValueError(f"tile_height must be a positive multiple of M = {pattern.m}, got {tile_height}")
-    return EggsSelector(rule=config.rule, b=config.b, tile_height=tile_height)
+    selector = EggsSelector(rule=config.rule, b=config.b, tile_height=tile_height)
+    return {"selector": selector, "search": EggsSettingSearch(selector) if config.auto else None}
 
 
 @register_method(
@@ -62,7 +65,7 @@ def _eggs_selector(config: "PruneConfig") -> EggsSelector:
     structured_only=True,
 )
 def _eggs(config: "PruneConfig") -> Method:
-    return Method("eggs", _eggs_selector(config), score=RiaScore(config.alpha))
+    return Method("eggs", score=RiaScore(config.alpha), **_eggs_stages(config))
 
 
 @register_method(
@@ -71,5 +74,5 @@ def _eggs(config: "PruneConfig") -> Method:
     structured_only=True,
 )
 def _eggs_update(config: "PruneConfig") -> Method:
-    return Method("eggs+update", _eggs_selector(config), update=ObsUpdate(config.damping, config.blocksize),
-                  refit=LeastSquaresRefit(config.damping))
+    return Method("eggs+update", update=ObsUpdate(config.damping, config.blocksize),
+                  refit=LeastSquaresRefit(config.damping), **_eggs_stages(config))
