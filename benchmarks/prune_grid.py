@@ -29,6 +29,7 @@ from eggs_ptp.data import load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.eval import PeakRss, perplexity
 from eggs_ptp.formats import write_json_atomic
+from eggs_ptp.graph import layer_metrics, summarise
 from eggs_ptp.models import load_model
 from eggs_ptp.report import library_versions
 
@@ -46,6 +47,19 @@ PRESETS: dict[str, dict] = {
              "cells": BASELINES + ["eggs:repair:b0:h1"]
              + [f"eggs:{rule}:b{b}:h{h}" for rule in ("diagonal", "matching", "repair") for b in (1, 2)
                 for h in (1, 4, 16, 64)]},
+    # Issue 3's ablation: connectivity next to perplexity. Small calibration and evaluation so the
+    # whole rule x B x H grid fits a session; matching only up to H = 4M (one Hungarian solve per
+    # tile makes larger tiles cost minutes per layer).
+    "ablation": {"patterns": ["2:4", "4:8"], "nsamples": 8, "seqlen": 512, "windows": 8, "seeds": [0],
+                 "connectivity": True,
+                 "cells": {"2:4": ["wanda", "ria", "sparsegpt", "eggs:repair:b0:h1"]
+                           + [f"eggs:{rule}:b{b}:h{h}" for rule in ("diagonal", "repair") for b in (1, 2)
+                              for h in (1, 4, 16, 64)]
+                           + [f"eggs:matching:b{b}:h{h}" for b in (1, 2) for h in (1, 4)],
+                           "4:8": ["wanda", "ria", "sparsegpt", "eggs:repair:b0:h1"]
+                           + [f"eggs:{rule}:b{b}:h{h}" for rule in ("diagonal", "repair") for b in (1, 2, 4)
+                              for h in (1, 4, 16, 64)]
+                           + [f"eggs:matching:b{b}:h{h}" for b in (1, 2, 4) for h in (1, 4)]}},
     # What one 2-core session affords: the 2:4 contenders over 3 calibration seeds.
     "seeds": {"patterns": ["2:4"], "nsamples": 64, "seqlen": 512, "windows": 40, "seeds": [0, 1, 2],
               "cells": ["wanda", "ria", "eggs:repair:b1:h16", "eggs:repair:b1:h64"]},
@@ -66,12 +80,49 @@ def parse_cell(cell: str, pattern: str) -> dict:
     return {"method": parts[0], "rule": rule, "b": b, "tile_height": h * m}
 
 
+def connectivity(model: torch.nn.Module, report, pattern: str, settings: dict) -> dict:
+    """Model-level graph numbers of the pruned masks (``eggs_ptp.graph.summarise``) and their cost."""
+    started = time.perf_counter()
+    modules = dict(model.named_modules())
+    parsed = PruneConfig(pattern=pattern, method="magnitude").parsed_pattern
+    nm = (parsed.n, parsed.m) if parsed.structured else None
+    b = max(settings.get("b", 1), 1)
+    metrics = []
+    for layer in report.pruned_layers:
+        weight = modules[layer.name].weight
+        mask = (weight.T if layer.transposed else weight) != 0
+        metrics.append(layer_metrics(mask, b=b, pattern=nm, tile_height=settings.get("tile_height")))
+    return {**summarise(metrics), "seconds": time.perf_counter() - started}
+
+
 def cell_key(cell: str, pattern: str, nsamples: int, seqlen: int, seed: int, windows: int | None) -> str:
     return f"{cell}|{pattern}|{nsamples}x{seqlen}|seed{seed}|w{windows}"
 
 
+def graph_cells(graph: dict | None, shown: bool) -> str:
+    if not shown:
+        return ""
+    if graph is None:
+        return " | | | | |"
+    return (f" {graph['in_degree_min_mean']:.2f} | {graph['in_degree_min_worst']} | {graph['zero_inputs']:g} | "
+            f"{graph['mean_spectral_gap']:.4f} | {graph['expansion_min']:.2f} |")
+
+
+def mean_connectivity(group: list[dict]) -> dict | None:
+    """Each connectivity number averaged over the group's seeds (worst cases stay worst)."""
+    graphs = [row["connectivity"] for row in group if "connectivity" in row]
+    if not graphs:
+        return None
+    keys = ("in_degree_min_mean", "mean_spectral_gap", "zero_inputs")
+    return {**{k: statistics.mean(g[k] for g in graphs) for k in keys},
+            "in_degree_min_worst": min(g["in_degree_min_worst"] for g in graphs),
+            "expansion_min": min(g["expansion_min"] for g in graphs)}
+
+
 def render_markdown(record: dict) -> str:
     rows = record["cells"]
+    graph = any("connectivity" in row for row in rows)
+    graph_head = " min in-degree mean | worst | zero inputs | spectral gap | expansion |" if graph else ""
     lines = [
         f"# Pruning grid on {record['model']}",
         "",
@@ -82,14 +133,15 @@ def render_markdown(record: dict) -> str:
         "",
         *[f"- {note}" for note in record.get("notes", [])],
         *([""] if record.get("notes") else []),
-        "| pattern | method | rule | B | H | calib | seed | perplexity | prune s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| pattern | method | rule | B | H | calib | seed | perplexity | prune s | peak RSS MB |" + graph_head,
+        "|---|---|---|---|---|---|---|---|---|---|" + "---|" * (5 if graph else 0),
     ]
     for row in rows:
         lines.append(
             f"| {row['pattern']} | {row['method']} | {row.get('rule', '')} | {row.get('b', '')} | "
             f"{row.get('tile_height', '')} | {row['nsamples']}x{row['seqlen']} | {row['seed']} | "
             f"{row['perplexity']:.2f} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} |"
+            + graph_cells(row.get("connectivity"), graph)
         )
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -97,8 +149,8 @@ def render_markdown(record: dict) -> str:
     multi = {k: v for k, v in groups.items() if len({r["seed"] for r in v}) > 1}
     if multi:
         lines += ["", "Paired: the same calibration seed's `ria` perplexity subtracted, then mean ± std over seeds.",
-                  "", "| pattern | cell | calib | seeds | perplexity mean ± std | minus ria, paired | prune s (median) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "", "| pattern | cell | calib | seeds | perplexity mean ± std | minus ria, paired | prune s (median) |"
+                  + graph_head, "|---|---|---|---|---|---|---|" + "---|" * (5 if graph else 0)]
         ria = {(r["pattern"], r["nsamples"], r["seqlen"], r["seed"]): r["perplexity"] for r in rows if r["cell"] == "ria"}
         for (pattern, cell, nsamples, seqlen), group in sorted(multi.items(), key=lambda kv: statistics.mean(r["perplexity"] for r in kv[1])):
             ppl = [r["perplexity"] for r in group]
@@ -108,6 +160,7 @@ def render_markdown(record: dict) -> str:
             lines.append(
                 f"| {pattern} | {cell} | {nsamples}x{seqlen} | {len(group)} | {statistics.mean(ppl):.2f} ± "
                 f"{statistics.stdev(ppl):.2f} | {delta} | {statistics.median(r['seconds'] for r in group):.1f} |"
+                + graph_cells(mean_connectivity(group), graph)
             )
     return "\n".join(lines) + "\n"
 
@@ -164,8 +217,9 @@ def main() -> None:
         record["dense"] = dense.to_dict()
     done = {row["key"] for row in record["cells"]}
     for pattern in preset["patterns"]:
+        cells = preset["cells"][pattern] if isinstance(preset["cells"], dict) else preset["cells"]
         for seed in preset["seeds"]:
-            for cell in preset["cells"]:
+            for cell in cells:
                 key = cell_key(cell, pattern, preset["nsamples"], seqlen, seed, windows)
                 if key in done:
                     continue
@@ -182,6 +236,8 @@ def main() -> None:
                        "seqlen": seqlen, **parse_cell(cell, pattern), "perplexity": result.perplexity,
                        "seconds": seconds, "peak_rss_mb": peak.mb,
                        "mean_recon_error": report.summary()["mean_recon_error"]}
+                if preset.get("connectivity"):
+                    row["connectivity"] = connectivity(model, report, pattern, parse_cell(cell, pattern))
                 record["cells"].append(row)
                 write_json_atomic(json_path, record)
                 md_path.write_text(render_markdown(record))
