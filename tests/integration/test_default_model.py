@@ -9,6 +9,7 @@ from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.eval import perplexity
 from eggs_ptp.formats import save_pruned, verify_checkpoint
 from eggs_ptp.models import DEFAULT_MODEL, load_model
+from eggs_ptp.pattern import Pattern
 
 pytestmark = pytest.mark.slow
 SEQLEN, WINDOWS = 256, 8
@@ -75,3 +76,30 @@ def test_saved_checkpoint_verifies_and_reloads(default_model, dense_state, prune
         assert torch.equal(reloaded.model.layers[3].mlp.down_proj.weight, model.model.layers[3].mlp.down_proj.weight)
     finally:
         model.load_state_dict(dense_state)
+
+
+def test_update_and_refit_never_raise_a_real_blocks_reconstruction_error(default_model):
+    """Issue 7: on block 5's real layers, the weight update only ever lowers the calibration error."""
+    from eggs_ptp.methods import build_method
+    from eggs_ptp.models import find_blocks, find_linears
+    from eggs_ptp.stats import LayerStats
+    from eggs_ptp.updates import output_error
+
+    model, tokenizer = default_model.model, default_model.tokenizer
+    calibration = build_calibration(model, tokenizer, PruneConfig(nsamples=4, seqlen=SEQLEN))
+    prefix, blocks = find_blocks(model)
+    layers = find_linears(blocks[5], f"{prefix}.5")
+    stats = {layer.name: LayerStats(layer.in_features, with_hessian=True) for layer in layers}
+    handles = [layer.module.register_forward_hook(lambda m, i, o, s=stats[layer.name]: s.add(i[0])) for layer in layers]
+    try:
+        with torch.no_grad():
+            model(calibration.windows)
+    finally:
+        for handle in handles:
+            handle.remove()
+    mask_only, updated = build_method(PruneConfig(method="eggs")), build_method(PruneConfig(method="eggs+update"))
+    for layer in layers:
+        weight, layer_stats = layer.weight.float(), stats[layer.name]
+        baseline = output_error(weight - mask_only.prune(weight, layer_stats, Pattern(2, 4)).weight, layer_stats.hessian)
+        result = updated.prune(weight, layer_stats, Pattern(2, 4))
+        assert float(output_error(weight - result.weight, layer_stats.hessian).sum()) < float(baseline.sum()), layer.name
