@@ -5,7 +5,8 @@ and scores the same held-out windows, so cells differ only in method, pattern, s
 Results are appended to ``RESULTS.json`` after every cell (``--resume`` skips finished cells) and
 rendered to ``RESULTS.md``.
 
-Cells are written ``method`` or ``METHOD:RULE:bB:hH`` for EGGS methods (H as a multiple of M, e.g. ``h4`` = 4M).
+Cells are written ``METHOD[:RULE][:bB][:hH][:auto][:permute][:owl]``, e.g. ``eggs:repair:b1:h4`` (H as a
+multiple of M, so ``h4`` = 4M) or ``wanda:owl``.
 
     python benchmarks/prune_grid.py --preset reference   # the spec's prototype settings
     python benchmarks/prune_grid.py --preset grid         # the 2:4 / 4:8 method grid
@@ -32,6 +33,7 @@ from eggs_ptp.formats import write_json_atomic
 from eggs_ptp.graph import layer_metrics, summarise
 from eggs_ptp.models import load_model
 from eggs_ptp.report import library_versions
+from eggs_ptp.selectors import RULES
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -72,12 +74,22 @@ PRESETS: dict[str, dict] = {
 
 
 def parse_cell(cell: str, pattern: str) -> dict:
-    parts = cell.split(":")
-    if len(parts) == 1:
-        return {"method": parts[0]}
-    rule, b, h = parts[1], int(parts[2][1:]), int(parts[3][1:])
-    m = int(pattern.split(":")[1])
-    return {"method": parts[0], "rule": rule, "b": b, "tile_height": h * m}
+    """``METHOD[:RULE][:bB][:hH][:auto][:permute][:owl]`` -> PruneConfig fields (H in multiples of M)."""
+    method, *parts = cell.split(":")
+    fields: dict = {"method": method}
+    for part in parts:
+        if part in RULES:
+            fields["rule"] = part
+        elif part[0] in "bh" and part[1:].isdigit():
+            key, value = ("b", int(part[1:])) if part[0] == "b" else ("tile_height", int(part[1:]) * int(pattern.split(":")[1]))
+            fields[key] = value
+        elif part in ("auto", "permute"):
+            fields[part] = True
+        elif part == "owl":
+            fields["allocation"] = "owl"
+        else:
+            raise SystemExit(f"cell {cell!r}: unknown part {part!r}")
+    return fields
 
 
 def connectivity(model: torch.nn.Module, report, pattern: str, settings: dict) -> dict:
@@ -97,6 +109,11 @@ def connectivity(model: torch.nn.Module, report, pattern: str, settings: dict) -
 
 def cell_key(cell: str, pattern: str, nsamples: int, seqlen: int, seed: int, windows: int | None) -> str:
     return f"{cell}|{pattern}|{nsamples}x{seqlen}|seed{seed}|w{windows}"
+
+
+def method_label(row: dict) -> str:
+    flags = [flag for flag in ("auto", "permute") if row.get(flag)] + (["owl"] if row.get("allocation") == "owl" else [])
+    return " ".join([row["method"], *flags])
 
 
 def graph_cells(graph: dict | None, shown: bool) -> str:
@@ -138,7 +155,7 @@ def render_markdown(record: dict) -> str:
     ]
     for row in rows:
         lines.append(
-            f"| {row['pattern']} | {row['method']} | {row.get('rule', '')} | {row.get('b', '')} | "
+            f"| {row['pattern']} | {method_label(row)} | {row.get('rule', '')} | {row.get('b', '')} | "
             f"{row.get('tile_height', '')} | {row['nsamples']}x{row['seqlen']} | {row['seed']} | "
             f"{row['perplexity']:.2f} | {row['seconds']:.1f} | {row['peak_rss_mb']:.0f} |"
             + graph_cells(row.get("connectivity"), graph)
