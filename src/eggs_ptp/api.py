@@ -67,7 +67,8 @@ def prune(
     try:
         hidden, calls = capture_block_inputs(model, blocks, calibration.windows, progress)
         layers = walk_and_prune(
-            blocks, prefix, calls, hidden, method, pattern, config.include, config.exclude, progress
+            blocks, prefix, calls, hidden, method, pattern, config.include, config.exclude, progress,
+            permute=config.permute,
         )
     finally:
         model.train(was_training)

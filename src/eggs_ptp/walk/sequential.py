@@ -3,7 +3,9 @@
 Per block: one forward collects every prunable layer's input statistics (skipped when the method
 needs none); the method prunes each layer; a second forward through the pruned block produces the
 next block's inputs and measures each layer's reconstruction error ``||WX - W'X|| / ||WX||`` on
-the inputs it sees inside the pruned model. The walk knows nothing about methods beyond
+the inputs it sees inside the pruned model. With ``permute``, layers whose input permutation folds
+exactly into their producers are permuted between the statistics pass and pruning
+(:mod:`eggs_ptp.permute`). The walk knows nothing about methods beyond
 :class:`~eggs_ptp.methods.Method`'s ``prune`` and its needs.
 """
 
@@ -21,6 +23,7 @@ from tqdm.auto import tqdm
 from eggs_ptp.methods import Method
 from eggs_ptp.models.layers import PrunableLinear, find_linears
 from eggs_ptp.pattern import Pattern
+from eggs_ptp.permute import permute_block
 from eggs_ptp.stats import LayerStats
 from eggs_ptp.walk.capture import BlockCall
 
@@ -41,6 +44,7 @@ class LayerReport:
     seconds: float | None = None
     skipped: str | None = None  # why the layer was left dense
     settings: dict[str, Any] | None = None  # choices the method made for this layer alone
+    permutation: dict[str, Any] | None = None  # input-channel permutation, or why there was none
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +114,7 @@ def _prune_block(
     pattern: Pattern,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
+    permute: bool = False,
 ) -> tuple[list[torch.Tensor], list[LayerReport]]:
     layers = find_linears(block, prefix, include, exclude)
     reports = {
@@ -140,6 +145,10 @@ def _prune_block(
         finally:
             for handle in handles:
                 handle.remove()
+
+    if permute and targets:  # after calibration, before pruning: the error meter sees permuted weights
+        for name, record in permute_block(block, prefix, targets, stats, method, pattern, call, hidden[0]).items():
+            reports[name].permutation = record
 
     meters: dict[str, _ErrorMeter] = {}
     for layer in targets:
@@ -178,14 +187,19 @@ def walk_and_prune(
     exclude: tuple[str, ...] = (),
     progress: bool = True,
     on_block: Callable[[int, list[LayerReport]], None] | None = None,
+    permute: bool = False,
 ) -> list[LayerReport]:
-    """Prune every block in order; return one report per linear layer found."""
+    """Prune every block in order; return one report per linear layer found.
+
+    ``permute`` first permutes the input channels of layers where the permutation folds exactly
+    into the layers producing them (:func:`eggs_ptp.permute.permute_block`).
+    """
     reports: list[LayerReport] = []
     bar = tqdm(range(len(blocks)), desc=f"prune {method.name} {pattern}", disable=not progress)
     for index in bar:
         hidden, block_reports = _prune_block(
             blocks[index], index, f"{prefix}.{index}", calls[index], hidden, method, pattern,
-            include, exclude,
+            include, exclude, permute,
         )
         reports.extend(block_reports)
         if on_block:
