@@ -49,6 +49,14 @@ def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+def random_calibration(nsamples: int = 4, seqlen: int = 16, seed: int = 0):
+    """Seeded windows of random token ids, for tiny models that need no real text."""
+    from eggs_ptp.data import sample_windows
+
+    tokens = torch.randint(2, VOCAB, (400,), generator=torch.Generator().manual_seed(123))
+    return sample_windows(tokens, nsamples, seqlen, seed, "random tokens")
+
+
 def pruned_tiny(family: str = "llama", method: str = "ria", pattern: str = "2:4"):
     """A tiny random model pruned on 2 random-token windows; returns (model, report)."""
     from eggs_ptp import PruneConfig, prune

@@ -28,3 +28,41 @@ def test_equal_ratios_give_uniform_sparsity():
 def test_band_outside_unit_interval_is_refused():
     with pytest.raises(ValueError, match="smaller --owl-lambda"):
         owl_sparsities([0.1, 0.2], 0.95, 0.08)
+
+
+def test_owl_prunes_each_block_to_its_share_and_the_checkpoint_verifies(tmp_path, tokenizer):
+    from conftest import random_calibration, tiny_model
+
+    from eggs_ptp import PruneConfig, prune
+    from eggs_ptp.formats import save_pruned, verify_checkpoint
+
+    config = PruneConfig(method="wanda", pattern="0.5", allocation="owl", owl_lambda=0.1, nsamples=4, seqlen=16)
+    model, report = prune(tiny_model("llama"), None, config, calibration=random_calibration(), progress=False)
+    sparsities = report.allocation["block_sparsity"]
+    assert len(sparsities) == len(report.allocation["outlier_ratio"]) == 2
+    assert sum(sparsities) / len(sparsities) == pytest.approx(0.5)
+    assert max(sparsities) - min(sparsities) == pytest.approx(0.2)
+    for layer in report.pruned_layers:
+        block = int(layer.name.split(".")[2])
+        assert layer.kept_fraction == pytest.approx(1 - sparsities[block], abs=1 / layer.shape[1]), layer.name
+    assert report.summary()["kept_fraction"] == pytest.approx(0.5, abs=0.02)
+    folder = save_pruned(model, tokenizer, report, tmp_path / "owl")
+    assert verify_checkpoint(folder) == len(report.pruned_layers)
+
+
+def test_owl_needs_unstructured_sparsity():
+    from eggs_ptp import PruneConfig
+
+    with pytest.raises(ValueError, match="unstructured"):
+        PruneConfig(method="wanda", pattern="2:4", allocation="owl")
+
+
+def test_a_method_without_calibration_draws_one_window(tokenizer, text_file):
+    from conftest import tiny_model
+
+    from eggs_ptp import PruneConfig, prune
+
+    config = PruneConfig(method="magnitude", calib=str(text_file), nsamples=64, seqlen=8)
+    _, report = prune(tiny_model("llama"), tokenizer, config, progress=False)
+    assert report.calibration["nsamples"] == 1
+    assert all(layer.recon_error is not None for layer in report.pruned_layers)

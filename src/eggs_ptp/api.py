@@ -8,13 +8,15 @@ from typing import Any
 
 from transformers import PreTrainedModel
 
+from eggs_ptp.allocation import block_outlier_ratio, owl_sparsities
 from eggs_ptp.config import PruneConfig
 from eggs_ptp.data import CalibrationSet, load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.methods import build_method
 from eggs_ptp.models import context_length, find_blocks
 from eggs_ptp.report import PruneReport, peak_rss_mb
-from eggs_ptp.walk import capture_block_inputs, walk_and_prune
+from eggs_ptp.pattern import Pattern
+from eggs_ptp.walk import capture_block_inputs, survey_blocks, walk_and_prune
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +62,21 @@ def prune(
     pattern = config.parsed_pattern
     started = time.perf_counter()
     if calibration is None:
-        calibration = build_calibration(model, tokenizer, config)
+        # A method without calibration still gets one window, to measure reconstruction error.
+        needed = config if method.needs_calibration or config.allocation != "uniform" else config.replace(nsamples=1)
+        calibration = build_calibration(model, tokenizer, needed)
     prefix, blocks = find_blocks(model)
     was_training = model.training
     model.eval()
+    allocation = None
     try:
         hidden, calls = capture_block_inputs(model, blocks, calibration.windows, progress)
+        if config.allocation == "owl":
+            allocation = _owl_allocation(config, blocks, prefix, calls, hidden, progress)
         layers = walk_and_prune(
-            blocks, prefix, calls, hidden, method, pattern, config.include, config.exclude, progress,
-            permute=config.permute,
+            blocks, prefix, calls, hidden, method,
+            [Pattern(sparsity=s) for s in allocation["block_sparsity"]] if allocation else pattern,
+            config.include, config.exclude, progress, permute=config.permute,
         )
     finally:
         model.train(was_training)
@@ -86,8 +94,20 @@ def prune(
         layers=layers,
         seconds=time.perf_counter() - started,
         peak_rss_mb=peak_rss_mb(),
+        allocation=allocation,
     )
     return model, report
+
+
+def _owl_allocation(config: PruneConfig, blocks, prefix, calls, hidden, progress: bool) -> dict[str, Any]:
+    """OWL's per-block sparsities from a dense survey of every block's Wanda-score outliers."""
+    ratios = survey_blocks(
+        blocks, prefix, calls, hidden, lambda layers: block_outlier_ratio(layers, config.owl_threshold),
+        config.include, config.exclude, progress,
+    )
+    sparsities = owl_sparsities(ratios, config.parsed_pattern.sparsity, config.owl_lambda)
+    return {"method": "owl", "lambda": config.owl_lambda, "threshold": config.owl_threshold,
+            "outlier_ratio": ratios, "block_sparsity": sparsities}
 
 
 __all__ = ["build_calibration", "effective_seqlen", "prune"]

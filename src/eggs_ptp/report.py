@@ -42,6 +42,7 @@ class PruneReport:
     peak_rss_mb: float
     versions: dict[str, str] = field(default_factory=library_versions)
     evaluation: dict[str, Any] | None = None  # dense and pruned perplexity, when measured
+    allocation: dict[str, Any] | None = None  # per-block sparsities, when not uniform
 
     @property
     def pruned_layers(self) -> list[LayerReport]:
@@ -79,5 +80,6 @@ class PruneReport:
             "summary": self.summary(),
             "versions": self.versions,
             "evaluation": self.evaluation,
+            "allocation": self.allocation,
             "layers": [layer.to_dict() for layer in self.layers],
         }

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from conftest import tiny_model
-from test_contract import calibration
+from conftest import random_calibration, tiny_model
 
 from eggs_ptp import PruneConfig, prune
 from eggs_ptp.methods import build_method
@@ -50,7 +49,7 @@ def test_auto_never_loses_to_the_default_and_meets_its_recorded_guarantee(method
 
 def test_auto_records_each_layers_choice_in_the_report():
     config = PruneConfig(method="eggs", pattern="2:4", tile_height=4, nsamples=4, seqlen=16, auto=True)
-    model, report = prune(tiny_model("llama"), None, config, calibration=calibration(), progress=False)
+    model, report = prune(tiny_model("llama"), None, config, calibration=random_calibration(), progress=False)
     for entry in report.pruned_layers:
         assert entry.settings["rule"] in ("repair", "diagonal", "matching"), entry.name
         assert 1 <= entry.settings["b"] <= 2

@@ -2,21 +2,15 @@ import json
 
 import pytest
 import torch
-from conftest import VOCAB, tiny_model
+from conftest import random_calibration, tiny_model
 
 from eggs_ptp import PruneConfig, prune
-from eggs_ptp.data import sample_windows
 from eggs_ptp.formats import save_pruned, verify_checkpoint
 from eggs_ptp.methods import build_method
 from eggs_ptp.models import find_blocks
 from eggs_ptp.stats import LayerStats
 
 CONSUMERS = {"llama": ("self_attn.o_proj", "mlp.down_proj"), "opt": ("self_attn.out_proj", "fc2")}
-
-
-def calibration():
-    tokens = torch.randint(2, VOCAB, (200,), generator=torch.Generator().manual_seed(0))
-    return sample_windows(tokens, 2, 16, 0, "random")
 
 
 def config(method, **changes):
@@ -29,7 +23,7 @@ def block0_kept_score(dense, pruned, local, method):
     stats = LayerStats(module.in_features)
     handle = module.register_forward_hook(lambda m, inputs, output: stats.add(inputs[0]))
     with torch.no_grad():
-        dense(calibration().windows, use_cache=False)
+        dense(random_calibration(nsamples=2).windows, use_cache=False)
     handle.remove()
     scores = build_method(config(method)).score(module.weight.detach().float(), stats)
     kept = find_blocks(pruned)[1][0].get_submodule(local).weight != 0
@@ -39,9 +33,9 @@ def block0_kept_score(dense, pruned, local, method):
 @pytest.mark.parametrize("family", sorted(CONSUMERS))
 @pytest.mark.parametrize("method", ["eggs", "wanda"])
 def test_permuted_prune_verifies_and_keeps_more_score(tmp_path, family, method):
-    plain, _ = prune(tiny_model(family), None, config(method), calibration=calibration(), progress=False)
+    plain, _ = prune(tiny_model(family), None, config(method), calibration=random_calibration(nsamples=2), progress=False)
     model, report = prune(tiny_model(family), None, config(method, permute=True),
-                          calibration=calibration(), progress=False)
+                          calibration=random_calibration(nsamples=2), progress=False)
     folder = save_pruned(model, None, report, tmp_path / "out")
     assert verify_checkpoint(folder) == len(report.pruned_layers)
 
@@ -63,12 +57,12 @@ def test_permuted_prune_verifies_and_keeps_more_score(tmp_path, family, method):
 
 def test_a_method_without_a_score_permutes_on_a_proxy(tmp_path):
     model, report = prune(tiny_model("llama"), None, config("sparsegpt", permute=True),
-                          calibration=calibration(), progress=False)
+                          calibration=random_calibration(nsamples=2), progress=False)
     assert verify_checkpoint(save_pruned(model, None, report, tmp_path / "out")) == len(report.pruned_layers)
     down = next(layer for layer in report.layers if layer.name.endswith("0.mlp.down_proj"))
     assert down.permutation["applied"] and down.permutation["score"] == "wanda (proxy: sparsegpt has no score)"
 
 
 def test_without_permute_nothing_is_recorded():
-    _, report = prune(tiny_model("llama"), None, config("wanda"), calibration=calibration(), progress=False)
+    _, report = prune(tiny_model("llama"), None, config("wanda"), calibration=random_calibration(nsamples=2), progress=False)
     assert all(layer.permutation is None for layer in report.layers)

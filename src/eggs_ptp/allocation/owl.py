@@ -12,6 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
+from eggs_ptp.models.layers import PrunableLinear
+from eggs_ptp.scores import WandaScore
+from eggs_ptp.stats import LayerStats
+
 
 def outlier_ratio(scores: Sequence[torch.Tensor], threshold: float) -> float:
     """Fraction of all entries of ``scores`` (one block's layers) above ``threshold`` x their mean."""
@@ -19,6 +23,12 @@ def outlier_ratio(scores: Sequence[torch.Tensor], threshold: float) -> float:
     if flat.numel() == 0:
         raise ValueError("outlier_ratio needs at least one score")
     return float((flat > threshold * flat.mean()).float().mean())
+
+
+def block_outlier_ratio(layers: Sequence[tuple[PrunableLinear, LayerStats]], threshold: float) -> float:
+    """OWL's layerwise outlier distribution entry for one block: Wanda-score outliers of all its layers."""
+    score = WandaScore()
+    return outlier_ratio([score(layer.weight.float(), stats) for layer, stats in layers], threshold)
 
 
 def owl_sparsities(ratios: Sequence[float], target: float, lam: float) -> list[float]:

@@ -64,11 +64,12 @@ def verify_checkpoint(folder: Path) -> int:
         weight = found[key].T if layer["transposed"] else found[key]
         if list(weight.shape) != list(layer["shape"]):
             raise VerifyError(f"{layer['name']}: shape {list(weight.shape)} is not the recorded {layer['shape']}")
-        violation = pattern_violations(weight, pattern)
+        layer_pattern = Pattern.parse(layer["pattern"]) if layer.get("pattern") else pattern
+        violation = pattern_violations(weight, layer_pattern)
         if violation:
             where = f"row {violation.row}" + (f", group {violation.group}" if violation.group is not None else "")
             raise VerifyError(
-                f"{layer['name']} breaks pattern {pattern}: {violation.count} "
-                f"{'groups' if pattern.structured else 'rows'} keep too many weights (first at {where})"
+                f"{layer['name']} breaks pattern {layer_pattern}: {violation.count} "
+                f"{'groups' if layer_pattern.structured else 'rows'} keep too many weights (first at {where})"
             )
     return len(wanted)

@@ -6,11 +6,13 @@ from eggs_ptp.walk.sequential import (
     NonFiniteActivationError,
     walk_and_prune,
 )
+from eggs_ptp.walk.survey import survey_blocks
 
 __all__ = [
     "BlockCall",
     "LayerReport",
     "NonFiniteActivationError",
     "capture_block_inputs",
+    "survey_blocks",
     "walk_and_prune",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import Any, Callable
 
 import torch
@@ -45,6 +46,7 @@ class LayerReport:
     skipped: str | None = None  # why the layer was left dense
     settings: dict[str, Any] | None = None  # choices the method made for this layer alone
     permutation: dict[str, Any] | None = None  # input-channel permutation, or why there was none
+    pattern: str | None = None  # the pattern this layer was pruned to (blocks may differ, e.g. OWL)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,6 +162,7 @@ def _prune_block(
             raise NonFiniteActivationError(f"{kind} in the pruned weights of {layer.name}")
         layer.set_weight(result.weight)
         report = reports[layer.name]
+        report.pattern = str(pattern)
         report.seconds = time.perf_counter() - started
         report.kept_fraction = float(result.mask.float().mean())
         report.settings = result.settings
@@ -182,7 +185,7 @@ def walk_and_prune(
     calls: list[BlockCall],
     hidden: list[torch.Tensor],
     method: Method,
-    pattern: Pattern,
+    pattern: Pattern | Sequence[Pattern],
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
     progress: bool = True,
@@ -191,14 +194,20 @@ def walk_and_prune(
 ) -> list[LayerReport]:
     """Prune every block in order; return one report per linear layer found.
 
+    ``pattern`` is one pattern for every block, or one per block (a non-uniform allocation).
+
     ``permute`` first permutes the input channels of layers where the permutation folds exactly
     into the layers producing them (:func:`eggs_ptp.permute.permute_block`).
     """
     reports: list[LayerReport] = []
-    bar = tqdm(range(len(blocks)), desc=f"prune {method.name} {pattern}", disable=not progress)
+    per_block = list(pattern) if isinstance(pattern, Sequence) else [pattern] * len(blocks)
+    if len(per_block) != len(blocks):
+        raise ValueError(f"got {len(per_block)} block patterns for {len(blocks)} blocks")
+    label = pattern if isinstance(pattern, Pattern) else "per-block"
+    bar = tqdm(range(len(blocks)), desc=f"prune {method.name} {label}", disable=not progress)
     for index in bar:
         hidden, block_reports = _prune_block(
-            blocks[index], index, f"{prefix}.{index}", calls[index], hidden, method, pattern,
+            blocks[index], index, f"{prefix}.{index}", calls[index], hidden, method, per_block[index],
             include, exclude, permute,
         )
         reports.extend(block_reports)
