@@ -3,7 +3,7 @@
 Per block: one forward collects every prunable layer's input statistics (skipped when the method
 needs none); the method prunes each layer; a second forward through the pruned block produces the
 next block's inputs and measures each layer's reconstruction error ``||WX - W'X|| / ||WX||`` on
-the inputs it sees inside the pruned model. With ``permute``, layers whose input permutation folds
+the inputs it sees inside the pruned model (the first ``ERROR_WINDOWS`` windows). With ``permute``, layers whose input permutation folds
 exactly into their producers are permuted between the statistics pass and pruning
 (:mod:`eggs_ptp.permute`). The walk knows nothing about methods beyond
 :class:`~eggs_ptp.methods.Method`'s ``prune`` and its needs.
@@ -52,12 +52,15 @@ class LayerReport:
         return asdict(self)
 
 
+# Reconstruction error is measured on this many calibration windows: a dense re-computation of
+# every layer on all of them would cost about as much as the block forward itself.
+ERROR_WINDOWS = 8
+
+
 def _non_finite_kind(tensor: torch.Tensor) -> str | None:
-    if torch.isnan(tensor).any():
-        return "NaN"
-    if torch.isinf(tensor).any():
-        return "Inf"
-    return None
+    if bool(torch.isfinite(tensor).all()):
+        return None
+    return "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
 
 
 def _run_block(
@@ -170,10 +173,11 @@ def _prune_block(
 
     handles = [layer.module.register_forward_hook(meters[layer.name]) for layer in targets]
     try:
-        outputs = _run_block(block, call, hidden, index, "output")
+        outputs = _run_block(block, call, hidden[:ERROR_WINDOWS], index, "output")
     finally:
         for handle in handles:
             handle.remove()
+    outputs += _run_block(block, call, hidden[ERROR_WINDOWS:], index, "output")
     for name, meter in meters.items():
         reports[name].recon_error = meter.relative_error
     return outputs, list(reports.values())
