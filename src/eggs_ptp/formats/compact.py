@@ -86,19 +86,33 @@ def compress(weight: torch.Tensor, pattern: Pattern) -> tuple[torch.Tensor, torc
     return values, _pack_bits(stored)
 
 
-def decompress(values: torch.Tensor, bitmask: torch.Tensor, shape: tuple[int, int] | list[int],
-               pattern: Pattern) -> torch.Tensor:
-    """Rebuild the dense (out, in) weight, bit for bit, with +0.0 at positions not stored."""
+def check_compact(values: torch.Tensor, bitmask: torch.Tensor, shape: tuple[int, int] | list[int],
+                  pattern: Pattern) -> torch.Tensor:
+    """Check that ``values`` and ``bitmask`` describe an (out, in) weight at ``pattern``.
+
+    Returns the unpacked (out, in) bool mask of stored positions; raises ValueError otherwise.
+    """
     rows, cols = shape
     n, m = _check_pattern(pattern, cols)
     if list(values.shape) != [rows, cols // m * n]:
         raise ValueError(f"values shape {list(values.shape)} is not [{rows}, {cols // m * n}] for {rows}x{cols} at {pattern}")
     if bitmask.dtype != torch.uint8 or list(bitmask.shape) != [rows, -(-cols // 8)]:
         raise ValueError(f"bitmask must be uint8 [{rows}, {-(-cols // 8)}], got {bitmask.dtype} {list(bitmask.shape)}")
-    stored = _unpack_bits(bitmask, cols)  # (out, in)
+    stored = unpack_bits(bitmask, cols)  # (out, in)
     if not (stored.reshape(rows, cols // m, m).sum(dim=-1) == n).all():
         raise ValueError(f"bitmask does not mark exactly {n} of every {m} columns")
-    weight = torch.zeros((rows, cols), dtype=values.dtype, device=values.device)
+    return stored
+
+
+def decompress(values: torch.Tensor, bitmask: torch.Tensor, shape: tuple[int, int] | list[int],
+               pattern: Pattern) -> torch.Tensor:
+    """Rebuild the dense (out, in) weight, bit for bit, with +0.0 at positions not stored."""
+    return scatter_stored(values, check_compact(values, bitmask, shape, pattern))
+
+
+def scatter_stored(values: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
+    """The dense weight from ``values`` placed, row-major, at the True positions of ``stored`` (out, in)."""
+    weight = torch.zeros(stored.shape, dtype=values.dtype, device=values.device)
     return weight.masked_scatter_(stored, values)
 
 
@@ -110,8 +124,9 @@ def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
     return (padded * weights).sum(dim=-1, dtype=torch.uint8)
 
 
-def _unpack_bits(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
-    """Inverse of :func:`_pack_bits`; padding bits past ``cols`` are dropped."""
+def unpack_bits(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
+    """(out, ceil(in/8)) uint8 -> (out, in) bool, the inverse of :func:`_pack_bits`; padding bits past
+    ``cols`` are dropped."""
     shifts = torch.arange(8, dtype=torch.uint8, device=bitmask.device)
     bits = (bitmask.unsqueeze(-1) >> shifts) & 1  # (out, bytes, 8)
     return bits.reshape(bitmask.shape[0], -1)[:, :cols].bool()
@@ -209,16 +224,22 @@ def read_compact(folder: Path) -> dict[str, Any]:
     return record
 
 
-def load_compact_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """The dense-with-zeros state dict (as stored, Conv1D layers (in, out)) of a packed folder."""
-    folder = Path(folder)
+def _load_record(folder: Path) -> tuple[dict[str, Any], Pattern, dict[str, torch.Tensor]]:
     record = read_compact(folder)
-    pattern = Pattern.parse(record["pattern"])
     state = load_file(str(folder / WEIGHTS_FILE))
     for layer in record["layers"]:
         key = f"{layer['name']}.weight"
         if f"{key}.values" not in state or f"{key}.bitmask" not in state:
             raise ValueError(f"{layer['name']}: {key}.values or {key}.bitmask is missing from {folder / WEIGHTS_FILE}")
+    return record, Pattern.parse(record["pattern"]), state
+
+
+def load_compact_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    """The dense-with-zeros state dict (as stored, Conv1D layers (in, out)) of a packed folder."""
+    folder = Path(folder)
+    record, pattern, state = _load_record(folder)
+    for layer in record["layers"]:
+        key = f"{layer['name']}.weight"
         try:
             weight = decompress(state.pop(f"{key}.values"), state.pop(f"{key}.bitmask"), layer["shape"], pattern)
         except ValueError as error:
@@ -227,12 +248,44 @@ def load_compact_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_compact(folder: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """A working causal LM (eval mode) from a packed folder, in ``dtype`` or the saved one."""
+def _swap_in_sparse(model: PreTrainedModel, record: dict[str, Any], pattern: Pattern,
+                    state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> None:
+    """Replace each packed layer of ``model`` by a SparseNMLinear holding its compact tensors, and
+    rename their keys in ``state`` to the new module's buffers (same tensors, so loading copies nothing)."""
+    from eggs_ptp.kernels import SparseNMLinear
+
+    for layer in record["layers"]:
+        name = layer["name"]
+        values, bitmask = state.pop(f"{name}.weight.values"), state.pop(f"{name}.weight.bitmask")
+        bias = state.get(f"{name}.bias")
+        if dtype is not None:
+            values, bias = values.to(dtype), None if bias is None else bias.to(dtype)
+        try:
+            module = SparseNMLinear(values, bitmask, layer["shape"][1], pattern, bias)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+        model.set_submodule(name, module)
+        state[f"{name}.values"], state[f"{name}.bitmask"] = module.values, module.bitmask
+        if bias is not None:
+            state[f"{name}.bias"] = module.bias
+
+
+def load_compact(folder: Path, dtype: torch.dtype | None = None, sparse_modules: bool = False) -> PreTrainedModel:
+    """A working causal LM (eval mode) from a packed folder, in ``dtype`` or the saved one.
+
+    By default the pruned layers are rebuilt as dense weights with zeros, bit for bit. With
+    ``sparse_modules=True`` they become :class:`eggs_ptp.kernels.SparseNMLinear` modules that keep
+    only the compact form in memory and compute from it (inference only).
+    """
     folder = Path(folder)
-    state = load_compact_state_dict(folder)
+    if sparse_modules:
+        record, pattern, state = _load_record(folder)
+    else:
+        state = load_compact_state_dict(folder)
     config = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype is not None else {}))
+    if sparse_modules:
+        _swap_in_sparse(model, record, pattern, state, dtype)
     expected = model.state_dict()
     # save_pretrained leaves out weights tied to another (GPT-2's lm_head is its wte); fill them
     # from the tensor they share storage with, so strict loading still checks everything else.

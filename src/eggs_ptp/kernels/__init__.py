@@ -1,0 +1,11 @@
+"""Computing N:M sparse linear layers from the compact format.
+
+``nm_linear.c`` is the CPU kernel (AVX-512, AVX2 or plain C, chosen at run time), compiled once by
+:mod:`~eggs_ptp.kernels.build` and called through :mod:`~eggs_ptp.kernels.cpu`; :mod:`~eggs_ptp.kernels.gpu`
+wraps PyTorch's 2:4 semi-structured matmul; :class:`SparseNMLinear` picks between them and dense.
+"""
+
+from eggs_ptp.kernels.cpu import kernel_info, nm_decompress, nm_linear
+from eggs_ptp.kernels.linear import DENSE_ABOVE_TOKENS, SparseNMLinear
+
+__all__ = ["DENSE_ABOVE_TOKENS", "SparseNMLinear", "kernel_info", "nm_decompress", "nm_linear"]

@@ -1,0 +1,159 @@
+"""``SparseNMLinear``: a linear layer that keeps only the compact N:M form of its weight.
+
+On CPU, calls with at most ``dense_above_tokens`` tokens (decode) run the compiled kernel on the
+compact form, which reads about N/M of the dense bytes; larger calls (prefill) rebuild the dense
+weight for the call and use ``F.linear``, which wins once the product is compute-bound. Without a
+compiler, both rebuild the weight in torch (one warning). On CUDA, 2:4 fp16/bf16 layers use the
+semi-structured sparse matmul from ``sparse_from_tokens`` tokens on, and a cached dense copy
+below that (see :mod:`eggs_ptp.kernels.gpu`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from eggs_ptp.formats.compact import check_compact, compress, scatter_stored, unpack_bits
+from eggs_ptp.kernels import gpu
+from eggs_ptp.kernels.cpu import DTYPE_CODES, CompactLayer, library, nm_decompress
+from eggs_ptp.pattern import Pattern
+
+# Tokens per call up to which the CPU kernel runs; above it, decompressing the weight for the call
+# and running dense F.linear (MKL / oneDNN) is faster. Measured on SmolLM2-135M's layer shapes on
+# the 2-core development machine: benchmarks/results/kernel_threshold.md, made by
+# benchmarks/kernel_threshold.py. Other dtypes (fp16) have no kernel and always take the dense path.
+DENSE_ABOVE_TOKENS = {torch.float32: 12, torch.bfloat16: 8}
+
+
+class SparseNMLinear(nn.Module):
+    """``y = x @ W.T + bias`` computed from the compact N:M form of W (out, in).
+
+    Inference only: the kernel has no backward, so a call that needs gradients takes the dense path.
+
+    Args:
+        values: (out, in * N / M) stored weights, row-major, fp32 or bf16 for the CPU kernel.
+        bitmask: (out, ceil(in / 8)) uint8, bit j of byte k set when column 8k + j is stored;
+            checked once here to mark exactly N of every M columns.
+        in_features: in.
+        pattern: the N:M pattern, e.g. ``"2:4"``.
+        bias: (out,) or None.
+        dense_above_tokens: CPU: tokens per call above which the dense path runs
+            [default: :data:`DENSE_ABOVE_TOKENS` for the dtype].
+        sparse_from_tokens: CUDA: tokens per call from which 2:4 semi-structured runs
+            [default: :data:`eggs_ptp.kernels.gpu.SPARSE_FROM_TOKENS`].
+    """
+
+    def __init__(self, values: torch.Tensor, bitmask: torch.Tensor, in_features: int, pattern: Pattern | str,
+                 bias: torch.Tensor | None = None, dense_above_tokens: int | None = None,
+                 sparse_from_tokens: int | None = None) -> None:
+        super().__init__()
+        pattern = Pattern.parse(pattern) if isinstance(pattern, str) else pattern
+        if not values.is_floating_point():
+            raise TypeError(f"values must be a floating-point tensor, got {values.dtype}")
+        out_features = values.shape[0] if values.dim() == 2 else -1
+        check_compact(values, bitmask, (out_features, in_features), pattern)
+        if bias is not None and list(bias.shape) != [out_features]:
+            raise ValueError(f"bias must have shape [{out_features}], got {list(bias.shape)}")
+        self.in_features, self.out_features, self.pattern = in_features, out_features, pattern
+        self.dense_above_tokens, self.sparse_from_tokens = dense_above_tokens, sparse_from_tokens
+        self.register_buffer("values", values.contiguous())
+        self.register_buffer("bitmask", bitmask.contiguous())
+        self.register_buffer("bias", None if bias is None else bias.contiguous())
+        self._forget()
+
+    @classmethod
+    def from_dense(cls, weight: torch.Tensor, pattern: Pattern | str, bias: torch.Tensor | None = None,
+                   **options: Any) -> SparseNMLinear:
+        """From a dense-with-zeros (out, in) weight; raises ValueError if it breaks ``pattern``."""
+        pattern = Pattern.parse(pattern) if isinstance(pattern, str) else pattern
+        values, bitmask = compress(weight.detach(), pattern)
+        return cls(values, bitmask, weight.shape[1], pattern, None if bias is None else bias.detach(), **options)
+
+    @classmethod
+    def from_linear(cls, module: nn.Module, pattern: Pattern | str, **options: Any) -> SparseNMLinear:
+        """From an ``nn.Linear`` or GPT-2 ``Conv1D`` (weight stored (in, out)) pruned to ``pattern``."""
+        if not isinstance(module, (nn.Linear, Conv1D)):
+            raise TypeError(f"expected nn.Linear or Conv1D, got {type(module).__name__}")
+        weight = module.weight.T if isinstance(module, Conv1D) else module.weight
+        return cls.from_dense(weight, pattern, module.bias, **options)
+
+    def path(self, tokens: int) -> str:
+        """Which computation a call with ``tokens`` tokens takes: "kernel", "dense", "torch"
+        (no compiled kernel: the weight is rebuilt in torch) or "semi-structured" (CUDA)."""
+        if self.values.is_cuda:
+            limit = gpu.SPARSE_FROM_TOKENS if self.sparse_from_tokens is None else self.sparse_from_tokens
+            return "semi-structured" if tokens >= limit and gpu.supports(self.pattern, self.values.dtype) else "dense"
+        if self.values.dtype not in DTYPE_CODES or library() is None:
+            return "torch"
+        return "kernel" if tokens <= self._kernel_limit(self.values.dtype) else "dense"
+
+    def _kernel_limit(self, dtype: torch.dtype) -> int:
+        return DENSE_ABOVE_TOKENS.get(dtype, -1) if self.dense_above_tokens is None else self.dense_above_tokens
+
+    def _forget(self) -> None:
+        """Drop what is derived from the buffers; it is rebuilt on the next call."""
+        self._prepared = False
+        self._layer: CompactLayer | None = None  # CPU: the kernel's checked arguments, None without a kernel
+        self._dense: torch.Tensor | None = None  # CUDA only: the dense path's weight
+        self._semi: gpu.SemiStructuredWeight | None = None  # CUDA only
+
+    def _prepare(self) -> CompactLayer | None:
+        """Check and keep the kernel's arguments once (None where the kernel cannot run)."""
+        if not self.values.is_cuda and self.values.dtype in DTYPE_CODES and library() is not None:
+            self._layer = CompactLayer(self.values, self.bitmask, self.in_features, self.bias)
+        self._prepared = True
+        return self._layer
+
+    def dense_weight(self) -> torch.Tensor:
+        """The (out, in) weight with zeros: rebuilt per call on CPU, cached on CUDA."""
+        if self.values.is_cuda:
+            if self._dense is None:
+                self._dense = scatter_stored(self.values, unpack_bits(self.bitmask, self.in_features))
+            return self._dense
+        if self.values.dtype in DTYPE_CODES and library() is not None:
+            return nm_decompress(self.values, self.bitmask, self.in_features)
+        return scatter_stored(self.values, unpack_bits(self.bitmask, self.in_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"expected inputs with {self.in_features} features, got shape {list(x.shape)}")
+        tokens = x.numel() // self.in_features
+        # Decode calls every layer once per token: this branch touches no buffer and no registry.
+        layer = self._layer if self._prepared else self._prepare()
+        if (layer is not None and tokens <= self._kernel_limit(layer.values.dtype)
+                and not (torch.is_grad_enabled() and x.requires_grad)):
+            out = layer.linear(x)
+            return out if out.dtype == x.dtype else out.to(x.dtype)
+        if self.path(tokens) == "semi-structured":
+            if self._semi is None:
+                self._semi = gpu.SemiStructuredWeight(self.dense_weight(), self.bias)
+            return self._semi.linear(x)
+        return F.linear(x, self.dense_weight(), self.bias)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("values", "bitmask", "bias"):  # a buffer replaced: the prepared pointers are stale
+            self.__dict__["_prepared"] = False
+        super().__setattr__(name, value)
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> SparseNMLinear:
+        # .to(), .cuda(), .half() ... move or convert the buffers; everything derived is rebuilt.
+        self._forget()
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # deepcopy / pickle: the prepared kernel arguments hold raw pointers into these buffers.
+        return {**super().__getstate__(), "_prepared": False, "_layer": None, "_dense": None, "_semi": None}
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        # load_state_dict(assign=True) replaces the buffers instead of copying into them.
+        self._forget()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.pattern.n}:"
+                f"{self.pattern.m}, bias={self.bias is not None}, dtype={str(self.values.dtype).removeprefix('torch.')}")
