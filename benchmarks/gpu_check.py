@@ -109,20 +109,11 @@ def layers(gpu, deadline: float) -> dict:
 
 
 def greedy(model, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float, list[int]]:
-    with torch.inference_mode():
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = model(prompt, use_cache=True)
-        torch.cuda.synchronize()
-        prefilled = time.perf_counter()
-        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-        ids = [token]
-        for _ in range(new_tokens - 1):
-            out = model(token, past_key_values=out.past_key_values, use_cache=True)
-            token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-            ids.append(token)
-        torch.cuda.synchronize()
-    return prefilled - start, (new_tokens - 1) / (time.perf_counter() - prefilled), torch.cat(ids, 1)[0].tolist()
+    """(prefill seconds, decode tokens/s, ids)."""
+    from eggs_ptp.eval.speed import greedy_decode
+
+    prefill, decode, ids = greedy_decode(model, prompt, new_tokens, torch.cuda.synchronize)
+    return prefill, (new_tokens - 1) / decode, ids
 
 
 def end_to_end(deadline: float, prompt_tokens: int = 2048, new_tokens: int = 64) -> dict:

@@ -156,11 +156,18 @@ def _prompt(folder: Path, length: int, vocab: int, seed: int) -> tuple[torch.Ten
     return ids, f"{length} random token ids (seed {seed})"
 
 
-def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float, list[int]]:
-    """(prefill seconds, seconds of the new_tokens - 1 one-token steps, generated ids), with the KV cache."""
+def greedy_decode(
+    model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, synchronize: Callable[[], None] = lambda: None
+) -> tuple[float, float, list[int]]:
+    """(prefill seconds, seconds of the new_tokens - 1 one-token steps, generated ids), with the KV cache.
+
+    ``synchronize`` waits for queued device work (``torch.cuda.synchronize`` on a GPU) before each clock read.
+    """
     with torch.inference_mode():
+        synchronize()
         start = time.perf_counter()
         out = model(prompt, use_cache=True)
+        synchronize()
         prefilled = time.perf_counter()
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
         generated = [token]
@@ -168,6 +175,7 @@ def _greedy(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int) -> tu
             out = model(token, past_key_values=out.past_key_values, use_cache=True)
             token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
             generated.append(token)
+        synchronize()
         done = time.perf_counter()
     return prefilled - start, done - prefilled, torch.cat(generated, dim=1)[0].tolist()
 
@@ -218,13 +226,13 @@ def _generation(dense: torch.nn.Module, sparse: torch.nn.Module, prompt: torch.T
                 bar: tqdm) -> dict[str, Any]:
     """Prefill time and greedy decode tokens/s, interleaved per repeat, after one untimed run each."""
     bar.set_postfix_str("greedy decode")
-    outputs = {name: _greedy(model, prompt, settings.new_tokens)[2] for name, model in (("dense", dense), ("sparse", sparse))}
+    outputs = {name: greedy_decode(model, prompt, settings.new_tokens)[2] for name, model in (("dense", dense), ("sparse", sparse))}
     bar.update()
     prefill: dict[str, list[float]] = {"dense": [], "sparse": []}
     speed: dict[str, list[float]] = {"dense": [], "sparse": []}
     for _ in range(settings.repeats):
         for name, model in (("dense", dense), ("sparse", sparse)):
-            prefill_s, decode_s, _ = _greedy(model, prompt, settings.new_tokens)
+            prefill_s, decode_s, _ = greedy_decode(model, prompt, settings.new_tokens)
             prefill[name].append(prefill_s)
             speed[name].append((settings.new_tokens - 1) / decode_s)
         bar.update()
