@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Create .venv and install eggs-ptp with the embedded default model and text.
 #   scripts/setup.sh         the package, the default assets
-#   scripts/setup.sh --dev   the same plus the test tools
+#   scripts/setup.sh --dev   the same plus the test tools and lm-evaluation-harness (the eval extra)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+[ "${1:-}" = "--dev" ] && extras="[dev,eval]"
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch first and exactly pinned, so nothing later resolves a CUDA build.

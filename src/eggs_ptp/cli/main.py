@@ -191,13 +191,27 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
 @click.option("--text", default=DEFAULT_TEXT, show_default=True, help="Evaluation text: 'wiki' (held-out split), a .txt/.jsonl file, or hf:DATASET.")
 @click.option("--windows", type=int, default=None, help="Number of non-overlapping windows [default: all].")
 @click.option("--seqlen", type=int, default=2048, show_default=True, help="Context length per window (capped by the model's).")
+@click.option("--tasks", default=None, help="Instead of perplexity, run these lm-evaluation-harness tasks zero-shot (comma-separated), e.g. boolq,hellaswag, or the offline eggs_wiki_lastword.")
+@click.option("--limit", type=int, default=None, help="Tasks: score only the first N documents of each (quick checks).")
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Tasks: requests per forward pass.")
 @click.option("--dtype", type=click.Choice(list(_DTYPES)), default="float32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def eval_command(model: str, text: str, windows: int | None, seqlen: int, dtype: str, as_json: bool, quiet: bool) -> None:
-    """Perplexity of MODEL (dense or pruned) on held-out text, in non-overlapping windows."""
-    loaded = _load(model, dtype, quiet)
+def eval_command(model: str, text: str, windows: int | None, seqlen: int, tasks: str | None, limit: int | None,
+                 batch_size: int, dtype: str, as_json: bool, quiet: bool) -> None:
+    """Perplexity of MODEL (dense, pruned, or packed compact) on held-out text, in non-overlapping
+    windows; or, with --tasks, its zero-shot scores from lm-evaluation-harness.
+
+    \b
+    Examples:
+      eggs-ptp eval smollm2-2of4 --windows 40 --seqlen 512
+      eggs-ptp eval smollm2-2of4 --tasks eggs_wiki_lastword
+    """
+    if tasks is not None:
+        _eval_tasks(model, [t.strip() for t in tasks.split(",") if t.strip()], limit, batch_size, dtype, as_json, quiet)
+        return
+    loaded = _load_evaluable(model, dtype, quiet)
     measure = _perplexity_meter(loaded, text, windows, seqlen, quiet)
     result = measure(loaded.model)
     click.echo(
@@ -205,6 +219,41 @@ def eval_command(model: str, text: str, windows: int | None, seqlen: int, dtype:
         f"{result.tokens} tokens of {result.text})"
     )
     emit_json(as_json, {"model": model, **result.to_dict()})
+
+
+def _load_evaluable(model: str, dtype: str, quiet: bool):
+    from transformers.utils import logging as transformers_logging
+
+    from eggs_ptp.models.evaluable import load_evaluable
+
+    if quiet:
+        transformers_logging.disable_progress_bar()
+    return load_evaluable(model, _DTYPES[dtype])
+
+
+def _eval_tasks(model: str, names: list[str], limit: int | None, batch_size: int, dtype: str, as_json: bool,
+                quiet: bool) -> None:
+    """Harness tasks load (and fetch their data) before the model, so a missing dataset fails fast."""
+    from eggs_ptp.eval.harness import evaluate_tasks, load_tasks, quiet_harness_logs
+
+    quiet_harness_logs()
+    task_set = load_tasks(names)
+    loaded = _load_evaluable(model, dtype, quiet)
+    result = evaluate_tasks(loaded.model, loaded.tokenizer, task_set, limit=limit, batch_size=batch_size,
+                            progress=not quiet)
+    for name, scores in {**result["tasks"], **result["groups"]}.items():
+        shown = "  ".join(
+            f"{metric} {value:.4f}" + (f" ± {scores[metric + '_stderr']:.4f}"
+                                       if isinstance(scores.get(metric + "_stderr"), float) else "")
+            for metric, value in scores.items()
+            if isinstance(value, float) and not metric.endswith("_stderr") and metric != "version"
+        )
+        counts = f"  ({scores['samples']} documents, {scores['n_shot']}-shot)" if "samples" in scores else ""
+        click.echo(f"{name}  {shown}{counts}")
+    settings = result["settings"]
+    click.echo(f"{settings['harness']}, batch {settings['batch_size']}, context {settings['max_length']} tokens"
+               + (f", first {limit} documents per task" if limit else ""))
+    emit_json(as_json, {"model": model, **result})
 
 
 @main.command()
