@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from eggs_ptp.cli.main import _DTYPES, emit_json, user_errors
+from eggs_ptp.cli.main import DTYPES, emit_json, user_errors
 from eggs_ptp.compare.spec import CompareSpec
 from eggs_ptp.data import DEFAULT_TEXT
 from eggs_ptp.models import DEFAULT_MODEL
@@ -70,7 +70,7 @@ def _check(path: Path, model: str | None, cell: str | None, tolerance: float, as
 @click.option("--task/--no-task", default=True, show_default=True, help="Also score the offline zero-shot task eggs_wiki_lastword (needs eggs-ptp[eval]).")
 @click.option("--task-limit", type=int, default=None, help="Score only the task's first N passages [default: all].")
 @click.option("--batch-size", type=int, default=_DEFAULTS["batch_size"].default, show_default=True, help="Task: requests per forward pass.")
-@click.option("--dtype", type=click.Choice(list(_DTYPES)), default="float32", show_default=True, help="Dtype to load and prune the model in.")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True, help="Dtype to load and prune the model in.")
 @click.option("--resume", is_flag=True, help="Continue the grid in OUTPUT: run only the cells its results.json lacks.")
 @click.option("--overwrite", is_flag=True, help="Start over in a non-empty OUTPUT, replacing its report files.")
 @click.option("--check", "check", type=click.Path(path_type=Path), default=None, help="Re-run one cell of this results.json and report whether it reproduces (exit 1 if not).")
@@ -121,7 +121,7 @@ def _run(model: str, output: Path, spec: CompareSpec, dtype: str, resume: bool, 
          quiet: bool) -> None:
     from dataclasses import asdict
 
-    from eggs_ptp.cli.main import _load
+    from eggs_ptp.cli.main import load_quietly
     from eggs_ptp.compare import RESULTS_FILE, run_compare
     from eggs_ptp.compare.render import SUMMARY_HEAD, summary_rows
     from eggs_ptp.compare.runner import check_settings, existing_record
@@ -132,7 +132,7 @@ def _run(model: str, output: Path, spec: CompareSpec, dtype: str, resume: bool, 
     existing = existing_record(output, resume, overwrite)  # refuse before the model loads, not after
     if existing is not None:
         check_settings(existing, spec, output)
-    loaded = _load(model, dtype, quiet)
+    loaded = load_quietly(model, dtype, quiet)
     try:
         record = run_compare(loaded, spec, output, resume=resume, overwrite=overwrite, progress=not quiet,
                              command=command_line(model, output, spec, dtype))

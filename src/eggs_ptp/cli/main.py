@@ -25,7 +25,7 @@ from eggs_ptp.models import DEFAULT_MODEL
 from eggs_ptp.selectors import RULES
 from eggs_ptp.walk import NonFiniteActivationError
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # By this package's convention every bad-input error is a ValueError subclass with a one-line
 # message; NaN/Inf in activations or in the loss are the user's model's problem, not a bug.
 _USER_ERRORS = (ValueError, NonFiniteActivationError, FloatingPointError)
@@ -69,7 +69,7 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _load(model: str, dtype: str, quiet: bool):
+def load_quietly(model: str, dtype: str, quiet: bool):
     from transformers.utils import logging as transformers_logging
 
     from eggs_ptp.models import load_model
@@ -77,7 +77,7 @@ def _load(model: str, dtype: str, quiet: bool):
     if quiet:
         transformers_logging.disable_progress_bar()
 
-    return load_model(model, _DTYPES[dtype])
+    return load_model(model, DTYPES[dtype])
 
 
 def _perplexity_meter(loaded, text: str, windows: int | None, seqlen: int, quiet: bool):
@@ -116,7 +116,7 @@ def _perplexity_meter(loaded, text: str, windows: int | None, seqlen: int, quiet
 @click.option("--allocation", type=click.Choice(ALLOCATIONS), default=PruneConfig.allocation, show_default=True, help="Unstructured: per-layer sparsity, uniform or outlier-weighted (OWL), same mean.")
 @click.option("--owl-lambda", type=float, default=PruneConfig.owl_lambda, show_default=True, help="OWL: largest deviation of a block's sparsity from the mean.")
 @click.option("--owl-threshold", type=float, default=PruneConfig.owl_threshold, show_default=True, help="OWL: an outlier's score is this multiple of its layer's mean score.")
-@click.option("--dtype", type=click.Choice(list(_DTYPES)), default="float32", show_default=True, help="Dtype to load and prune the model in.")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True, help="Dtype to load and prune the model in.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new checkpoint is complete).")
 @click.option("--eval/--no-eval", "evaluate", default=False, show_default=True, help="Measure dense and pruned perplexity side by side.")
 @click.option("--eval-text", default=DEFAULT_TEXT, show_default=True, help="Evaluation text ('wiki' = the held-out split).")
@@ -152,7 +152,7 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
     settings = ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in ("type", "schema_version"))
     stages = " ".join(f"{k}={v}" for k, v in build_method(config).describe().items() if v)
     click.echo(f"model={model} dtype={dtype} | {settings}\nstages: {stages}")
-    loaded = _load(model, dtype, quiet)
+    loaded = load_quietly(model, dtype, quiet)
     dense = None
     if evaluate:
         measure = _perplexity_meter(loaded, eval_text, eval_windows, eval_seqlen or seqlen, quiet)
@@ -194,7 +194,7 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
 @click.option("--tasks", default=None, help="Instead of perplexity, run these lm-evaluation-harness tasks zero-shot (comma-separated), e.g. boolq,hellaswag, or the offline eggs_wiki_lastword.")
 @click.option("--limit", type=int, default=None, help="Tasks: score only the first N documents of each (quick checks).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Tasks: requests per forward pass.")
-@click.option("--dtype", type=click.Choice(list(_DTYPES)), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @user_errors
@@ -228,7 +228,7 @@ def _load_evaluable(model: str, dtype: str, quiet: bool):
 
     if quiet:
         transformers_logging.disable_progress_bar()
-    return load_evaluable(model, _DTYPES[dtype])
+    return load_evaluable(model, DTYPES[dtype])
 
 
 def _eval_tasks(model: str, names: list[str], limit: int | None, batch_size: int, dtype: str, as_json: bool,
