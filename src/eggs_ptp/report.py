@@ -17,9 +17,10 @@ REPORT_TYPE = "eggs-ptp/sparsity"
 REPORT_VERSION = 1
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Python, platform and the versions of the libraries that shape results (plus ``extra``)."""
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for package in ("eggs-ptp", "torch", "transformers", "safetensors", "scipy"):
+    for package in ("eggs-ptp", "torch", "transformers", "safetensors", "scipy", *extra):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

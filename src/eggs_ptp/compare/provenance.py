@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
-from importlib import metadata
 from typing import Any
 
 import torch
@@ -56,13 +55,7 @@ def model_identity(loaded: LoadedModel) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    found = library_versions()
-    for package in _EXTRA_PACKAGES:
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+    return library_versions(tuple(_EXTRA_PACKAGES))
 
 
 def _cpu_name() -> str:
