@@ -182,6 +182,38 @@ def render_markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def connectivity_figure(record: dict, path: Path) -> None:
+    """Perplexity (log scale) against each model-level connectivity number, one point per cell."""
+    from matplotlib.figure import Figure
+
+    from eggs_ptp.graph.plots import save_png
+
+    rows = [row for row in record["cells"] if row.get("connectivity")]
+    if not rows:
+        return
+    metrics = {"in_degree_min_mean": "mean over layers of the min input degree",
+               "zero_inputs": "inputs with no kept weight (all layers)",
+               "mean_spectral_gap": "mean spectral gap", "expansion_min": "worst expansion estimate"}
+    figure = Figure(figsize=(4 * len(metrics), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(metrics), sharey=True)
+    for pattern, marker in zip(sorted({r["pattern"] for r in rows}), "os^D"):
+        for family in ("wanda", "ria", "sparsegpt", "eggs:diagonal", "eggs:matching", "eggs:repair"):
+            chosen = [r for r in rows if r["pattern"] == pattern and r["cell"].startswith(family)
+                      and not (family == "eggs:repair" and r.get("b") == 0)]
+            if not chosen:
+                continue
+            for axis, key in zip(axes, metrics):
+                axis.scatter([r["connectivity"][key] for r in chosen], [r["perplexity"] for r in chosen],
+                             marker=marker, s=22, alpha=0.8, label=f"{family} {pattern}")
+    for axis, label in zip(axes, metrics.values()):
+        axis.set_xlabel(label)
+        axis.set_yscale("log")
+    axes[0].set_ylabel("perplexity")
+    axes[-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1))
+    figure.suptitle(f"Connectivity against perplexity, {record['model']}: one point per cell and seed")
+    save_png(figure, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -207,7 +239,9 @@ def main() -> None:
     stem = RESULTS / (args.name or f"prune_grid_{args.preset}")
     json_path, md_path = stem.with_suffix(".json"), stem.with_suffix(".md")
     if args.render:
-        md_path.write_text(render_markdown(json.loads(json_path.read_text())))
+        record = json.loads(json_path.read_text())
+        md_path.write_text(render_markdown(record))
+        connectivity_figure(record, stem.with_suffix(".png"))
         return
     if json_path.exists() and not args.resume:
         sys.exit(f"{json_path} exists; pass --resume to continue it or --name for a new file")
