@@ -292,6 +292,8 @@ def main() -> None:
                 record["cells"].append(row)
                 write_json_atomic(json_path, record)
                 md_path.write_text(render_markdown(record))
+                if preset.get("connectivity"):
+                    connectivity_figure(record, stem.with_suffix(".png"))
                 print(f"{key}: ppl {result.perplexity:.2f}, {seconds:.1f} s", flush=True)
                 if not math.isfinite(result.perplexity):
                     print(f"warning: {key} perplexity is not finite", flush=True)
