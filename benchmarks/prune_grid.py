@@ -32,6 +32,7 @@ from eggs_ptp.eval import PeakRss, perplexity
 from eggs_ptp.formats import write_json_atomic
 from eggs_ptp.graph import layer_metrics, summarise
 from eggs_ptp.models import load_model
+from eggs_ptp.pattern import Pattern
 from eggs_ptp.report import library_versions
 from eggs_ptp.selectors import RULES
 
@@ -96,7 +97,7 @@ def connectivity(model: torch.nn.Module, report, pattern: str, settings: dict) -
     """Model-level graph numbers of the pruned masks (``eggs_ptp.graph.summarise``) and their cost."""
     started = time.perf_counter()
     modules = dict(model.named_modules())
-    parsed = PruneConfig(pattern=pattern, method="magnitude").parsed_pattern
+    parsed = Pattern.parse(pattern)
     nm = (parsed.n, parsed.m) if parsed.structured else None
     b = max(settings.get("b", 1), 1)
     metrics = []

@@ -64,9 +64,9 @@ class LeastSquaresRefit:
         z = residual * precondition
         direction = z.clone()
         rz = (residual * z).sum(1)  # (out,)
-        first = residual.norm(dim=1)
+        stop = self.tolerance * residual.norm(dim=1)
         for _ in range(self.iterations):
-            if bool((residual.norm(dim=1) <= self.tolerance * first).all()):
+            if bool((residual.norm(dim=1) <= stop).all()):
                 break
             curvature = (direction @ damped) * keep
             step = rz / (direction * curvature).sum(1).clamp_min(torch.finfo(torch.float32).tiny)

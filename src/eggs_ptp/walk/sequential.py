@@ -63,7 +63,7 @@ def _non_finite_kind(tensor: torch.Tensor) -> str | None:
     return "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
 
 
-def _run_block(
+def run_block(
     block: nn.Module, call: BlockCall, hidden: list[torch.Tensor], index: int, stage: str
 ) -> list[torch.Tensor]:
     outputs = []
@@ -146,7 +146,7 @@ def _prune_block(
                 )
             )
         try:
-            _run_block(block, call, hidden, index, "calibration")
+            run_block(block, call, hidden, index, "calibration")
         finally:
             for handle in handles:
                 handle.remove()
@@ -173,11 +173,11 @@ def _prune_block(
 
     handles = [layer.module.register_forward_hook(meters[layer.name]) for layer in targets]
     try:
-        outputs = _run_block(block, call, hidden[:ERROR_WINDOWS], index, "output")
+        outputs = run_block(block, call, hidden[:ERROR_WINDOWS], index, "output")
     finally:
         for handle in handles:
             handle.remove()
-    outputs += _run_block(block, call, hidden[ERROR_WINDOWS:], index, "output")
+    outputs += run_block(block, call, hidden[ERROR_WINDOWS:], index, "output")
     for name, meter in meters.items():
         reports[name].recon_error = meter.relative_error
     return outputs, list(reports.values())

@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from eggs_ptp.models.layers import PrunableLinear, find_linears
 from eggs_ptp.stats import LayerStats
 from eggs_ptp.walk.capture import BlockCall
-from eggs_ptp.walk.sequential import _run_block
+from eggs_ptp.walk.sequential import run_block
 
 BlockMeasure = Callable[[list[tuple[PrunableLinear, LayerStats]]], float]
 
@@ -41,7 +41,7 @@ def survey_blocks(
             for layer, layer_stats in stats
         ]
         try:
-            hidden = _run_block(blocks[index], calls[index], hidden, index, "survey")
+            hidden = run_block(blocks[index], calls[index], hidden, index, "survey")
         finally:
             for handle in handles:
                 handle.remove()
