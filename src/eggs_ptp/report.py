@@ -44,6 +44,7 @@ class PruneReport:
     versions: dict[str, str] = field(default_factory=library_versions)
     evaluation: dict[str, Any] | None = None  # dense and pruned perplexity, when measured
     allocation: dict[str, Any] | None = None  # per-block sparsities, when not uniform
+    resumed_at_block: int | None = None  # the block a resumed run continued from
 
     @property
     def pruned_layers(self) -> list[LayerReport]:
@@ -82,5 +83,6 @@ class PruneReport:
             "versions": self.versions,
             "evaluation": self.evaluation,
             "allocation": self.allocation,
+            "resumed_at_block": self.resumed_at_block,
             "layers": [layer.to_dict() for layer in self.layers],
         }

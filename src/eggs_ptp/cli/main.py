@@ -7,12 +7,14 @@ pattern. Set ``EGGS_PTP_TRACEBACK=1`` to see the full traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import click
@@ -69,7 +71,7 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-def load_quietly(model: str, dtype: str, quiet: bool):
+def load_quietly(model: str, dtype: str, quiet: bool, device_map: str | None = None):
     from transformers.utils import logging as transformers_logging
 
     from eggs_ptp.models import load_model
@@ -77,7 +79,7 @@ def load_quietly(model: str, dtype: str, quiet: bool):
     if quiet:
         transformers_logging.disable_progress_bar()
 
-    return load_model(model, DTYPES[dtype])
+    return load_model(model, DTYPES[dtype], device_map)
 
 
 def _perplexity_meter(loaded, text: str, windows: int | None, seqlen: int, quiet: bool):
@@ -117,6 +119,13 @@ def _perplexity_meter(loaded, text: str, windows: int | None, seqlen: int, quiet
 @click.option("--owl-lambda", type=float, default=PruneConfig.owl_lambda, show_default=True, help="OWL: largest deviation of a block's sparsity from the mean.")
 @click.option("--owl-threshold", type=float, default=PruneConfig.owl_threshold, show_default=True, help="OWL: an outlier's score is this multiple of its layer's mean score.")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True, help="Dtype to load and prune the model in.")
+@click.option("--low-memory", is_flag=True, help="Read the safetensors checkpoint lazily and hold one decoder block in memory at a time; the output is written block by block.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command from its last finished block.")
+@click.option("--activation-dtype", type=click.Choice(list(DTYPES)), default=None, help="Dtype the calibration activations are kept in [default: --dtype].")
+@click.option("--offload-dir", type=click.Path(path_type=Path), default=None, help="Keep calibration activations on disk here instead of in memory.")
+@click.option("--device", default="auto", show_default=True, help="Compute device: auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+@click.option("--device-map", default=None, help="Spread the model over several devices with accelerate (auto, balanced, sequential); not with --low-memory.")
+@click.option("--nproc", type=int, default=1, show_default=True, help="Split calibration over this many processes (torch.distributed; gloo on CPU, NCCL on GPU), launched by torchrun.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new checkpoint is complete).")
 @click.option("--eval/--no-eval", "evaluate", default=False, show_default=True, help="Measure dense and pruned perplexity side by side.")
 @click.option("--eval-text", default=DEFAULT_TEXT, show_default=True, help="Evaluation text ('wiki' = the held-out split).")
@@ -128,8 +137,9 @@ def _perplexity_meter(loaded, text: str, windows: int | None, seqlen: int, quiet
 def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: float | None, b: int, rule: str,
           tile_height: int, alpha: float, nsamples: int, seqlen: int, seed: int, calib: str,
           include: tuple[str, ...], exclude: tuple[str, ...], damping: float, blocksize: int, auto: bool,
-          permute: bool, allocation: str, owl_lambda: float, owl_threshold: float, dtype: str,
-          overwrite: bool, evaluate: bool, eval_text: str, eval_windows: int | None, eval_seqlen: int | None,
+          permute: bool, allocation: str, owl_lambda: float, owl_threshold: float, dtype: str, low_memory: bool,
+          resume: bool, activation_dtype: str | None, offload_dir: Path | None, device: str, device_map: str | None,
+          nproc: int, overwrite: bool, evaluate: bool, eval_text: str, eval_windows: int | None, eval_seqlen: int | None,
           as_json: bool, quiet: bool) -> None:
     """Prune MODEL and save it, dense with zeros, with sparsity.json, to OUTPUT.
 
@@ -137,53 +147,163 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
     Example:
       eggs-ptp prune smollm2-135m -o smollm2-2of4 --method eggs --pattern 2:4 --eval
     """
-    from eggs_ptp.api import prune as prune_model
-    from eggs_ptp.formats import check_output_target, save_pruned
-
     if pattern is not None and sparsity is not None:
         raise click.UsageError("give --pattern or --sparsity, not both")
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        _launch(nproc)
     config = PruneConfig(
         method=method, pattern=pattern or (str(sparsity) if sparsity is not None else "2:4"), b=b, rule=rule,
         tile_height=tile_height, alpha=alpha, nsamples=nsamples, seqlen=seqlen, seed=seed, calib=calib,
         include=include, exclude=exclude, damping=damping, blocksize=blocksize, auto=auto, permute=permute,
         allocation=allocation, owl_lambda=owl_lambda, owl_threshold=owl_threshold,
     )
+    if low_memory and (evaluate or device_map):
+        raise click.UsageError("--low-memory holds one block at a time: evaluate the output with eggs-ptp eval, "
+                               "and use --device rather than --device-map")
+    from eggs_ptp.walk.distributed import Ranks
+
+    compute_device = _device(device)
+    ranks = Ranks.from_environment(compute_device)
+    writer = ranks is None or ranks.is_writer
+    quiet = quiet or not writer
+    from eggs_ptp.formats import check_output_target
+
     check_output_target(output, overwrite)
     settings = ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in ("type", "schema_version"))
     stages = " ".join(f"{k}={v}" for k, v in build_method(config).describe().items() if v)
-    click.echo(f"model={model} dtype={dtype} | {settings}\nstages: {stages}")
-    loaded = load_quietly(model, dtype, quiet)
-    dense = None
-    if evaluate:
-        measure = _perplexity_meter(loaded, eval_text, eval_windows, eval_seqlen or seqlen, quiet)
-        dense = measure(loaded.model)
-    pruned_model, report = prune_model(
-        loaded.model, loaded.tokenizer, config, progress=not quiet,
-        model_info={"source": loaded.source, "location": loaded.location, "revision": loaded.revision},
-    )
+    if writer:
+        processes = f" processes={ranks.world}" if ranks else ""
+        click.echo(f"model={model} dtype={dtype} device={device_map or compute_device}{processes} | {settings}\n"
+                   f"stages: {stages}")
+    options = dict(activation_dtype=DTYPES[activation_dtype] if activation_dtype else None, offload_dir=offload_dir,
+                   resume=resume, ranks=ranks)
+    if low_memory:
+        report = _prune_low_memory(model, output, config, dtype, compute_device, overwrite, quiet, options)
+        payload = None
+    else:
+        report, payload = _prune_in_memory(model, output, config, dtype, compute_device, device_map, overwrite,
+                                           evaluate, eval_text, eval_windows, eval_seqlen or seqlen, quiet, options)
+    if not writer:
+        return
     summary = report.summary()
-    payload: dict[str, Any] = {"output": str(output), "method": config.method, "pattern": config.pattern, **summary}
-    if evaluate:
-        pruned = measure(pruned_model)
-        report.evaluation = {"perplexity": {"dense": dense.to_dict(), "pruned": pruned.to_dict()}}
-        payload["perplexity"] = {"dense": dense.perplexity, "pruned": pruned.perplexity,
-                                 "seqlen": pruned.seqlen, "windows": pruned.windows, "tokens": pruned.tokens,
-                                 "text": pruned.text}
-    save_pruned(pruned_model, loaded.tokenizer, report, output, overwrite)
     click.echo(
         f"pruned {summary['pruned_layers']} layers ({summary['skipped_layers']} skipped), kept "
         f"{summary['kept_fraction']:.4f} of their weights, mean reconstruction error "
         f"{summary['mean_recon_error']:.4f}, in {summary['seconds']:.1f} s (peak RSS {summary['peak_rss_mb']:.0f} MB)"
+        + (f", resumed at block {report.resumed_at_block}" if report.resumed_at_block is not None else "")
     )
     for layer in report.skipped_layers:
         click.echo(f"skipped {layer.name}: {layer.skipped}")
-    if evaluate:
+    if payload and "perplexity" in payload:
+        scores = payload["perplexity"]
         click.echo(
-            f"perplexity  dense {dense.perplexity:.2f}  ->  {config.method} {config.pattern} {pruned.perplexity:.2f}"
-            f"   ({pruned.windows} windows x {pruned.seqlen} tokens = {pruned.tokens} tokens of {pruned.text})"
+            f"perplexity  dense {scores['dense']:.2f}  ->  {config.method} {config.pattern} {scores['pruned']:.2f}"
+            f"   ({scores['windows']} windows x {scores['seqlen']} tokens = {scores['tokens']} tokens of {scores['text']})"
         )
     click.echo(f"saved to {output}")
-    emit_json(as_json, payload)
+    emit_json(as_json, {"output": str(output), "method": config.method, "pattern": config.pattern, **summary,
+                        **(payload or {})})
+
+
+def _device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {spec} was asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def _launch(nproc: int) -> None:
+    """Re-run this command as ``nproc`` processes under torchrun (single node) and exit with its status."""
+    from torch.distributed import run as torchrun
+
+    arguments = sys.argv[1:]
+    for number, argument in enumerate(arguments):
+        if argument == "--nproc":
+            del arguments[number : number + 2]
+            break
+        if argument.startswith("--nproc="):
+            del arguments[number]
+            break
+    try:
+        torchrun.main(["--standalone", "--nproc-per-node", str(nproc), "-m", "eggs_ptp", *arguments])
+    except Exception as error:  # torchrun raises ChildFailedError with every rank's traceback
+        click.echo(f"error: a process of the {nproc}-process run failed: {str(error).splitlines()[0]}", err=True)
+        sys.exit(1)
+    sys.exit(0)
+
+
+@contextlib.contextmanager
+def _resume_hint(output: Path) -> Iterator[None]:
+    """On Ctrl-C after some blocks finished, say where their progress is and how to continue."""
+    from eggs_ptp.walk.resume import completed_blocks, progress_folder
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        folder = progress_folder(output)
+        done = completed_blocks(folder)
+        if not done:
+            raise
+        click.echo(f"interrupted after {done} blocks; their progress is kept in {folder}: rerun the same "
+                   "command with --resume to continue", err=True)
+        sys.exit(130)
+
+
+def _prune_in_memory(model: str, output: Path, config: PruneConfig, dtype: str, device: torch.device,
+                     device_map: str | None, overwrite: bool, evaluate: bool, eval_text: str,
+                     eval_windows: int | None, eval_seqlen: int, quiet: bool, options: dict[str, Any]):
+    from eggs_ptp.api import build_calibration, calibration_config, prune as prune_model, run_fingerprint
+    from eggs_ptp.formats import save_pruned
+    from eggs_ptp.models.loading import weights_signature
+    from eggs_ptp.walk.resume import RunProgress, progress_folder
+
+    ranks = options["ranks"]
+    writer = ranks is None or ranks.is_writer
+    loaded = load_quietly(model, dtype, quiet, device_map)
+    if not device_map:
+        loaded.model.to(device)
+    info = {"source": loaded.source, "location": loaded.location, "revision": loaded.revision}
+    calibration = build_calibration(loaded.model, loaded.tokenizer, calibration_config(config))
+    checkpoint = RunProgress(
+        progress_folder(output),
+        run_fingerprint(config, calibration, info, weights_signature(loaded.location), DTYPES[dtype],
+                        options["activation_dtype"], ranks),
+        ranks,
+    )
+    measure = dense = None
+    if evaluate and writer:
+        measure = _perplexity_meter(loaded, eval_text, eval_windows, eval_seqlen, quiet)
+        dense = measure(loaded.model)
+    with _resume_hint(output):
+        pruned_model, report = prune_model(loaded.model, loaded.tokenizer, config, calibration=calibration,
+                                           progress=not quiet, model_info=info, checkpoint=checkpoint, **options)
+        payload: dict[str, Any] = {}
+        if writer:
+            if measure:
+                pruned = measure(pruned_model)
+                report.evaluation = {"perplexity": {"dense": dense.to_dict(), "pruned": pruned.to_dict()}}
+                payload["perplexity"] = {"dense": dense.perplexity, "pruned": pruned.perplexity,
+                                         "seqlen": pruned.seqlen, "windows": pruned.windows, "tokens": pruned.tokens,
+                                         "text": pruned.text}
+            save_pruned(pruned_model, loaded.tokenizer, report, output, overwrite)
+    checkpoint.finish()
+    return report, payload
+
+
+def _prune_low_memory(model: str, output: Path, config: PruneConfig, dtype: str, device: torch.device,
+                      overwrite: bool, quiet: bool, options: dict[str, Any]):
+    from eggs_ptp.api import prune_checkpoint
+    from eggs_ptp.models.loading import resolve_folder
+
+    location = resolve_folder(model)
+    with _resume_hint(output):
+        return prune_checkpoint(location, output, config, dtype=DTYPES[dtype], device=device, progress=not quiet,
+                                overwrite=overwrite, model_info={"source": model, "location": str(location)}, **options)
 
 
 @main.command(name="eval")

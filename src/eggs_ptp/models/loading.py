@@ -20,6 +20,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
+    PretrainedConfig,
     PreTrainedModel,
 )
 from transformers.models.auto.modeling_auto import (
@@ -107,9 +108,33 @@ def resolve(spec: str) -> str:
     return spec
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Load a decoder-only causal LM and its tokenizer, or raise :class:`ModelError` in one line."""
+def weights_signature(location: str) -> dict[str, object]:
+    """Names, sizes and modification times of a folder's weight files (a hub id: its revision),
+    cheap to compute for any size, so that a resumed run can tell the weights changed."""
+    folder = Path(location)
+    if not folder.is_dir():
+        return {"hub_id": location}
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
+    return {"weight_files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+
+
+def resolve_folder(spec: str) -> Path:
+    """A local folder holding the model: ``spec`` itself, or the hub snapshot of its config,
+    tokenizer and safetensors weights (downloaded once into the hub cache)."""
     location = resolve(spec)
+    _check_causal(spec, location)
+    if Path(location).is_dir():
+        return Path(location)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(location, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as error:
+        raise ModelError(f"could not download {spec!r} from the hub: {str(error).splitlines()[0]}") from error
+
+
+def _check_causal(spec: str, location: str) -> PretrainedConfig:
     try:
         config = AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as error:
@@ -122,7 +147,18 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
             f"{spec!r} ({config.model_type}) is not a decoder-only causal language model; "
             "eggs-ptp prunes models that AutoModelForCausalLM loads"
         )
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+    return config
+
+
+def load_model(spec: str, dtype: torch.dtype = torch.float32, device_map: str | None = None) -> LoadedModel:
+    """Load a decoder-only causal LM and its tokenizer, or raise :class:`ModelError` in one line.
+
+    Args:
+        device_map: accelerate's placement over several devices (``auto``, ``balanced``, ...).
+    """
+    location = resolve(spec)
+    config = _check_causal(spec, location)
+    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, device_map=device_map)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(location)
     return LoadedModel(model, tokenizer, spec, location, getattr(config, "_commit_hash", None))

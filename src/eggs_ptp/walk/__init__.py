@@ -2,6 +2,8 @@
 
 from eggs_ptp.walk.capture import BlockCall, capture_block_inputs
 from eggs_ptp.walk.sequential import (
+    BlockAccess,
+    InMemory,
     LayerReport,
     NonFiniteActivationError,
     walk_and_prune,
@@ -9,7 +11,9 @@ from eggs_ptp.walk.sequential import (
 from eggs_ptp.walk.survey import survey_blocks
 
 __all__ = [
+    "BlockAccess",
     "BlockCall",
+    "InMemory",
     "LayerReport",
     "NonFiniteActivationError",
     "capture_block_inputs",

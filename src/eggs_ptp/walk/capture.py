@@ -5,16 +5,23 @@ arguments are recorded from one real forward. They are recorded for every block,
 first, because some families (Gemma 2/3) give alternate blocks different attention masks. All
 calibration windows have the same length and no padding, so those arguments are the same for
 every window; only block 0's hidden states are captured per window, and that forward stops there.
+The first window's forward stops after the last block, so nothing after the blocks (final norm,
+LM head) ever runs: a lazily opened checkpoint never has to read them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from eggs_ptp.walk.activations import ActivationStore
+
+if TYPE_CHECKING:
+    from eggs_ptp.walk.sequential import BlockAccess
 
 
 @dataclass
@@ -32,6 +39,22 @@ class BlockCall:
             output = block(hidden, *self.args, **self.kwargs)
         return output[0] if isinstance(output, (tuple, list)) else output
 
+    def to(self, device: torch.device) -> "BlockCall":
+        """The same call with every tensor argument on ``device`` (blocks spread over devices)."""
+        return BlockCall(_move(self.args, device), _move(self.kwargs, device), self.hidden_in_kwargs)
+
+
+def _move(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_move(item, device) for item in value)
+    if isinstance(value, list):
+        return [_move(item, device) for item in value]
+    if isinstance(value, dict):
+        return {key: _move(item, device) for key, item in value.items()}
+    return value
+
 
 class _Captured(Exception):
     """Raised inside block 0 once its input is recorded, to skip the rest of the forward."""
@@ -46,45 +69,66 @@ def _split_hidden(args: tuple, kwargs: dict) -> tuple[torch.Tensor, BlockCall]:
 
 @torch.no_grad()
 def capture_block_inputs(
-    model: nn.Module, blocks: nn.ModuleList, windows: torch.Tensor, progress: bool = True
-) -> tuple[list[torch.Tensor], list[BlockCall]]:
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    windows: torch.Tensor,
+    progress: bool = True,
+    store: ActivationStore | None = None,
+    access: BlockAccess | None = None,
+    device: torch.device | None = None,
+) -> tuple[ActivationStore, list[BlockCall]]:
     """Run the model on each window (1, seqlen) and record block inputs.
+
+    Args:
+        store: where block 0's inputs go (memory in the model's dtype when None).
+        access: loads each block before the first window's forward reaches it and unloads it after.
+        device: where the token ids go [default: the device of the model's first parameter].
 
     Returns:
         Block 0's hidden states per window (each (1, seqlen, hidden)), and one :class:`BlockCall`
         per block.
     """
-    device = next(model.parameters()).device
-    hidden: list[torch.Tensor] = []
+    store = store if store is not None else ActivationStore()
+    device = device or next(model.parameters()).device
     calls: list[BlockCall | None] = [None] * len(blocks)
-    stop_early = False
+    first_window = True
 
-    def make_hook(index: int):
+    def before(index: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if index == 0 and not first_window:
+                store.append(_split_hidden(args, kwargs)[0])
+                raise _Captured
             state, call = _split_hidden(args, kwargs)
             if index == 0:
-                hidden.append(state.detach().clone())
-            if calls[index] is None:
-                calls[index] = call
-            if index == 0 and stop_early:
+                store.append(state)
+            calls[index] = call
+            if access:
+                access.load(index)
+
+        return hook
+
+    def after(index: int):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            if access:
+                access.unload(index)
+            if index == len(blocks) - 1:
                 raise _Captured
 
         return hook
 
-    handles = [b.register_forward_pre_hook(make_hook(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    handles = [b.register_forward_pre_hook(before(i), with_kwargs=True) for i, b in enumerate(blocks)]
+    handles += [b.register_forward_hook(after(i)) for i, b in enumerate(blocks)]
     try:
-        for number, window in enumerate(
-            tqdm(windows, desc="capture calibration inputs", disable=not progress, leave=False)
-        ):
-            stop_early = number > 0  # the first window runs through to record every block's call
+        for window in tqdm(windows, desc="capture calibration inputs", disable=not progress, leave=False):
             try:
                 model(input_ids=window.unsqueeze(0).to(device), use_cache=False)
             except _Captured:
                 pass
+            first_window = False
     finally:
         for handle in handles:
             handle.remove()
     missing = [i for i, call in enumerate(calls) if call is None]
     if missing:
         raise RuntimeError(f"decoder blocks {missing} were never called by the model's forward")
-    return hidden, calls  # type: ignore[return-value]
+    return store, calls  # type: ignore[return-value]

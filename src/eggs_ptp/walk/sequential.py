@@ -15,7 +15,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
 from torch import nn
@@ -26,7 +26,9 @@ from eggs_ptp.models.layers import PrunableLinear, find_linears
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.permute import permute_block
 from eggs_ptp.stats import LayerStats
+from eggs_ptp.walk.activations import ActivationStore
 from eggs_ptp.walk.capture import BlockCall
+from eggs_ptp.walk.distributed import Ranks
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +65,49 @@ def _non_finite_kind(tensor: torch.Tensor) -> str | None:
     return "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
 
 
+class BlockAccess(Protocol):
+    """Brings a block's weights into memory before the walk touches it and drops them after."""
+
+    def load(self, index: int) -> None: ...
+
+    def unload(self, index: int) -> None: ...
+
+
+class InMemory:
+    """Every block is already in memory."""
+
+    def load(self, index: int) -> None:
+        pass
+
+    def unload(self, index: int) -> None:
+        pass
+
+
+def block_placement(block: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """The device and compute dtype of a block: those of its first floating-point parameter."""
+    parameter = next(p for p in block.parameters() if p.is_floating_point())
+    return parameter.device, parameter.dtype
+
+
 def run_block(
-    block: nn.Module, call: BlockCall, hidden: list[torch.Tensor], index: int, stage: str
-) -> list[torch.Tensor]:
-    outputs = []
+    block: nn.Module, call: BlockCall, hidden: Iterable[torch.Tensor], index: int, stage: str,
+    out: ActivationStore | None = None,
+) -> ActivationStore | None:
+    """Run ``block`` on each window, one at a time on the block's device and in its dtype, and
+    append the outputs to ``out`` when given."""
+    device, dtype = block_placement(block)
+    call = call.to(device)
     for state in hidden:
-        output = call(block, state)
+        output = call(block, state.to(device=device, dtype=dtype))
         kind = _non_finite_kind(output)
         if kind:
             raise NonFiniteActivationError(
                 f"{kind} in the activations of block {index} ({type(block).__name__}) during the "
                 f"{stage} pass; check this block's weights, or load in float32 if the model is bf16/fp16"
             )
-        outputs.append(output)
-    return outputs
+        if out is not None:
+            out.append(output)
+    return out
 
 
 class _ErrorMeter:
@@ -114,13 +145,14 @@ def _prune_block(
     index: int,
     prefix: str,
     call: BlockCall,
-    hidden: list[torch.Tensor],
+    hidden: ActivationStore,
     method: Method,
     pattern: Pattern,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
     permute: bool = False,
-) -> tuple[list[torch.Tensor], list[LayerReport]]:
+    ranks: Ranks | None = None,
+) -> tuple[ActivationStore, list[LayerReport]]:
     layers = find_linears(block, prefix, include, exclude)
     reports = {
         layer.name: LayerReport(layer.name, tuple(layer.weight.shape), layer.transposed)
@@ -150,15 +182,47 @@ def _prune_block(
         finally:
             for handle in handles:
                 handle.remove()
+        if ranks:
+            ranks.reduce_stats(stats)
 
+    # The dense weights each layer's error is measured against: as the method saw them, permuted.
+    references = {layer.name: layer.weight.float().clone() for layer in targets}
+    if ranks is None or ranks.is_writer:  # in a distributed run, rank 0 decides and broadcasts
+        _prune_layers(block, prefix, targets, stats, method, pattern, call, hidden, permute, reports, references)
+    if ranks:
+        ranks.broadcast_module(block)
+        ranks.broadcast_tensors(list(references.values()))
+    meters = {layer.name: _ErrorMeter(layer, references[layer.name]) for layer in targets}
+
+    outputs = hidden.sibling(f"block-{index + 1:05d}")
+    error_windows = ranks.local_count(ERROR_WINDOWS) if ranks else ERROR_WINDOWS
+    handles = [layer.module.register_forward_hook(meters[layer.name]) for layer in targets]
+    try:
+        run_block(block, call, (hidden[i] for i in range(min(error_windows, len(hidden)))), index, "output", outputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    run_block(block, call, (hidden[i] for i in range(error_windows, len(hidden))), index, "output", outputs)
+    if ranks:
+        ranks.reduce_meters(list(meters.values()))
+    for name, meter in meters.items():
+        reports[name].recon_error = meter.relative_error
+    return outputs, list(reports.values())
+
+
+def _prune_layers(
+    block: nn.Module, prefix: str, targets: list[PrunableLinear], stats: dict[str, LayerStats], method: Method,
+    pattern: Pattern, call: BlockCall, hidden: ActivationStore, permute: bool, reports: dict[str, LayerReport],
+    references: dict[str, torch.Tensor],
+) -> None:
     if permute and targets:  # after calibration, before pruning: the error meter sees permuted weights
-        for name, record in permute_block(block, prefix, targets, stats, method, pattern, call, hidden[0]).items():
+        device, dtype = block_placement(block)
+        window = hidden[0].to(device=device, dtype=dtype)
+        for name, record in permute_block(block, prefix, targets, stats, method, pattern, call.to(device), window).items():
             reports[name].permutation = record
-
-    meters: dict[str, _ErrorMeter] = {}
     for layer in targets:
         started = time.perf_counter()
-        dense = layer.weight.float().clone()
+        references[layer.name] = dense = layer.weight.float().clone()
         result = method.prune(dense, stats.get(layer.name), pattern)
         kind = _non_finite_kind(result.weight)
         if kind:
@@ -169,52 +233,58 @@ def _prune_block(
         report.seconds = time.perf_counter() - started
         report.kept_fraction = float(result.mask.float().mean())
         report.settings = result.settings
-        meters[layer.name] = _ErrorMeter(layer, dense)
 
-    handles = [layer.module.register_forward_hook(meters[layer.name]) for layer in targets]
-    try:
-        outputs = run_block(block, call, hidden[:ERROR_WINDOWS], index, "output")
-    finally:
-        for handle in handles:
-            handle.remove()
-    outputs += run_block(block, call, hidden[ERROR_WINDOWS:], index, "output")
-    for name, meter in meters.items():
-        reports[name].recon_error = meter.relative_error
-    return outputs, list(reports.values())
+
+BlockDone = Callable[[int, list[LayerReport], ActivationStore], None]
 
 
 def walk_and_prune(
     blocks: nn.ModuleList,
     prefix: str,
     calls: list[BlockCall],
-    hidden: list[torch.Tensor],
+    hidden: ActivationStore,
     method: Method,
     pattern: Pattern | Sequence[Pattern],
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
     progress: bool = True,
-    on_block: Callable[[int, list[LayerReport]], None] | None = None,
+    on_block: BlockDone | None = None,
     permute: bool = False,
+    access: BlockAccess | None = None,
+    start: int = 0,
+    ranks: Ranks | None = None,
 ) -> list[LayerReport]:
-    """Prune every block in order; return one report per linear layer found.
+    """Prune blocks ``start``, ``start + 1``, ... in order; return one report per linear layer found.
 
-    ``pattern`` is one pattern for every block, or one per block (a non-uniform allocation).
-
-    ``permute`` first permutes the input channels of layers where the permutation folds exactly
-    into the layers producing them (:func:`eggs_ptp.permute.permute_block`).
+    Args:
+        hidden: the inputs of block ``start``, one window each; released as the walk moves on.
+        pattern: one pattern for every block, or one per block (a non-uniform allocation).
+        on_block: called after each block with its reports and the next block's inputs, while the
+            block is still loaded (to persist progress).
+        permute: first permute the input channels of layers where the permutation folds exactly
+            into the layers producing them (:func:`eggs_ptp.permute.permute_block`).
+        access: loads and unloads block weights around each block (a lazily opened checkpoint).
+        ranks: the processes sharing the calibration windows, when distributed.
     """
+    access = access or InMemory()
     reports: list[LayerReport] = []
     per_block = list(pattern) if isinstance(pattern, Sequence) else [pattern] * len(blocks)
     if len(per_block) != len(blocks):
         raise ValueError(f"got {len(per_block)} block patterns for {len(blocks)} blocks")
     label = pattern if isinstance(pattern, Pattern) else "per-block"
-    bar = tqdm(range(len(blocks)), desc=f"prune {method.name} {label}", disable=not progress)
+    bar = tqdm(range(start, len(blocks)), desc=f"prune {method.name} {label}", disable=not progress,
+               initial=start, total=len(blocks))
     for index in bar:
-        hidden, block_reports = _prune_block(
+        access.load(index)
+        outputs, block_reports = _prune_block(
             blocks[index], index, f"{prefix}.{index}", calls[index], hidden, method, per_block[index],
-            include, exclude, permute,
+            include, exclude, permute, ranks,
         )
+        hidden.release()
+        hidden = outputs
         reports.extend(block_reports)
         if on_block:
-            on_block(index, block_reports)
+            on_block(index, block_reports, hidden)
+        access.unload(index)
+    hidden.release()
     return reports

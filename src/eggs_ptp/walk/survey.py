@@ -11,8 +11,10 @@ from tqdm.auto import tqdm
 
 from eggs_ptp.models.layers import PrunableLinear, find_linears
 from eggs_ptp.stats import LayerStats
+from eggs_ptp.walk.activations import ActivationStore
 from eggs_ptp.walk.capture import BlockCall
-from eggs_ptp.walk.sequential import run_block
+from eggs_ptp.walk.distributed import Ranks
+from eggs_ptp.walk.sequential import BlockAccess, InMemory, run_block
 
 BlockMeasure = Callable[[list[tuple[PrunableLinear, LayerStats]]], float]
 
@@ -22,28 +24,41 @@ def survey_blocks(
     blocks: nn.ModuleList,
     prefix: str,
     calls: list[BlockCall],
-    hidden: list[torch.Tensor],
+    hidden: ActivationStore,
     measure: BlockMeasure,
     include: tuple[str, ...] = (),
     exclude: tuple[str, ...] = (),
     progress: bool = True,
+    access: BlockAccess | None = None,
+    ranks: Ranks | None = None,
 ) -> list[float]:
     """``measure`` of every block's linear layers and their input statistics, on dense activations.
 
-    ``hidden`` is left untouched; the pass carries its own copy forward.
+    ``hidden`` is left untouched; the pass carries its own copy forward (beside it when on disk).
     """
+    access = access or InMemory()
     values = []
+    current = hidden
     for index in tqdm(range(len(blocks)), desc="survey", disable=not progress):
+        access.load(index)
         layers = find_linears(blocks[index], f"{prefix}.{index}", include, exclude)
-        stats = [(layer, LayerStats(layer.in_features)) for layer in layers]
+        stats = {layer.name: LayerStats(layer.in_features) for layer in layers}
         handles = [
-            layer.module.register_forward_hook(lambda module, inputs, output, s=layer_stats: s.add(inputs[0]))
-            for layer, layer_stats in stats
+            layer.module.register_forward_hook(lambda module, inputs, output, s=stats[layer.name]: s.add(inputs[0]))
+            for layer in layers
         ]
+        following = current.sibling(f"survey-{index + 1:05d}")
         try:
-            hidden = run_block(blocks[index], calls[index], hidden, index, "survey")
+            run_block(blocks[index], calls[index], current, index, "survey", following)
         finally:
             for handle in handles:
                 handle.remove()
-        values.append(measure(stats) if stats else 0.0)
+        if current is not hidden:
+            current.release()
+        current = following
+        if ranks:
+            ranks.reduce_stats(stats)
+        values.append(measure([(layer, stats[layer.name]) for layer in layers]) if layers else 0.0)
+        access.unload(index)
+    current.release()
     return values

@@ -1,0 +1,130 @@
+"""Open a safetensors checkpoint without loading it.
+
+The model is built on the meta device (accelerate's ``init_empty_weights``); a module's
+parameters are read from disk when it is materialised and dropped back to meta when it is
+released, so memory holds one decoder block (plus the embedding) however large the model is.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from accelerate import init_empty_weights
+from accelerate.utils import set_module_tensor_to_device
+from safetensors import safe_open
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from eggs_ptp.models.loading import ModelError, weights_signature
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+class LazyCheckpoint:
+    """The tensors of one safetensors checkpoint folder (single file or sharded with an index)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        index = self.folder / INDEX_FILE
+        if index.is_file():
+            self.weight_map: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        elif (self.folder / SINGLE_FILE).is_file():
+            with safe_open(str(self.folder / SINGLE_FILE), framework="pt") as handle:
+                self.weight_map = {key: SINGLE_FILE for key in handle.keys()}
+        else:
+            raise ModelError(
+                f"{self.folder} holds no safetensors weights; low-memory pruning reads safetensors "
+                "(load the model once with transformers and save_pretrained it to convert)"
+            )
+
+    @property
+    def files(self) -> list[Path]:
+        return [self.folder / name for name in sorted(set(self.weight_map.values()))]
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the weight files on disk."""
+        return sum(path.stat().st_size for path in self.files)
+
+    def signature(self) -> dict[str, object]:
+        return weights_signature(str(self.folder))
+
+    def read(self, key: str) -> torch.Tensor:
+        with safe_open(str(self.folder / self.weight_map[key]), framework="pt") as handle:
+            return handle.get_tensor(key)
+
+    def key_for(self, name: str, base_prefix: str) -> str | None:
+        """The checkpoint key holding model parameter ``name``; checkpoints of the bare base model
+        (GPT-2's) name parameters without the ``base_prefix.`` the causal-LM wrapper adds."""
+        candidates = [name]
+        if base_prefix and name.startswith(base_prefix + "."):
+            candidates.append(name[len(base_prefix) + 1:])
+        return next((key for key in candidates if key in self.weight_map), None)
+
+
+class LazyModel:
+    """A meta-device causal LM whose modules load from a :class:`LazyCheckpoint` on demand.
+
+    Args:
+        dtype: compute dtype; floating tensors are cast to it as they load.
+        device: where materialised modules live.
+    """
+
+    def __init__(self, folder: Path, dtype: torch.dtype, device: torch.device) -> None:
+        self.checkpoint = LazyCheckpoint(folder)
+        self.dtype = dtype
+        self.device = torch.device(device)
+        config = AutoConfig.from_pretrained(folder)
+        with init_empty_weights():
+            self.model: PreTrainedModel = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        self.model.eval()
+        for name, buffer in list(self.model.named_buffers()):  # rotary tables and such, built on the CPU
+            set_module_tensor_to_device(self.model, name, self.device, value=buffer)
+        self._names = {module: name for name, module in self.model.named_modules()}
+
+    def key_for(self, parameter: str) -> str:
+        key = self.checkpoint.key_for(parameter, self.model.base_model_prefix)
+        if key is None:
+            raise ModelError(
+                f"parameter {parameter} has no tensor in {self.checkpoint.folder} (the checkpoint names it "
+                "differently); prune this model without --low-memory"
+            )
+        return key
+
+    def materialise(self, module: nn.Module, recurse: bool = True) -> None:
+        """Read ``module``'s parameters (and its children's, with ``recurse``) onto the device."""
+        prefix = self._names[module]
+        for name, _ in list(module.named_parameters(recurse=recurse)):
+            full = f"{prefix}.{name}" if prefix else name
+            value = self.checkpoint.read(self.key_for(full))
+            if value.is_floating_point():
+                value = value.to(self.dtype)
+            set_module_tensor_to_device(self.model, full, self.device, value=value)
+
+    def release(self, module: nn.Module) -> None:
+        prefix = self._names[module]
+        for name, _ in list(module.named_parameters()):
+            set_module_tensor_to_device(self.model, f"{prefix}.{name}" if prefix else name, "meta")
+
+    def materialise_on_call(self, skip: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+        """Load every module outside ``skip`` (the decoder blocks) the first time it runs.
+
+        Modules the capture pass never reaches (the final norm, the LM head) are never read.
+        """
+        inside = {id(module) for module in skip.modules()}
+        handles = []
+        for module in self.model.modules():
+            if id(module) in inside or not any(True for _ in module.parameters(recurse=False)):
+                continue
+            handles.append(module.register_forward_pre_hook(self._materialise_once(module)))
+        return handles
+
+    def _materialise_once(self, module: nn.Module):
+        def hook(_module: nn.Module, _args: tuple) -> None:
+            if any(p.is_meta for p in module.parameters(recurse=False)):
+                self.materialise(module, recurse=False)
+
+        return hook
