@@ -178,13 +178,33 @@ def _walk(
     progress: bool, access: BlockAccess, device: torch.device | None, activation_dtype: torch.dtype | None,
     offload_dir: Path | None, checkpoint: RunProgress | None, resume: bool, ranks: Ranks | None,
 ) -> _Run:
-    method = build_method(config)
     windows = ranks.share(calibration.windows) if ranks else calibration.windows
     if not len(windows):
         raise ValueError(f"{len(calibration.windows)} calibration windows cannot be shared by {ranks.world} "
                          "processes; draw at least one per process")
     offload = Path(offload_dir) / f"rank-{ranks.rank if ranks else 0}" / "block-00000" if offload_dir else None
     resumed = checkpoint.open(resume, activation_dtype, offload) if checkpoint else None
+    try:
+        layers, allocation = _resume_or_start(model, blocks, prefix, config, windows, progress, access, device,
+                                              activation_dtype, offload, checkpoint, resumed, ranks)
+    except BaseException:
+        if checkpoint:
+            checkpoint.discard_if_empty()
+        raise
+    if not any(layer.skipped is None for layer in layers):
+        raise ValueError(
+            "no layer was pruned: every linear layer was excluded or skipped; "
+            "check --include/--exclude and the pattern"
+        )
+    return _Run(layers, allocation, resumed)
+
+
+def _resume_or_start(
+    model: nn.Module, blocks: nn.ModuleList, prefix: str, config: PruneConfig, windows: torch.Tensor,
+    progress: bool, access: BlockAccess, device: torch.device | None, activation_dtype: torch.dtype | None,
+    offload: Path | None, checkpoint: RunProgress | None, resumed: Resumed | None, ranks: Ranks | None,
+) -> tuple[list[LayerReport], dict[str, Any] | None]:
+    method = build_method(config)
     if resumed:  # the calls (masks, positions) are the same for every window: one window gives them
         _, calls = capture_block_inputs(model, blocks, windows[:1], progress, None, access, device)
         hidden, layers, allocation, start = resumed.inputs, resumed.layers, resumed.allocation, resumed.next_block
@@ -203,19 +223,10 @@ def _walk(
             checkpoint.save_block(index, blocks[index].state_dict(prefix=f"{prefix}.{index}."), layers, outputs,
                                   allocation, time.perf_counter() - clock)
 
-    try:
-        walk_and_prune(blocks, prefix, calls, hidden, method, pattern, config.include, config.exclude, progress,
-                       on_block=save, permute=config.permute, access=access, start=start, ranks=ranks)
-    except BaseException:
-        if checkpoint:
-            checkpoint.discard_if_empty()
-        raise
-    if not any(layer.skipped is None for layer in layers):
-        raise ValueError(
-            "no layer was pruned: every linear layer was excluded or skipped; "
-            "check --include/--exclude and the pattern"
-        )
-    return _Run(layers, allocation, resumed)
+    walk_and_prune(blocks, prefix, calls, hidden, method, pattern, config.include, config.exclude, progress,
+                   on_block=save, permute=config.permute, access=access, start=start, ranks=ranks)
+    return layers, allocation
+
 
 def _owl_allocation(config: PruneConfig, blocks: nn.ModuleList, prefix: str, calls: list[BlockCall],
                     hidden: ActivationStore, progress: bool, access: BlockAccess, ranks: Ranks | None) -> dict[str, Any]:
