@@ -24,7 +24,7 @@ from eggs_ptp.formats.checkpoint import REPORT_FILE, check_output_target, staged
 from eggs_ptp.formats.sharded import write_sharded
 from eggs_ptp.models.lazy import LazyModel
 from eggs_ptp.pattern import Pattern
-from eggs_ptp.report import PruneReport, peak_rss_mb
+from eggs_ptp.report import PruneReport, peak_cuda_mb, peak_rss_mb
 from eggs_ptp.walk import BlockAccess, BlockCall, InMemory, LayerReport, capture_block_inputs, survey_blocks, walk_and_prune
 from eggs_ptp.walk.activations import ActivationStore
 from eggs_ptp.walk.distributed import Ranks
@@ -277,6 +277,7 @@ def _report(model: nn.Module, dtype: torch.dtype, config: PruneConfig, calibrati
         peak_rss_mb=peak_rss_mb(),
         allocation=run.allocation,
         resumed_at_block=run.resumed.next_block if run.resumed else None,
+        peak_cuda_mb=peak_cuda_mb(),
     )
 
 

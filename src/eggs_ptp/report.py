@@ -33,6 +33,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_cuda_mb() -> float | None:
+    """Peak memory allocated on the current CUDA device so far, when CUDA was used."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 @dataclass
 class PruneReport:
     config: PruneConfig
@@ -45,6 +54,7 @@ class PruneReport:
     evaluation: dict[str, Any] | None = None  # dense and pruned perplexity, when measured
     allocation: dict[str, Any] | None = None  # per-block sparsities, when not uniform
     resumed_at_block: int | None = None  # the block a resumed run continued from
+    peak_cuda_mb: float | None = None  # when the run used CUDA
 
     @property
     def pruned_layers(self) -> list[LayerReport]:
@@ -67,6 +77,7 @@ class PruneReport:
             "mean_recon_error": sum(errors) / len(errors) if errors else None,
             "seconds": self.seconds,
             "peak_rss_mb": self.peak_rss_mb,
+            "peak_cuda_mb": self.peak_cuda_mb,
         }
 
     def to_dict(self) -> dict[str, Any]:

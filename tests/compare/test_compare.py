@@ -59,6 +59,8 @@ def test_every_artefact_is_written(finished):
     for row in record["cells"]:
         assert row["perplexity"] > 0 and 0 <= row["task"]["acc"] <= 1 and row["task"]["samples"] == 6
         assert row["prune_seconds"] > 0 and row["peak_rss_mb"] > 0 and row["kept_fraction"] == 0.5
+    seed0, seed1 = record["cells"][0], record["cells"][2]
+    assert seed1["same_as"] == seed0["key"] and seed1["perplexity"] == seed0["perplexity"]
     payload = json.loads(result.stdout.splitlines()[-1])
     assert payload["cells"] == 4 and {g["method"] for g in payload["groups"]} == {"magnitude", "wanda"}
     assert "<- best" in result.stdout
@@ -114,8 +116,10 @@ def test_resume_runs_only_the_missing_cells(copy, workspace, monkeypatch):
                        calib=str(workspace / "text.txt"), eval_text=str(workspace / "text.txt"), eval_seqlen=16,
                        eval_windows=3, task_limit=6)
     resumed = run_compare(load_model(str(workspace / "tiny")), spec, copy, resume=True, progress=False)
-    # the dense baseline is not measured again; each missing cell is pruned and scored once
-    assert ran == ["magnitude|2:4|seed1", "evaluate", "wanda|2:4|seed1", "evaluate"]
+    # the dense baseline is not measured again; each missing cell is pruned and scored once, except
+    # magnitude, which reads no calibration and so is the same at every seed
+    assert ran == ["wanda|2:4|seed1", "evaluate"]
+    assert resumed["cells"][2]["same_as"] == "magnitude|2:4|seed0"
     assert resumed["cells"][:2] == kept and resumed["dense"] == record["dense"]
     assert [c["mask_sha256"] for c in resumed["cells"]] == [c["mask_sha256"] for c in record["cells"]]
     assert [c["perplexity"] for c in resumed["cells"]] == [c["perplexity"] for c in record["cells"]]

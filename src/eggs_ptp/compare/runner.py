@@ -202,6 +202,15 @@ def _merged_spec(record: dict[str, Any], spec: CompareSpec) -> CompareSpec:
                    seeds=old.seeds + spec.seeds)
 
 
+def _seed_independent_twin(rows: list[dict[str, Any]], cell: Cell, spec: CompareSpec) -> dict[str, Any] | None:
+    """A finished row ``cell`` would reproduce exactly: same method and pattern, when the method
+    reads no calibration (magnitude), so that the seed changes nothing."""
+    if build_method(spec.config(cell)).needs_calibration:
+        return None
+    return next((row for row in rows if row["method"] == cell.method and row["pattern"] == cell.pattern
+                 and "same_as" not in row), None)
+
+
 def run_compare(
     loaded: LoadedModel,
     spec: CompareSpec,
@@ -250,7 +259,11 @@ def run_compare(
                 record["task"]["harness"] = context.harness
             write_results(path, record)
         for cell in todo:
-            row = context.run_cell(cell, lambda stage, key=cell.key: grid.set_postfix_str(f"{key}: {stage}"))
+            twin = _seed_independent_twin(record["cells"], cell, spec)
+            if twin:  # a calibration-free method prunes the same at every seed: score it once
+                row = {**twin, "key": cell.key, "seed": cell.seed, "same_as": twin["key"]}
+            else:
+                row = context.run_cell(cell, lambda stage, key=cell.key: grid.set_postfix_str(f"{key}: {stage}"))
             row["session"] = len(record["sessions"]) - 1
             record["cells"].append(row)
             write_results(path, record)

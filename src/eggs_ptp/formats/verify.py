@@ -53,15 +53,16 @@ def verify_checkpoint(folder: Path) -> int:
     report = read_report(folder)
     pattern = Pattern.parse(report["pattern"])
     wanted = {f"{l['name']}.weight": l for l in report["layers"] if l["skipped"] is None}
-    found: dict[str, torch.Tensor] = {}
+    located: dict[str, Path] = {}  # one tensor in memory at a time, however large the model
     for path in tensor_files(folder):
         with safe_open(str(path), framework="pt") as handle:
-            for key in wanted.keys() & set(handle.keys()):
-                found[key] = handle.get_tensor(key)
+            located.update({key: path for key in wanted.keys() & set(handle.keys())})
     for key, layer in wanted.items():  # in walk order, so "first" means first in the model
-        if key not in found:
+        if key not in located:
             raise VerifyError(f"{layer['name']}: weight {key} is missing from the checkpoint")
-        weight = found[key].T if layer["transposed"] else found[key]
+        with safe_open(str(located[key]), framework="pt") as handle:
+            stored = handle.get_tensor(key)
+        weight = stored.T if layer["transposed"] else stored
         if list(weight.shape) != list(layer["shape"]):
             raise VerifyError(f"{layer['name']}: shape {list(weight.shape)} is not the recorded {layer['shape']}")
         layer_pattern = Pattern.parse(layer["pattern"]) if layer.get("pattern") else pattern

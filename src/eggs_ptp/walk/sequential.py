@@ -114,14 +114,14 @@ class _ErrorMeter:
     """Accumulates ``||(W - W')X||^2`` and ``||WX||^2`` from a layer's forward in the pruned block."""
 
     def __init__(self, layer: PrunableLinear, dense: torch.Tensor) -> None:
-        self.dense = dense  # (out, in) fp32
+        self.dense = dense  # (out, in), in the model's dtype
         self.bias = getattr(layer.module, "bias", None)
         self.diff = 0.0
         self.ref = 0.0
 
     def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         x = inputs[0].reshape(-1, self.dense.shape[1]).float()
-        reference = x @ self.dense.T  # (tokens, out)
+        reference = x @ self.dense.float().T  # (tokens, out)
         actual = output.reshape(-1, self.dense.shape[0]).float()
         if self.bias is not None:
             actual = actual - self.bias.float()
@@ -170,8 +170,9 @@ def _prune_block(
     stats: dict[str, LayerStats] = {}
     if method.needs_calibration and targets:
         handles = []
+        device = block_placement(block)[0]  # accumulate where the activations are, in fp32
         for layer in targets:
-            stats[layer.name] = layer_stats = LayerStats(layer.in_features, method.needs_hessian)
+            stats[layer.name] = layer_stats = LayerStats(layer.in_features, method.needs_hessian).to(device)
             handles.append(
                 layer.module.register_forward_hook(
                     lambda module, inputs, output, s=layer_stats: s.add(inputs[0])
@@ -185,8 +186,9 @@ def _prune_block(
         if ranks:
             ranks.reduce_stats(stats)
 
-    # The dense weights each layer's error is measured against: as the method saw them, permuted.
-    references = {layer.name: layer.weight.float().clone() for layer in targets}
+    # The dense weights each layer's error is measured against: as the method saw them, permuted;
+    # kept in the model's dtype, in which they are exact.
+    references = {layer.name: layer.weight.detach().clone() for layer in targets}
     if ranks is None or ranks.is_writer:  # in a distributed run, rank 0 decides and broadcasts
         _prune_layers(block, prefix, targets, stats, method, pattern, call, hidden, permute, reports, references)
     if ranks:
@@ -222,7 +224,8 @@ def _prune_layers(
             reports[name].permutation = record
     for layer in targets:
         started = time.perf_counter()
-        references[layer.name] = dense = layer.weight.float().clone()
+        references[layer.name] = layer.weight.detach().clone()
+        dense = layer.weight.float().contiguous()
         result = method.prune(dense, stats.get(layer.name), pattern)
         kind = _non_finite_kind(result.weight)
         if kind:
