@@ -194,3 +194,22 @@ def test_ctrl_c_after_a_block_says_how_to_resume(model_dir, calib, tmp_path, mon
     assert result.exit_code == 130
     assert "interrupted after 1 blocks" in result.stderr and "--resume" in result.stderr
     assert (tmp_path / ".o.progress" / "state.json").is_file()
+
+
+def test_device_map_places_the_model_and_gives_the_same_result(model_dir, calib, tmp_path):
+    plain, mapped = tmp_path / "plain", tmp_path / "mapped"
+    assert run(*prune_args(model_dir, plain, calib, "--method", "wanda", "--device", "cpu")).exit_code == 0
+    result = run(*prune_args(model_dir, mapped, calib, "--method", "wanda", "--device-map", "auto"))
+    assert result.exit_code == 0, result.output
+    assert_same_weights(plain, mapped)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_asking_for_cuda_without_it_is_one_line(model_dir, calib, tmp_path):
+    line = one_error_line(run(*prune_args(model_dir, tmp_path / "o", calib, "--device", "cuda")))
+    assert "no CUDA device" in line and "--device cpu" in line
+
+
+def test_low_memory_refuses_eval_and_device_map(model_dir, calib, tmp_path):
+    result = run(*prune_args(model_dir, tmp_path / "o", calib, "--low-memory", "--eval"))
+    assert result.exit_code == 2 and "eggs-ptp eval" in result.output

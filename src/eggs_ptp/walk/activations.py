@@ -37,14 +37,6 @@ class ActivationStore:
         if self.folder is not None:
             _prepare_folder(self.folder)
 
-    @classmethod
-    def of(cls, windows: list[torch.Tensor], dtype: torch.dtype | None = None,
-           folder: Path | None = None) -> "ActivationStore":
-        store = cls(dtype, folder)
-        for window in windows:
-            store.append(window)
-        return store
-
     def sibling(self, name: str) -> "ActivationStore":
         """An empty store of the same kind, in ``name`` beside this one when on disk."""
         return ActivationStore(self.dtype, self.folder.parent / name if self.folder is not None else None)

@@ -95,8 +95,3 @@ class Ranks:
 
     def barrier(self) -> None:
         dist.barrier()
-
-    def gather_objects(self, value: T) -> list[T]:
-        gathered: list[T] = [None] * self.world  # type: ignore[list-item]
-        dist.all_gather_object(gathered, value)
-        return gathered
