@@ -172,6 +172,9 @@ class LazyBlocks:
     def unload(self, index: int) -> None:
         self.lazy.release(self.blocks[index])
 
+    def captured(self) -> None:
+        self.lazy.release_outside(self.blocks)
+
 
 def _walk(
     model: nn.Module, blocks: nn.ModuleList, prefix: str, config: PruneConfig, calibration: CalibrationSet,
@@ -214,6 +217,7 @@ def _resume_or_start(
         layers, start = [], 0
         allocation = _owl_allocation(config, blocks, prefix, calls, hidden, progress, access, ranks) \
             if config.allocation == "owl" else None
+    access.captured()
     pattern = [Pattern(sparsity=s) for s in allocation["block_sparsity"]] if allocation else config.parsed_pattern
     clock = time.perf_counter() - (resumed.seconds if resumed else 0.0)
 

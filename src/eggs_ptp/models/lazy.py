@@ -109,6 +109,14 @@ class LazyModel:
         for name, _ in list(module.named_parameters()):
             set_module_tensor_to_device(self.model, f"{prefix}.{name}" if prefix else name, "meta")
 
+    def release_outside(self, skip: nn.Module) -> None:
+        """Drop every loaded parameter outside ``skip`` (the embedding, once the block inputs are
+        captured)."""
+        inside = {id(p) for p in skip.parameters()}
+        for name, parameter in list(self.model.named_parameters()):
+            if id(parameter) not in inside and not parameter.is_meta:
+                set_module_tensor_to_device(self.model, name, "meta")
+
     def materialise_on_call(self, skip: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
         """Load every module outside ``skip`` (the decoder blocks) the first time it runs.
 

@@ -72,6 +72,9 @@ class BlockAccess(Protocol):
 
     def unload(self, index: int) -> None: ...
 
+    def captured(self) -> None:
+        """The block inputs are captured: nothing outside the blocks is needed any more."""
+
 
 class InMemory:
     """Every block is already in memory."""
@@ -80,6 +83,9 @@ class InMemory:
         pass
 
     def unload(self, index: int) -> None:
+        pass
+
+    def captured(self) -> None:
         pass
 
 
