@@ -164,13 +164,13 @@ def test_offload_dir_on_a_read_only_path_is_one_clear_line(model_dir, calib, tmp
     assert not (tmp_path / "o").exists() and not (tmp_path / ".o.progress").exists()
 
 
-@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-def test_two_gloo_processes_equal_one(model_dir, calib, tmp_path, method):
+@pytest.mark.parametrize("method, extra", [("wanda", ()), ("sparsegpt", ()), ("ria", ("--low-memory", "--permute"))])
+def test_two_gloo_processes_equal_one(model_dir, calib, tmp_path, method, extra):
     single, double = tmp_path / "single", tmp_path / "double"
-    assert run(*prune_args(model_dir, single, calib, "--method", method, "--nsamples", 6)).exit_code == 0
+    assert run(*prune_args(model_dir, single, calib, "--method", method, "--nsamples", 6, *extra)).exit_code == 0
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "eggs_ptp", *map(str, prune_args(model_dir, double, calib, "--method", method,
-                                                                         "--nsamples", 6, "--nproc", 2))]
+                                                                         "--nsamples", 6, "--nproc", 2, *extra))]
     finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert finished.stdout.count("saved to") == 1  # only rank 0 writes and reports
