@@ -5,6 +5,7 @@ at a time, straight to an output folder."""
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from eggs_ptp.methods import build_method
 from eggs_ptp.models import context_length, find_blocks
 from eggs_ptp.formats.checkpoint import REPORT_FILE, check_output_target, staged_folder, write_json_atomic
 from eggs_ptp.formats.sharded import write_sharded
-from eggs_ptp.models.lazy import LazyModel
+from eggs_ptp.models.lazy import LazyBlocks, LazyModel
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.report import PruneReport, peak_cuda_mb, peak_rss_mb
 from eggs_ptp.walk import BlockAccess, BlockCall, InMemory, LayerReport, capture_block_inputs, survey_blocks, walk_and_prune
@@ -31,6 +32,8 @@ from eggs_ptp.walk.distributed import Ranks
 from eggs_ptp.walk.resume import Resumed, RunProgress, progress_folder
 
 log = logging.getLogger(__name__)
+
+GENERATION_CONFIG = "generation_config.json"
 
 
 def effective_seqlen(model: PreTrainedModel, tokenizer: object, requested: int) -> int:
@@ -59,7 +62,7 @@ def prune(
     model_info: dict[str, Any] | None = None,
     activation_dtype: torch.dtype | None = None,
     offload_dir: Path | None = None,
-    checkpoint: RunProgress | None = None,
+    run_progress: RunProgress | None = None,
     resume: bool = False,
     ranks: Ranks | None = None,
     **overrides: Any,
@@ -73,7 +76,7 @@ def prune(
         model_info: recorded in the report as the model's provenance.
         activation_dtype: dtype the calibration activations are kept in [default: the model's].
         offload_dir: keep the activations on disk here instead of in memory.
-        checkpoint: persist progress after every block, so that ``resume`` can continue a killed run.
+        run_progress: persist progress after every block, so that ``resume`` can continue a killed run.
         ranks: this process's place when launched by ``torchrun``; windows are split across ranks.
     """
     config = _resolve(config, overrides)
@@ -84,10 +87,10 @@ def prune(
     model.eval()
     try:
         run = _walk(model, blocks, prefix, config, calibration, progress, InMemory(), None, activation_dtype,
-                    offload_dir, checkpoint, resume, ranks)
+                    offload_dir, run_progress, resume, ranks)
         if run.resumed:
             for index in range(run.resumed.next_block):
-                blocks[index].load_state_dict(_strip(checkpoint.load_block(index), f"{prefix}.{index}."))
+                blocks[index].load_state_dict(_strip(run_progress.load_block(index), f"{prefix}.{index}."))
     finally:
         model.train(was_training)
     return model, _report(model, next(model.parameters()).dtype, config, calibration, run, started, model_info)
@@ -145,8 +148,9 @@ def prune_checkpoint(
         with staged_folder(out) as staging:
             write_sharded(staging, lazy, [checkpoint.block_file(i) for i in range(len(blocks))], progress)
             model.config.save_pretrained(staging)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            if (Path(location) / GENERATION_CONFIG).is_file():
+                shutil.copyfile(Path(location) / GENERATION_CONFIG, staging / GENERATION_CONFIG)
             report.peak_rss_mb = peak_rss_mb()
             write_json_atomic(staging / REPORT_FILE, report.to_dict())
     checkpoint.finish()
@@ -158,22 +162,6 @@ class _Run:
     layers: list[LayerReport]
     allocation: dict[str, Any] | None
     resumed: Resumed | None
-
-
-class LazyBlocks:
-    """Block access for a lazily opened checkpoint: read a block's weights in, drop them after."""
-
-    def __init__(self, lazy: LazyModel, blocks: nn.ModuleList) -> None:
-        self.lazy, self.blocks = lazy, blocks
-
-    def load(self, index: int) -> None:
-        self.lazy.materialise(self.blocks[index])
-
-    def unload(self, index: int) -> None:
-        self.lazy.release(self.blocks[index])
-
-    def captured(self) -> None:
-        self.lazy.release_outside(self.blocks)
 
 
 def _walk(

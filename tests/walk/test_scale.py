@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 from conftest import TEXT, one_error_line, tiny_model
 from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
 
 import eggs_ptp.walk.resume as resume_module
 from eggs_ptp import PruneConfig
@@ -71,6 +72,10 @@ def test_low_memory_walk_equals_in_memory_walk(model_dir, calib, tmp_path, metho
     assert report["model"]["low_memory"] and report["summary"]["peak_rss_mb"] > 0
     assert report["model"]["checkpoint_bytes"] > 0
     assert run("verify", lazy).exit_code == 0
+    ids = torch.arange(2, 12).unsqueeze(0)
+    with torch.no_grad():  # a standard sharded checkpoint: transformers loads it as it loads the other
+        logits = [AutoModelForCausalLM.from_pretrained(f).eval()(ids).logits for f in (full, lazy)]
+    assert torch.equal(*logits)
 
 
 def test_low_memory_with_offloaded_bf16_activations_matches_in_memory(model_dir, calib, tmp_path):

@@ -281,7 +281,7 @@ def _prune_in_memory(model: str, output: Path, config: PruneConfig, dtype: str, 
         dense = measure(loaded.model)
     with _resume_hint(output):
         pruned_model, report = prune_model(loaded.model, loaded.tokenizer, config, calibration=calibration,
-                                           progress=not quiet, model_info=info, checkpoint=checkpoint, **options)
+                                           progress=not quiet, model_info=info, run_progress=checkpoint, **options)
         payload: dict[str, Any] = {}
         if writer:
             if measure:

@@ -136,3 +136,19 @@ class LazyModel:
                 self.materialise(module, recurse=False)
 
         return hook
+
+
+class LazyBlocks:
+    """Block access for a lazily opened checkpoint: read a block's weights in, drop them after."""
+
+    def __init__(self, lazy: LazyModel, blocks: nn.ModuleList) -> None:
+        self.lazy, self.blocks = lazy, blocks
+
+    def load(self, index: int) -> None:
+        self.lazy.materialise(self.blocks[index])
+
+    def unload(self, index: int) -> None:
+        self.lazy.release(self.blocks[index])
+
+    def captured(self) -> None:
+        self.lazy.release_outside(self.blocks)
