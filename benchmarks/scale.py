@@ -184,7 +184,7 @@ def render(results: dict) -> str:
             f"{dist['mask_agreement']:.6f} of {dist['mask_entries']} entries; "
             f"{dist['layers_with_any_difference']} of {dist['layers']} layers differ anywhere.", "",
         ]
-    lines += [f"Machine: {results['machine']['cpu']}, {results['machine']['threads']} threads. "
+    lines += [f"Machine: {results['machine']['cpu']}, {results['machine']['logical_cpus']} cores, torch threads {results['machine']['torch_threads']}. "
               "Reproduce: `python benchmarks/scale.py`.", ""]
     return "\n".join(lines)
 
