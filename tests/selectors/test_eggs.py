@@ -189,3 +189,15 @@ def test_nan_scores_rejected():
     scores[1, 1] = float("nan")
     with pytest.raises(ValueError, match="scores contain NaN or Inf"):
         EggsSelector().select(scores, P24)
+
+
+@pytest.mark.parametrize("rule, tile_height", [("repair", 8), ("diagonal", 4), ("matching", 8)])
+def test_selecting_in_row_chunks_gives_the_same_mask(rule, tile_height):
+    from eggs_ptp.selectors import select_in_chunks
+
+    scores = torch.rand(8 * 5 + 3, 16, generator=torch.Generator().manual_seed(1))  # 5 tiles of 8 and a tail
+    scores[0] = scores[1]  # ties across rows too
+    selector = EggsSelector(rule=rule, b=1, tile_height=tile_height)
+    whole = selector.select(scores, Pattern.parse("2:4"))
+    for budget in (1, 16 * 8, 16 * 17):  # one tile per chunk, at least one, and an uneven split
+        assert torch.equal(select_in_chunks(selector, scores, Pattern.parse("2:4"), budget), whole)

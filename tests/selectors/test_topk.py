@@ -56,3 +56,12 @@ def test_non_finite_scores_rejected(bad):
     scores[2, 3] = bad
     with pytest.raises(ValueError, match="scores contain NaN or Inf"):
         TopKSelector().select(scores, Pattern(n=2, m=4))
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "0.5"])
+def test_top_k_in_row_chunks_gives_the_same_mask(pattern):
+    from eggs_ptp.selectors import select_in_chunks
+
+    scores = torch.rand(37, 16, generator=torch.Generator().manual_seed(2))
+    whole = TopKSelector().select(scores, Pattern.parse(pattern))
+    assert torch.equal(select_in_chunks(TopKSelector(), scores, Pattern.parse(pattern), 16 * 5), whole)

@@ -9,7 +9,7 @@ import torch
 
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.scores import Score
-from eggs_ptp.selectors import Selector
+from eggs_ptp.selectors import Selector, select_in_chunks
 from eggs_ptp.selectors.auto import EggsSettingSearch
 from eggs_ptp.stats import LayerStats
 from eggs_ptp.updates import LeastSquaresRefit, ObsUpdate, output_error
@@ -84,9 +84,9 @@ class Method:
     ) -> PrunedLayer:
         mask = None
         if self.score is not None:
-            mask = selector.select(self.score(weight, stats), pattern)
+            mask = select_in_chunks(selector, self.score(weight, stats), pattern)
         if self.update is None:
-            pruned = torch.where(mask, weight, torch.zeros_like(weight))  # +0.0, never -0.0
+            pruned = torch.where(mask, weight, 0.0)  # +0.0, never -0.0
         else:
             pruned, mask = self.update.apply(weight, stats, pattern, selector, mask=mask)
         if self.refit is not None:

@@ -17,6 +17,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from eggs_ptp.eval.resources import return_freed_memory
 from eggs_ptp.models.loading import ModelError, weights_signature
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -149,6 +150,7 @@ class LazyBlocks:
 
     def unload(self, index: int) -> None:
         self.lazy.release(self.blocks[index])
+        return_freed_memory()  # medium-sized temporaries live on the C heap, which glibc keeps
 
     def captured(self) -> None:
         self.lazy.release_outside(self.blocks)

@@ -61,5 +61,6 @@ class RiaScore:
         # An all-zero row or column has no relative importance; avoid 0/0 so it scores 0, not NaN.
         column_total = magnitude.sum(dim=0, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
         row_total = magnitude.sum(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-        relative = magnitude / column_total + magnitude / row_total
-        return relative * norm.pow(self.alpha)
+        relative = magnitude / column_total
+        relative += magnitude.div_(row_total)  # in place: two (out, in) temporaries, not five
+        return relative.mul_(norm.pow(self.alpha))

@@ -1,6 +1,6 @@
 """Mask selectors: turn a (out, in) score into a bool keep-mask under a sparsity pattern."""
 
-from eggs_ptp.selectors.base import Selector
+from eggs_ptp.selectors.base import Selector, select_in_chunks
 from eggs_ptp.selectors.eggs import RULES, EggsSelector, GuaranteeError, check_guarantee
 from eggs_ptp.selectors.topk import TopKSelector, select_nm, select_per_row
 
@@ -11,6 +11,7 @@ __all__ = [
     "Selector",
     "TopKSelector",
     "check_guarantee",
+    "select_in_chunks",
     "select_nm",
     "select_per_row",
 ]

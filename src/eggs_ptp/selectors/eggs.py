@@ -221,6 +221,11 @@ class EggsSelector:
         if self.tile_height is not None and self.tile_height <= 0:
             raise ValueError(f"tile_height must be a positive multiple of M, got {self.tile_height}")
 
+    def rows_together(self, pattern: Pattern) -> int:
+        """A tile's rows; rows after the last full tile are selected on their own, so a chunk of
+        whole tiles followed by the tail selects exactly as the whole matrix does."""
+        return self.tile_height or pattern.m
+
     def select(self, scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
         """Select the mask for one weight matrix.
 

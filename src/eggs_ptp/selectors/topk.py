@@ -95,6 +95,9 @@ class TopKSelector:
 
     name: ClassVar[str] = "topk"
 
+    def rows_together(self, pattern: Pattern) -> int:
+        return 1
+
     def select(self, scores: torch.Tensor, pattern: Pattern) -> torch.Tensor:
         """Select the mask for one weight matrix.
 
