@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import resource
+from pathlib import Path
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -29,8 +30,18 @@ def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far.
+
+    Linux's ``VmHWM`` when available: ``ru_maxrss`` survives ``exec``, so a process started by a
+    large parent (a benchmark harness) would report the parent's size at the fork.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def peak_cuda_mb() -> float | None:
