@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -116,6 +117,7 @@ def part_low_memory(workdir: Path, nsamples: int, seqlen: int) -> dict:
     return {
         "shape": SHAPE, "parameters": parameters, "checkpoint_bytes": size, "write_seconds": written,
         "calibration": {"nsamples": nsamples, "seqlen": seqlen, "text": "wiki"},
+        "threads": int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())),
         "prune_seconds": seconds, "peak_rss_mb": peak_mb, "peak_rss_source": "the pruning process's VmHWM",
         "peak_rss_ratio": ratio, "target_ratio": TARGET_RSS_RATIO, "meets_target": ratio <= TARGET_RSS_RATIO,
         "kept_fraction": report["summary"]["kept_fraction"], "pruned_layers": report["summary"]["pruned_layers"],
@@ -150,6 +152,7 @@ def part_distributed(workdir: Path, nsamples: int, seqlen: int) -> dict:
     return {
         "model": "smollm2-135m", "method": "eggs", "pattern": "2:4",
         "calibration": {"nsamples": nsamples, "seqlen": seqlen, "text": "wiki"},
+        "threads": int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())),
         "runs": rows, "time_ratio_2_over_1": rows["2 gloo processes"]["seconds"] / rows["1 process"]["seconds"],
         "mask_agreement": agree / total, "mask_entries": total, "layers_with_any_difference": len(differing_layers),
         "layers": len(single),
