@@ -87,6 +87,8 @@ def test_markdown_bolds_the_best_method_and_html_stands_alone(finished):
     assert len(best) == 1 and best[0].perplexity == min(g.perplexity for g in groups(record))
     markdown = (out / "results.md").read_text()
     assert f"| **2:4** | **{best[0].method}** | **2** |" in markdown and "| dense |" in markdown
+    stderr = record["dense"]["task"]["acc_stderr"]
+    assert f"sampling standard error of ±{stderr:.3f}" in markdown  # the ± over seeds leaves it out
     page = (out / "report.html").read_text()
     assert "<table>" in page and '<tr class="best">' in page and f"<td>{best[0].method}</td>" in page
     images = page.count('src="data:image/png;base64,')

@@ -17,7 +17,7 @@ import eggs_ptp.walk.resume as resume_module
 from eggs_ptp import PruneConfig
 from eggs_ptp.api import prune_checkpoint
 from eggs_ptp.cli import main
-from eggs_ptp.walk.resume import ResumeError
+from eggs_ptp.walk.resume import ResumeError, completed_blocks
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
@@ -185,6 +185,51 @@ def test_two_gloo_processes_equal_one(model_dir, calib, tmp_path, method, extra)
         torch.testing.assert_close(left[key], right[key], rtol=2e-2, atol=2e-2, msg=key)
     report = json.loads((double / "sparsity.json").read_text())
     assert report["calibration"]["nsamples"] == 6
+
+
+KILL_AFTER_BLOCK_1 = """
+import os, sys
+import eggs_ptp.walk.resume as resume
+from eggs_ptp.cli import main
+
+original = resume.RunProgress.save_block
+
+def save_then_die(self, index, *args, **kwargs):
+    original(self, index, *args, **kwargs)
+    if index == 1:
+        os._exit(9)
+
+resume.RunProgress.save_block = save_then_die
+sys.argv[0] = "eggs-ptp"
+main()
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_resume_where_they_were_killed(model_dir, calib, tmp_path):
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    killer = tmp_path / "kill_after_block_1.py"
+    killer.write_text(KILL_AFTER_BLOCK_1, encoding="utf-8")
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    args = ("--method", "sparsegpt", "--nsamples", 6)
+
+    def launch(*command):
+        return subprocess.run([sys.executable, *map(str, command)], env=environment, capture_output=True, text=True,
+                              timeout=300)
+
+    finished = launch("-m", "eggs_ptp", *prune_args(model_dir, reference, calib, *args, "--nproc", 2))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    killed = launch("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", 2, killer,
+                    *prune_args(model_dir, resumed, calib, *args))
+    assert killed.returncode != 0 and not resumed.exists()
+    progress = tmp_path / ".resumed.progress"
+    assert completed_blocks(progress) == 2
+    assert sorted(path.name for path in (progress / "inputs-00002").iterdir()) == ["rank-0", "rank-1"]
+    finished = launch("-m", "eggs_ptp", *prune_args(model_dir, resumed, calib, *args, "--nproc", 2, "--resume"))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert "resumed at block 2" in finished.stdout
+    assert_same_weights(reference, resumed)
+    assert not progress.exists()
 
 
 def test_ctrl_c_after_a_block_says_how_to_resume(model_dir, calib, tmp_path, monkeypatch):

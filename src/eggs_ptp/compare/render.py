@@ -81,11 +81,21 @@ def describe_setup(record: dict[str, Any]) -> list[str]:
         limit = f", first {task['limit']}" if task.get("limit") else ""
         harness = (task.get("harness") or {}).get("harness", "lm-evaluation-harness")
         lines.append(f"Zero-shot: {task['task']} ({task['passages']} passages{limit}; {task['recipe']}), "
-                     f"scored by {harness}: accuracy and the word's mean log-likelihood in nats.")
+                     f"scored by {harness}: accuracy and the word's mean log-likelihood in nats."
+                     + _sampling_error(record))
     lines.append(f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, {machine['torch_threads']} torch threads"
                  + (f", {machine['accelerator']}" if machine.get("accelerator") else "")
                  + f"; torch {session['versions'].get('torch')}, transformers {session['versions'].get('transformers')}.")
     return lines
+
+
+def _sampling_error(record: dict[str, Any]) -> str:
+    """The passages' own error on an accuracy, which the spread over calibration seeds leaves out."""
+    dense = (record.get("dense") or {}).get("task") or {}
+    if dense.get("acc_stderr") is None:
+        return ""
+    return (f" One accuracy on these passages has a sampling standard error of ±{dense['acc_stderr']:.3f} "
+            f"(the harness's, at the dense {dense['acc']:.3f}); the ± over seeds does not include it.")
 
 
 def not_run(record: dict[str, Any]) -> str:
