@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import platform
 import resource
-from pathlib import Path
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from eggs_ptp.config import PruneConfig

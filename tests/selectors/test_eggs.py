@@ -13,6 +13,7 @@ from eggs_ptp.selectors import (
     EggsSelector,
     GuaranteeError,
     check_guarantee,
+    select_in_chunks,
     select_nm,
 )
 
@@ -193,8 +194,6 @@ def test_nan_scores_rejected():
 
 @pytest.mark.parametrize("rule, tile_height", [("repair", 8), ("diagonal", 4), ("matching", 8)])
 def test_selecting_in_row_chunks_gives_the_same_mask(rule, tile_height):
-    from eggs_ptp.selectors import select_in_chunks
-
     scores = torch.rand(8 * 5 + 3, 16, generator=torch.Generator().manual_seed(1))  # 5 tiles of 8 and a tail
     scores[0] = scores[1]  # ties across rows too
     selector = EggsSelector(rule=rule, b=1, tile_height=tile_height)

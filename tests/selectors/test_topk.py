@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from eggs_ptp.pattern import Pattern
-from eggs_ptp.selectors import TopKSelector, select_nm, select_per_row
+from eggs_ptp.selectors import TopKSelector, select_in_chunks, select_nm, select_per_row
 
 T, F = True, False
 
@@ -60,8 +60,6 @@ def test_non_finite_scores_rejected(bad):
 
 @pytest.mark.parametrize("pattern", ["2:4", "0.5"])
 def test_top_k_in_row_chunks_gives_the_same_mask(pattern):
-    from eggs_ptp.selectors import select_in_chunks
-
     scores = torch.rand(37, 16, generator=torch.Generator().manual_seed(2))
     whole = TopKSelector().select(scores, Pattern.parse(pattern))
     assert torch.equal(select_in_chunks(TopKSelector(), scores, Pattern.parse(pattern), 16 * 5), whole)

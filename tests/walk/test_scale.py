@@ -56,6 +56,13 @@ def calib(tmp_path):
     return path
 
 
+def python(*args: object) -> subprocess.CompletedProcess:
+    """A fresh interpreter running this checkout's eggs_ptp, as torchrun's workers would."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, *map(str, args)], check=False, env=environment, capture_output=True,
+                          text=True, timeout=300)
+
+
 def prune_args(model_dir, out, calib, *extra):
     return ["prune", model_dir, "-o", out, "--nsamples", 4, "--seqlen", 16, "--calib", calib, "-q", *extra]
 
@@ -173,10 +180,8 @@ def test_offload_dir_on_a_read_only_path_is_one_clear_line(model_dir, calib, tmp
 def test_two_gloo_processes_equal_one(model_dir, calib, tmp_path, method, extra):
     single, double = tmp_path / "single", tmp_path / "double"
     assert run(*prune_args(model_dir, single, calib, "--method", method, "--nsamples", 6, *extra)).exit_code == 0
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    command = [sys.executable, "-m", "eggs_ptp", *map(str, prune_args(model_dir, double, calib, "--method", method,
-                                                                         "--nsamples", 6, "--nproc", 2, *extra))]
-    finished = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    finished = python("-m", "eggs_ptp", *prune_args(model_dir, double, calib, "--method", method, "--nsamples", 6,
+                                                    "--nproc", 2, *extra))
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert finished.stdout.count("saved to") == 1  # only rank 0 writes and reports
     left, right = weights(single), weights(double)
@@ -207,25 +212,20 @@ main()
 
 @pytest.mark.slow
 def test_two_gloo_processes_resume_where_they_were_killed(model_dir, calib, tmp_path):
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     killer = tmp_path / "kill_after_block_1.py"
     killer.write_text(KILL_AFTER_BLOCK_1, encoding="utf-8")
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     args = ("--method", "sparsegpt", "--nsamples", 6)
 
-    def launch(*command):
-        return subprocess.run([sys.executable, *map(str, command)], env=environment, capture_output=True, text=True,
-                              timeout=300)
-
-    finished = launch("-m", "eggs_ptp", *prune_args(model_dir, reference, calib, *args, "--nproc", 2))
+    finished = python("-m", "eggs_ptp", *prune_args(model_dir, reference, calib, *args, "--nproc", 2))
     assert finished.returncode == 0, finished.stderr[-3000:]
-    killed = launch("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", 2, killer,
+    killed = python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", 2, killer,
                     *prune_args(model_dir, resumed, calib, *args))
     assert killed.returncode != 0 and not resumed.exists()
     progress = tmp_path / ".resumed.progress"
     assert completed_blocks(progress) == 2
     assert sorted(path.name for path in (progress / "inputs-00002").iterdir()) == ["rank-0", "rank-1"]
-    finished = launch("-m", "eggs_ptp", *prune_args(model_dir, resumed, calib, *args, "--nproc", 2, "--resume"))
+    finished = python("-m", "eggs_ptp", *prune_args(model_dir, resumed, calib, *args, "--nproc", 2, "--resume"))
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert "resumed at block 2" in finished.stdout
     assert_same_weights(reference, resumed)
