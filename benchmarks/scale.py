@@ -98,6 +98,11 @@ def eggs_ptp(*args: object, timeout: float | None = None) -> tuple[subprocess.Co
     return finished, time.perf_counter() - started
 
 
+def child_threads() -> int:
+    """The thread count a pruning child starts with: ``OMP_NUM_THREADS`` when set, else torch's default."""
+    return int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads()))
+
+
 def part_low_memory(workdir: Path, nsamples: int, seqlen: int) -> dict:
     checkpoint, output = workdir / "synthetic-3b", workdir / "synthetic-3b-2of4"
     started = time.perf_counter()
@@ -117,7 +122,7 @@ def part_low_memory(workdir: Path, nsamples: int, seqlen: int) -> dict:
     return {
         "shape": SHAPE, "parameters": parameters, "checkpoint_bytes": size, "write_seconds": written,
         "calibration": {"nsamples": nsamples, "seqlen": seqlen, "text": "wiki"},
-        "threads": int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())),
+        "threads": child_threads(),
         "prune_seconds": seconds, "peak_rss_mb": peak_mb, "peak_rss_source": "the pruning process's VmHWM",
         "peak_rss_ratio": ratio, "target_ratio": TARGET_RSS_RATIO, "meets_target": ratio <= TARGET_RSS_RATIO,
         "kept_fraction": report["summary"]["kept_fraction"], "pruned_layers": report["summary"]["pruned_layers"],
@@ -152,7 +157,7 @@ def part_distributed(workdir: Path, nsamples: int, seqlen: int) -> dict:
     return {
         "model": "smollm2-135m", "method": "eggs", "pattern": "2:4",
         "calibration": {"nsamples": nsamples, "seqlen": seqlen, "text": "wiki"},
-        "threads": int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())),
+        "threads": child_threads(),
         "runs": rows, "time_ratio_2_over_1": rows["2 gloo processes"]["seconds"] / rows["1 process"]["seconds"],
         "mask_agreement": agree / total, "mask_entries": total, "layers_with_any_difference": len(differing_layers),
         "layers": len(single),
