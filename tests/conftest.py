@@ -1,87 +1,13 @@
-"""Shared fixtures: a tiny BPE tokenizer, tiny random models of every supported family, and text."""
+"""Fixtures: a tiny BPE tokenizer, a tiny Llama saved to a folder, and a calibration text file."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import torch
+from helpers import TEXT, VOCAB, tiny_model
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
-
-TEXT = (
-    "The quick brown fox jumps over the lazy dog. Pruning removes weights from a network while "
-    "keeping its function. Expander graphs keep every small set of vertices well connected. "
-) * 40
-
-HIDDEN, INTERMEDIATE, VOCAB = 32, 64, 300
-
-# One tiny random config per family the walk must support (kwargs of AutoConfig.for_model).
-FAMILIES: dict[str, dict] = {
-    "llama": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
-    "mistral": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
-    "qwen2": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
-    "gemma": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128),
-    "gemma2": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
-                   max_position_embeddings=128),
-    "gemma3_text": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
-                        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128),
-    "phi3": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
-    "opt": dict(hidden_size=HIDDEN, ffn_dim=INTERMEDIATE, num_hidden_layers=2, num_attention_heads=4,
-                word_embed_proj_dim=HIDDEN, max_position_embeddings=128),
-    "gpt2": dict(n_embd=HIDDEN, n_inner=INTERMEDIATE, n_layer=2, n_head=4, n_positions=128),
-    "gpt_neox": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=128),
-}
-
-
-def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    ids = dict(bos_token_id=1, eos_token_id=1, pad_token_id=0)
-    config = AutoConfig.for_model(family, vocab_size=VOCAB, **{**ids, **FAMILIES[family], **overrides})
-    return AutoModelForCausalLM.from_config(config).eval()
-
-
-def random_calibration(nsamples: int = 4, seqlen: int = 16, seed: int = 0):
-    """Seeded windows of random token ids, for tiny models that need no real text."""
-    from eggs_ptp.data import sample_windows
-
-    tokens = torch.randint(2, VOCAB, (400,), generator=torch.Generator().manual_seed(123))
-    return sample_windows(tokens, nsamples, seqlen, seed, "random tokens")
-
-
-def pruned_tiny(family: str = "llama", method: str = "ria", pattern: str = "2:4"):
-    """A tiny random model pruned on 2 random-token windows; returns (model, report)."""
-    from eggs_ptp import PruneConfig, prune
-    from eggs_ptp.data import sample_windows
-
-    tokens = torch.randint(2, VOCAB, (200,), generator=torch.Generator().manual_seed(0))
-    calibration = sample_windows(tokens, 2, 16, 0, "random")
-    config = PruneConfig(method=method, pattern=pattern, nsamples=2, seqlen=16)
-    return prune(tiny_model(family), None, config, calibration=calibration, progress=False)
-
-
-def pruned_checkpoint(folder: Path, family: str = "llama", pattern: str = "2:4", tokenizer=None):
-    """Save ``pruned_tiny`` to ``folder``; returns (folder, model)."""
-    from eggs_ptp.formats import save_pruned
-
-    model, report = pruned_tiny(family, "ria", pattern)
-    return save_pruned(model, tokenizer, report, folder), model
-
-
-def one_error_line(result, code: int = 2) -> str:
-    """Assert a CLI run failed with exactly one ``error:`` line on stderr, and return it."""
-    assert result.exit_code == code, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
+from transformers import PreTrainedTokenizerFast
 
 
 @pytest.fixture(scope="session")

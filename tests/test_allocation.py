@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from eggs_ptp.allocation import outlier_ratio, owl_sparsities
+from helpers import QUIET
 
 
 def test_outlier_ratio_counts_scores_above_threshold_times_mean():
@@ -31,13 +32,13 @@ def test_band_outside_unit_interval_is_refused():
 
 
 def test_owl_prunes_each_block_to_its_share_and_the_checkpoint_verifies(tmp_path, tokenizer):
-    from conftest import random_calibration, tiny_model
+    from helpers import random_calibration, tiny_model
 
-    from eggs_ptp import PruneConfig, prune
+    from eggs_ptp import OwlAllocation, PruneConfig, prune
     from eggs_ptp.formats import save_pruned, verify_checkpoint
 
-    config = PruneConfig(method="wanda", pattern="0.5", allocation="owl", owl_lambda=0.1, nsamples=4, seqlen=16)
-    model, report = prune(tiny_model("llama"), None, config, calibration=random_calibration(), progress=False)
+    config = PruneConfig(method="wanda", pattern="0.5", allocation=OwlAllocation(deviation=0.1), nsamples=4, seqlen=16)
+    model, report = prune(tiny_model("llama"), None, config, calibration=random_calibration(), run=QUIET)
     sparsities = report.allocation["block_sparsity"]
     assert len(sparsities) == len(report.allocation["outlier_ratio"]) == 2
     assert sum(sparsities) / len(sparsities) == pytest.approx(0.5)
@@ -51,18 +52,18 @@ def test_owl_prunes_each_block_to_its_share_and_the_checkpoint_verifies(tmp_path
 
 
 def test_owl_needs_unstructured_sparsity():
-    from eggs_ptp import PruneConfig
+    from eggs_ptp import OwlAllocation, PruneConfig
 
     with pytest.raises(ValueError, match="unstructured"):
-        PruneConfig(method="wanda", pattern="2:4", allocation="owl")
+        PruneConfig(method="wanda", pattern="2:4", allocation=OwlAllocation())
 
 
 def test_a_method_without_calibration_draws_one_window(tokenizer, text_file):
-    from conftest import tiny_model
+    from helpers import tiny_model
 
     from eggs_ptp import PruneConfig, prune
 
     config = PruneConfig(method="magnitude", calib=str(text_file), nsamples=64, seqlen=8)
-    _, report = prune(tiny_model("llama"), tokenizer, config, progress=False)
+    _, report = prune(tiny_model("llama"), tokenizer, config, run=QUIET)
     assert report.calibration["nsamples"] == 1
     assert all(layer.recon_error is not None for layer in report.pruned_layers)

@@ -1,13 +1,17 @@
-"""The Python API: ``prune(model, tokenizer, ...)`` prunes a model in memory and returns it with its
-report; ``prune_checkpoint(folder, out, ...)`` prunes a checkpoint too large for memory, one block
-at a time, straight to an output folder."""
+"""The one orchestrator of a prune, shared by the Python API and the CLI.
+
+``prune(model, tokenizer, config, run)`` prunes a model in memory and returns it with its report.
+``prune_to_folder(source, out, config, run)`` loads a model (or, with ``run.low_memory``, opens its
+checkpoint lazily), prunes it with progress kept beside ``out`` for ``--resume``, optionally
+measures perplexity before and after, and writes the checkpoint atomically.
+"""
 
 from __future__ import annotations
 
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +23,15 @@ from eggs_ptp.allocation import block_outlier_ratio, owl_sparsities
 from eggs_ptp.config import PruneConfig
 from eggs_ptp.data import CalibrationSet, load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
-from eggs_ptp.methods import build_method
-from eggs_ptp.models import context_length, find_blocks
-from eggs_ptp.formats.checkpoint import REPORT_FILE, check_output_target, staged_folder, write_json_atomic
+from eggs_ptp.eval import perplexity
+from eggs_ptp.formats.checkpoint import REPORT_FILE, check_output_target, save_pruned, staged_folder, write_json_atomic
 from eggs_ptp.formats.sharded import write_sharded
+from eggs_ptp.methods import build_method
+from eggs_ptp.methods.configs import setting
+from eggs_ptp.models import context_length, find_blocks, load_model
 from eggs_ptp.models.lazy import LazyBlocks, LazyModel
+from eggs_ptp.models.loading import resolve_folder, weights_signature
+from eggs_ptp.options import RunOptions, resolve_device
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.report import PruneReport, peak_cuda_mb, peak_rss_mb
 from eggs_ptp.walk import BlockAccess, BlockCall, InMemory, LayerReport, capture_block_inputs, survey_blocks, walk_and_prune
@@ -36,6 +44,15 @@ log = logging.getLogger(__name__)
 GENERATION_CONFIG = "generation_config.json"
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """Perplexity of the dense and the pruned model on the same windows, recorded in the report."""
+
+    text: str = setting("wiki", "Evaluation text ('wiki' = the held-out split).", "--eval-text")
+    windows: int | None = setting(None, "Evaluation windows [default: all of the text].", "--eval-windows")
+    seqlen: int | None = setting(None, "Evaluation context length [default: --seqlen].", "--eval-seqlen")
+
+
 def effective_seqlen(model: PreTrainedModel, tokenizer: object, requested: int) -> int:
     """``requested``, capped by the context the model declares (never sized by it)."""
     limit = context_length(model, tokenizer)
@@ -46,201 +63,242 @@ def effective_seqlen(model: PreTrainedModel, tokenizer: object, requested: int) 
 
 
 def build_calibration(model: PreTrainedModel, tokenizer: object, config: PruneConfig) -> CalibrationSet:
-    """Tokenise ``config.calib`` and draw the seeded calibration windows."""
+    """Tokenise ``config.calib`` and draw the seeded calibration windows. A method that reads no
+    calibration still gets one window, to measure reconstruction error."""
     source = load_text(config.calib, "calibration")
     seqlen = effective_seqlen(model, tokenizer, config.seqlen)
-    return sample_windows(tokenize(tokenizer, source.text), config.nsamples, seqlen, config.seed, source.description)
+    needs = build_method(config.method, config.parsed_pattern).needs_calibration or config.allocation is not None
+    return sample_windows(tokenize(tokenizer, source.text), config.nsamples if needs else 1, seqlen, config.seed,
+                          source.description)
+
+
+def perplexity_meter(model: PreTrainedModel, tokenizer: object, text: str, windows: int | None, seqlen: int,
+                     progress: bool = True):
+    """Tokenise the evaluation text once; return a function measuring a model on it."""
+    source = load_text(text, "evaluation")
+    seqlen = effective_seqlen(model, tokenizer, seqlen)
+    tokens = tokenize(tokenizer, source.text)
+    return lambda measured: perplexity(measured, tokens, seqlen, windows, source.description, progress)
 
 
 def prune(
     model: PreTrainedModel,
     tokenizer: object,
     config: PruneConfig | None = None,
+    run: RunOptions | None = None,
     *,
     calibration: CalibrationSet | None = None,
-    progress: bool = True,
     model_info: dict[str, Any] | None = None,
-    activation_dtype: torch.dtype | None = None,
-    offload_dir: Path | None = None,
-    run_progress: RunProgress | None = None,
-    resume: bool = False,
-    ranks: Ranks | None = None,
-    **overrides: Any,
 ) -> tuple[PreTrainedModel, PruneReport]:
     """Prune ``model`` in place, block by block, and return it with its report.
 
     Args:
-        config: the run's settings; ``overrides`` replace single fields (``prune(m, t, method="ria")``).
+        config: what to compute [default: ``PruneConfig()``, EGGS at 2:4].
+        run: how to run [default: ``RunOptions()``]; with ``run.progress_dir`` progress is kept there
+            after every block, and ``run.resume`` continues a killed run.
         calibration: pre-drawn windows, to reuse one calibration set across runs; drawn from
             ``config.calib`` when None.
         model_info: recorded in the report as the model's provenance.
-        activation_dtype: dtype the calibration activations are kept in [default: the model's].
-        offload_dir: keep the activations on disk here instead of in memory.
-        run_progress: persist progress after every block, so that ``resume`` can continue a killed run.
-        ranks: this process's place when launched by ``torchrun``; windows are split across ranks.
     """
-    config = _resolve(config, overrides)
+    config, run = config or PruneConfig(), run or RunOptions()
+    if run.resume and run.progress_dir is None:
+        raise ValueError("resume continues the progress kept in progress_dir; give RunOptions(progress_dir=...)")
+    ranks = run.ranks or Ranks.from_environment(next(model.parameters()).device)
+    calibration = calibration or build_calibration(model, tokenizer, config)
+    progress = None
+    if run.progress_dir is not None:
+        signature = {"class": type(model).__name__, "name_or_path": getattr(model.config, "name_or_path", None),
+                     "parameters": sum(p.numel() for p in model.parameters())}
+        progress = RunProgress(Path(run.progress_dir), run_fingerprint(config, calibration, model_info, signature,
+                                                                         next(model.parameters()).dtype, run, ranks),
+                               ranks)
+    pruned, report = _prune_loaded(model, config, run, ranks, calibration, progress, model_info or {})
+    if progress:
+        progress.finish()
+    return pruned, report
+
+
+def prune_to_folder(
+    source: str | Path,
+    out: str | Path,
+    config: PruneConfig | None = None,
+    run: RunOptions | None = None,
+    *,
+    evaluation: Evaluation | None = None,
+) -> PruneReport:
+    """Prune the model ``source`` (a hub id, a local folder or the embedded default's short name) and
+    write it, dense with zeros, with ``sparsity.json``, to ``out``.
+
+    Progress is kept beside ``out`` after every block, so ``run.resume`` continues a killed run with
+    identical results. With ``run.low_memory`` peak memory is about one block, the embedding and the
+    calibration activations, not the model; the output is then written block by block.
+    ``evaluation`` measures dense and pruned perplexity (in memory only).
+    """
+    config, run, out = config or PruneConfig(), run or RunOptions(), Path(out)
+    if run.low_memory and evaluation is not None:
+        raise ValueError("--low-memory holds one block at a time: evaluate the output with eggs-ptp eval instead")
+    device = resolve_device(run.device)
+    ranks = run.ranks or Ranks.from_environment(device)
+    writer = ranks is None or ranks.is_writer
+    if writer:
+        check_output_target(out, run.overwrite)
+    if not run.progress:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    if run.low_memory:
+        return _prune_lazily(resolve_folder(str(source)), str(source), out, config, run, device, ranks)
+    loaded = load_model(str(source), run.torch_dtype, run.device_map)
+    if not run.device_map:
+        loaded.model.to(device)
+    info = {"source": loaded.source, "location": loaded.location, "revision": loaded.revision}
+    calibration = build_calibration(loaded.model, loaded.tokenizer, config)
+    progress = RunProgress(progress_folder(out), run_fingerprint(config, calibration, info,
+                                                                 weights_signature(loaded.location), run.torch_dtype,
+                                                                 run, ranks), ranks)
+    measure = dense = None
+    if evaluation is not None and writer:
+        measure = perplexity_meter(loaded.model, loaded.tokenizer, evaluation.text, evaluation.windows,
+                                   evaluation.seqlen or config.seqlen, run.progress)
+        dense = measure(loaded.model)
+    model, report = _prune_loaded(loaded.model, config, run, ranks, calibration, progress, info)
+    if writer:
+        if measure:
+            report.evaluation = {"perplexity": {"dense": dense.to_dict(), "pruned": measure(model).to_dict()}}
+        save_pruned(model, loaded.tokenizer, report, out, run.overwrite)
+    progress.finish()
+    return report
+
+
+def _prune_loaded(model: PreTrainedModel, config: PruneConfig, run: RunOptions, ranks: Ranks | None,
+                  calibration: CalibrationSet, progress: RunProgress | None,
+                  model_info: dict[str, Any]) -> tuple[PreTrainedModel, PruneReport]:
     started = time.perf_counter()
-    calibration = calibration or build_calibration(model, tokenizer, calibration_config(config))
     prefix, blocks = find_blocks(model)
     was_training = model.training
     model.eval()
     try:
-        run = _walk(model, blocks, prefix, config, calibration, progress, InMemory(), None, activation_dtype,
-                    offload_dir, run_progress, resume, ranks)
-        if run.resumed:
-            for index in range(run.resumed.next_block):
-                blocks[index].load_state_dict(_strip(run_progress.load_block(index), f"{prefix}.{index}."))
+        result = _Walk(model, blocks, prefix, config, run, ranks, progress).execute(calibration)
+        if result.resumed:
+            for index in range(result.resumed.next_block):
+                blocks[index].load_state_dict(_strip(progress.load_block(index), f"{prefix}.{index}."))
     finally:
         model.train(was_training)
-    return model, _report(model, next(model.parameters()).dtype, config, calibration, run, started, model_info)
+    return model, _report(model, next(model.parameters()).dtype, config, calibration, result, started, model_info)
 
 
-def prune_checkpoint(
-    location: str | Path,
-    out: Path,
-    config: PruneConfig | None = None,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    tokenizer: object | None = None,
-    calibration: CalibrationSet | None = None,
-    progress: bool = True,
-    model_info: dict[str, Any] | None = None,
-    activation_dtype: torch.dtype | None = None,
-    offload_dir: Path | None = None,
-    resume: bool = False,
-    overwrite: bool = False,
-    ranks: Ranks | None = None,
-    **overrides: Any,
-) -> PruneReport:
-    """Prune the safetensors checkpoint in folder ``location`` with one decoder block in memory at a
-    time, writing the result to ``out`` block by block (see :mod:`eggs_ptp.models.lazy`).
-
-    Peak memory is about one block, the embedding and the calibration activations, not the model.
-    Progress is kept beside ``out`` after every block; ``resume`` continues a killed run. The
-    tokenizer is loaded from ``location`` unless given; it is saved with the output.
-    """
-    config = _resolve(config, overrides)
-    out = Path(out)
-    writer = ranks is None or ranks.is_writer
-    if writer:
-        check_output_target(out, overwrite)
+def _prune_lazily(location: Path, source: str, out: Path, config: PruneConfig, run: RunOptions, device: torch.device,
+                  ranks: Ranks | None) -> PruneReport:
     started = time.perf_counter()
-    lazy = LazyModel(Path(location), dtype, torch.device(device))
+    lazy = LazyModel(location, run.torch_dtype, device)
     model = lazy.model
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(location)
-    calibration = calibration or build_calibration(model, tokenizer, calibration_config(config))
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    calibration = build_calibration(model, tokenizer, config)
     prefix, blocks = find_blocks(model)
-    fingerprint = run_fingerprint(config, calibration, model_info, lazy.checkpoint.signature(), dtype,
-                                  activation_dtype, ranks)
-    checkpoint = RunProgress(progress_folder(out), fingerprint, ranks)
+    info = {"source": source, "location": str(location)}
+    progress = RunProgress(progress_folder(out), run_fingerprint(config, calibration, info,
+                                                                 lazy.checkpoint.signature(), run.torch_dtype, run,
+                                                                 ranks), ranks)
     handles = lazy.materialise_on_call(blocks)
     try:
-        run = _walk(model, blocks, prefix, config, calibration, progress, LazyBlocks(lazy, blocks), lazy.device,
-                    activation_dtype, offload_dir, checkpoint, resume, ranks)
+        result = _Walk(model, blocks, prefix, config, run, ranks, progress, LazyBlocks(lazy, blocks),
+                       lazy.device).execute(calibration)
     finally:
         for handle in handles:
             handle.remove()
-    report = _report(model, dtype, config, calibration, run, started,
-                     {**(model_info or {}), "checkpoint_bytes": lazy.checkpoint.nbytes, "low_memory": True})
-    if writer:
+    report = _report(model, run.torch_dtype, config, calibration, result, started,
+                     {**info, "checkpoint_bytes": lazy.checkpoint.nbytes, "low_memory": True})
+    if ranks is None or ranks.is_writer:
         with staged_folder(out) as staging:
-            write_sharded(staging, lazy, [checkpoint.block_file(i) for i in range(len(blocks))], progress)
+            write_sharded(staging, lazy, [progress.block_file(i) for i in range(len(blocks))], run.progress)
             model.config.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
-            if (Path(location) / GENERATION_CONFIG).is_file():
-                shutil.copyfile(Path(location) / GENERATION_CONFIG, staging / GENERATION_CONFIG)
+            if (location / GENERATION_CONFIG).is_file():
+                shutil.copyfile(location / GENERATION_CONFIG, staging / GENERATION_CONFIG)
             report.peak_rss_mb = peak_rss_mb()
             write_json_atomic(staging / REPORT_FILE, report.to_dict())
-    checkpoint.finish()
+    progress.finish()
     return report
 
 
 @dataclass
-class _Run:
+class _Result:
     layers: list[LayerReport]
     allocation: dict[str, Any] | None
     resumed: Resumed | None
 
 
-def _walk(
-    model: nn.Module, blocks: nn.ModuleList, prefix: str, config: PruneConfig, calibration: CalibrationSet,
-    progress: bool, access: BlockAccess, device: torch.device | None, activation_dtype: torch.dtype | None,
-    offload_dir: Path | None, checkpoint: RunProgress | None, resume: bool, ranks: Ranks | None,
-) -> _Run:
-    windows = ranks.share(calibration.windows) if ranks else calibration.windows
-    if not len(windows):
-        raise ValueError(f"{len(calibration.windows)} calibration windows cannot be shared by {ranks.world} "
-                         "processes; draw at least one per process")
-    offload = Path(offload_dir) / f"rank-{ranks.rank if ranks else 0}" / "block-00000" if offload_dir else None
-    resumed = checkpoint.open(resume, activation_dtype, offload) if checkpoint else None
-    try:
-        layers, allocation = _resume_or_start(model, blocks, prefix, config, windows, progress, access, device,
-                                              activation_dtype, offload, checkpoint, resumed, ranks)
-    except BaseException:
-        if checkpoint:
-            checkpoint.discard_if_empty()
-        raise
-    if not any(layer.skipped is None for layer in layers):
-        raise ValueError(
-            "no layer was pruned: every linear layer was excluded or skipped; "
-            "check --include/--exclude and the pattern"
-        )
-    return _Run(layers, allocation, resumed)
+@dataclass
+class _Walk:
+    """One walk over a model's blocks: capture (or resume), allocate, prune, persist."""
 
+    model: nn.Module
+    blocks: nn.ModuleList
+    prefix: str
+    config: PruneConfig
+    options: RunOptions
+    ranks: Ranks | None
+    progress: RunProgress | None
+    access: BlockAccess = field(default_factory=InMemory)
+    device: torch.device | None = None
 
-def _resume_or_start(
-    model: nn.Module, blocks: nn.ModuleList, prefix: str, config: PruneConfig, windows: torch.Tensor,
-    progress: bool, access: BlockAccess, device: torch.device | None, activation_dtype: torch.dtype | None,
-    offload: Path | None, checkpoint: RunProgress | None, resumed: Resumed | None, ranks: Ranks | None,
-) -> tuple[list[LayerReport], dict[str, Any] | None]:
-    method = build_method(config)
-    if resumed:  # the calls (masks, positions) are the same for every window: one window gives them
-        _, calls = capture_block_inputs(model, blocks, windows[:1], progress, None, access, device)
-        hidden, layers, allocation, start = resumed.inputs, resumed.layers, resumed.allocation, resumed.next_block
-    else:
-        hidden, calls = capture_block_inputs(model, blocks, windows, progress, ActivationStore(activation_dtype, offload),
-                                             access, device)
-        layers, start = [], 0
-        allocation = _owl_allocation(config, blocks, prefix, calls, hidden, progress, access, ranks) \
-            if config.allocation == "owl" else None
-    access.captured()
-    pattern = [Pattern(sparsity=s) for s in allocation["block_sparsity"]] if allocation else config.parsed_pattern
-    clock = time.perf_counter() - (resumed.seconds if resumed else 0.0)
+    def execute(self, calibration: CalibrationSet) -> _Result:
+        windows = self.ranks.share(calibration.windows) if self.ranks else calibration.windows
+        if not len(windows):
+            raise ValueError(f"{len(calibration.windows)} calibration windows cannot be shared by "
+                             f"{self.ranks.world} processes; draw at least one per process")
+        try:
+            layers, allocation, resumed = self._walk(windows)
+        except BaseException:
+            if self.progress:
+                self.progress.discard_if_empty()
+            raise
+        if not any(layer.skipped is None for layer in layers):
+            raise ValueError("no layer was pruned: every linear layer was excluded or skipped; "
+                             "check --include/--exclude and the pattern")
+        return _Result(layers, allocation, resumed)
 
-    def save(index: int, block_layers: list[LayerReport], outputs: ActivationStore) -> None:
-        layers.extend(block_layers)
-        if checkpoint:
-            checkpoint.save_block(index, blocks[index].state_dict(prefix=f"{prefix}.{index}."), layers, outputs,
-                                  allocation, time.perf_counter() - clock)
+    def _walk(self, windows: torch.Tensor) -> tuple[list[LayerReport], dict[str, Any] | None, Resumed | None]:
+        options = self.options
+        offload = (Path(options.offload_dir) / f"rank-{self.ranks.rank if self.ranks else 0}" / "block-00000"
+                   if options.offload_dir else None)
+        activation_dtype = options.torch_activation_dtype
+        resumed = self.progress.open(options.resume, activation_dtype, offload) if self.progress else None
+        method = build_method(self.config.method, self.config.parsed_pattern)
+        if resumed:  # the calls (masks, positions) are the same for every window: one window gives them
+            _, calls = capture_block_inputs(self.model, self.blocks, windows[:1], options.progress, None,
+                                            self.access, self.device)
+            hidden, layers, allocation, start = resumed.inputs, resumed.layers, resumed.allocation, resumed.next_block
+        else:
+            hidden, calls = capture_block_inputs(self.model, self.blocks, windows, options.progress,
+                                                 ActivationStore(activation_dtype, offload), self.access, self.device)
+            layers, start = [], 0
+            allocation = self._owl(calls, hidden) if self.config.allocation else None
+        self.access.captured()
+        pattern = ([Pattern(sparsity=s) for s in allocation["block_sparsity"]] if allocation
+                   else self.config.parsed_pattern)
+        clock = time.perf_counter() - (resumed.seconds if resumed else 0.0)
 
-    walk_and_prune(blocks, prefix, calls, hidden, method, pattern, config.include, config.exclude, progress,
-                   on_block=save, permute=config.permute, access=access, start=start, ranks=ranks)
-    return layers, allocation
+        def save(index: int, block_layers: list[LayerReport], outputs: ActivationStore) -> None:
+            layers.extend(block_layers)
+            if self.progress:
+                self.progress.save_block(index, self.blocks[index].state_dict(prefix=f"{self.prefix}.{index}."),
+                                         layers, outputs, allocation, time.perf_counter() - clock)
 
+        walk_and_prune(self.blocks, self.prefix, calls, hidden, method, pattern, self.config.include,
+                       self.config.exclude, options.progress, on_block=save, permute=self.config.permute,
+                       access=self.access, start=start, ranks=self.ranks)
+        return layers, allocation, resumed
 
-def _owl_allocation(config: PruneConfig, blocks: nn.ModuleList, prefix: str, calls: list[BlockCall],
-                    hidden: ActivationStore, progress: bool, access: BlockAccess, ranks: Ranks | None) -> dict[str, Any]:
-    """OWL's per-block sparsities from a dense survey of every block's Wanda-score outliers."""
-    ratios = survey_blocks(
-        blocks, prefix, calls, hidden, lambda layers: block_outlier_ratio(layers, config.owl_threshold),
-        config.include, config.exclude, progress, access, ranks,
-    )
-    sparsities = owl_sparsities(ratios, config.parsed_pattern.sparsity, config.owl_lambda)
-    return {"method": "owl", "lambda": config.owl_lambda, "threshold": config.owl_threshold,
-            "outlier_ratio": ratios, "block_sparsity": sparsities}
-
-
-def _resolve(config: PruneConfig | None, overrides: dict[str, Any]) -> PruneConfig:
-    config = config or PruneConfig()
-    return config.replace(**overrides) if overrides else config
-
-
-def calibration_config(config: PruneConfig) -> PruneConfig:
-    """A method without calibration still gets one window, to measure reconstruction error."""
-    needs = build_method(config).needs_calibration or config.allocation != "uniform"
-    return config if needs else config.replace(nsamples=1)
+    def _owl(self, calls: list[BlockCall], hidden: ActivationStore) -> dict[str, Any]:
+        """OWL's per-block sparsities from a dense survey of every block's Wanda-score outliers."""
+        owl = self.config.allocation
+        ratios = survey_blocks(self.blocks, self.prefix, calls, hidden,
+                               lambda layers: block_outlier_ratio(layers, owl.threshold), self.config.include,
+                               self.config.exclude, self.options.progress, self.access, self.ranks)
+        sparsities = owl_sparsities(ratios, self.config.parsed_pattern.sparsity, owl.deviation)
+        return {"method": "owl", "lambda": owl.deviation, "threshold": owl.threshold, "outlier_ratio": ratios,
+                "block_sparsity": sparsities}
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -248,29 +306,29 @@ def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
 
 
 def run_fingerprint(config: PruneConfig, calibration: CalibrationSet, model_info: dict[str, Any] | None,
-                    weights: dict[str, Any], dtype: torch.dtype, activation_dtype: torch.dtype | None,
-                    ranks: Ranks | None) -> dict[str, Any]:
+                    weights: dict[str, Any], dtype: torch.dtype, run: RunOptions, ranks: Ranks | None) -> dict[str, Any]:
     """What a run's results depend on; a resume must match it exactly."""
     return {"config": config.to_dict(), "model": {"source": (model_info or {}).get("location"), **weights},
             "calibration": calibration.describe(), "dtype": str(dtype),
-            "activation_dtype": str(activation_dtype or dtype), "processes": ranks.world if ranks else 1}
+            "activation_dtype": str(run.torch_activation_dtype or dtype), "processes": ranks.world if ranks else 1}
 
 
-def _report(model: nn.Module, dtype: torch.dtype, config: PruneConfig, calibration: CalibrationSet, run: _Run,
-            started: float, model_info: dict[str, Any] | None) -> PruneReport:
+def _report(model: nn.Module, dtype: torch.dtype, config: PruneConfig, calibration: CalibrationSet, result: _Result,
+            started: float, model_info: dict[str, Any]) -> PruneReport:
     info = {"class": type(model).__name__, "model_type": model.config.model_type,
-            "dtype": str(dtype).replace("torch.", ""), **(model_info or {})}
+            "dtype": str(dtype).replace("torch.", ""), **model_info}
     return PruneReport(
         config=config,
         model=info,
         calibration=calibration.describe(),
-        layers=run.layers,
-        seconds=time.perf_counter() - started + (run.resumed.seconds if run.resumed else 0.0),
+        layers=result.layers,
+        seconds=time.perf_counter() - started + (result.resumed.seconds if result.resumed else 0.0),
         peak_rss_mb=peak_rss_mb(),
-        allocation=run.allocation,
-        resumed_at_block=run.resumed.next_block if run.resumed else None,
+        allocation=result.allocation,
+        resumed_at_block=result.resumed.next_block if result.resumed else None,
         peak_cuda_mb=peak_cuda_mb(),
     )
 
 
-__all__ = ["build_calibration", "calibration_config", "effective_seqlen", "prune", "prune_checkpoint", "run_fingerprint"]
+__all__ = ["Evaluation", "build_calibration", "effective_seqlen", "perplexity_meter", "prune", "prune_to_folder",
+           "run_fingerprint"]

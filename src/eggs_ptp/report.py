@@ -15,7 +15,7 @@ from eggs_ptp.methods import build_method
 from eggs_ptp.walk import LayerReport
 
 REPORT_TYPE = "eggs-ptp/sparsity"
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: the config nests the method's settings (PruneConfig schema 2)
 
 
 def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
@@ -95,10 +95,10 @@ class PruneReport:
         return {
             "type": REPORT_TYPE,
             "schema_version": REPORT_VERSION,
-            "method": self.config.method,
+            "method": self.config.method.label,
             "pattern": self.config.pattern,
             "config": self.config.to_dict(),
-            "stages": build_method(self.config).describe(),
+            "stages": build_method(self.config.method, self.config.parsed_pattern).describe(),
             "model": self.model,
             "calibration": self.calibration,
             "summary": self.summary(),
@@ -108,3 +108,6 @@ class PruneReport:
             "resumed_at_block": self.resumed_at_block,
             "layers": [layer.to_dict() for layer in self.layers],
         }
+
+
+__all__ = ["REPORT_TYPE", "REPORT_VERSION", "PruneReport", "library_versions", "peak_cuda_mb", "peak_rss_mb"]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import one_error_line, pruned_checkpoint
+from helpers import one_error_line, pruned_checkpoint
 
 from eggs_ptp.cli import main
 

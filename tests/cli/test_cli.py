@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import one_error_line
+from helpers import one_error_line
 from transformers import AutoConfig, T5Config
 
 from eggs_ptp.cli import main

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from conftest import TEXT, one_error_line, tiny_model
+from helpers import TEXT, one_error_line, tiny_model
 
 from eggs_ptp.cli import main
 from eggs_ptp.compare import CompareSpec, check_results, read_results, run_compare

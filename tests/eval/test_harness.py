@@ -7,7 +7,7 @@ import datasets
 import huggingface_hub
 import pytest
 from click.testing import CliRunner
-from conftest import one_error_line, pruned_checkpoint, tiny_model
+from helpers import one_error_line, pruned_checkpoint, tiny_model
 from lm_eval.tasks import TaskManager
 
 from eggs_ptp.cli import main

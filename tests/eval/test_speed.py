@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import pruned_checkpoint
+from helpers import pruned_checkpoint
 
 from eggs_ptp.eval.speed import BenchSettings, paired_times, render_markdown, run_bench
 from eggs_ptp.formats.compact import pack_checkpoint

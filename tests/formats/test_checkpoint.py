@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from conftest import pruned_tiny
+from helpers import pruned_tiny
 
 from eggs_ptp import PruneConfig
 from eggs_ptp.formats import (

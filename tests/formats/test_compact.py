@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import pruned_tiny
+from helpers import pruned_tiny
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import pruned_checkpoint, tiny_model
+from helpers import pruned_checkpoint, tiny_model
 
 from eggs_ptp.graph import infer_nm, open_masks, select_layers
 from eggs_ptp.models import ModelError, find_blocks, find_linears

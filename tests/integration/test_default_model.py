@@ -10,6 +10,7 @@ from eggs_ptp.eval import perplexity
 from eggs_ptp.formats import save_pruned, verify_checkpoint
 from eggs_ptp.models import DEFAULT_MODEL, load_model
 from eggs_ptp.pattern import Pattern
+from helpers import QUIET
 
 pytestmark = pytest.mark.slow
 SEQLEN, WINDOWS = 256, 8
@@ -40,7 +41,7 @@ def pruned(default_model, dense_state, evaluation):
     for name, overrides in {"magnitude": {"method": "magnitude"}, "wanda": {"method": "wanda"},
                             "eggs": {"method": "eggs"}, "eggs-again": {"method": "eggs"}}.items():
         model.load_state_dict(dense_state)
-        _, report = prune(model, tokenizer, config.replace(**overrides), calibration=calibration, progress=False)
+        _, report = prune(model, tokenizer, config.replace(**overrides), calibration=calibration, run=QUIET)
         masks = {k: (v != 0) for k, v in model.state_dict().items() if ".layers." in k and v.dim() == 2}
         results[name] = (perplexity(model, evaluation, SEQLEN, WINDOWS, progress=False).perplexity, masks, report)
     model.load_state_dict(dense_state)
@@ -80,7 +81,7 @@ def test_saved_checkpoint_verifies_and_reloads(default_model, dense_state, prune
 
 def test_update_and_refit_never_raise_a_real_blocks_reconstruction_error(default_model):
     """Issue 7: on block 5's real layers, the weight update only ever lowers the calibration error."""
-    from eggs_ptp.methods import build_method
+    from eggs_ptp.methods import build_method, method_config
     from eggs_ptp.models import find_blocks, find_linears
     from eggs_ptp.stats import LayerStats
     from eggs_ptp.updates import output_error
@@ -97,7 +98,7 @@ def test_update_and_refit_never_raise_a_real_blocks_reconstruction_error(default
     finally:
         for handle in handles:
             handle.remove()
-    mask_only, updated = build_method(PruneConfig(method="eggs")), build_method(PruneConfig(method="eggs+update"))
+    mask_only, updated = (build_method(method_config(name), Pattern(2, 4)) for name in ("eggs", "eggs+update"))
     for layer in layers:
         weight, layer_stats = layer.weight.float(), stats[layer.name]
         baseline = output_error(weight - mask_only.prune(weight, layer_stats, Pattern(2, 4)).weight, layer_stats.hessian)

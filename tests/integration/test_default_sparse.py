@@ -10,6 +10,7 @@ from eggs_ptp.formats import save_pruned
 from eggs_ptp.formats.compact import load_compact, pack_checkpoint
 from eggs_ptp.kernels import SparseNMLinear
 from eggs_ptp.models import DEFAULT_MODEL, load_model
+from helpers import QUIET
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +19,7 @@ def test_sparse_modules_greedy_decode_matches_dense_for_32_tokens(tmp_path):
     loaded = load_model(DEFAULT_MODEL)
     # Magnitude needs no calibration; one short window keeps the block walk quick.
     model, report = prune(loaded.model, loaded.tokenizer, PruneConfig(method="magnitude", nsamples=1, seqlen=64),
-                          progress=False)
+                          run=QUIET)
     packed = pack_checkpoint(save_pruned(model, loaded.tokenizer, report, tmp_path / "dense"), tmp_path / "compact")
     assert packed.layers == 210 and packed.pruned_ratio == pytest.approx(0.53125)
     dense, sparse = load_compact(packed.out), load_compact(packed.out, sparse_modules=True)

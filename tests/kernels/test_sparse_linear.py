@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import pruned_tiny
+from helpers import pruned_tiny
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 

@@ -1,11 +1,13 @@
 """Per-layer automatic EGGS settings: valid for what they record, never worse than the default."""
 
+import dataclasses
+
 import pytest
 import torch
-from conftest import random_calibration, tiny_model
+from helpers import QUIET, random_calibration, tiny_model
 
-from eggs_ptp import PruneConfig, prune
-from eggs_ptp.methods import build_method
+from eggs_ptp import EggsConfig, PruneConfig, prune
+from eggs_ptp.methods import build_method, method_config
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.selectors import EggsSelector, check_guarantee
 from eggs_ptp.selectors.auto import EggsSettingSearch
@@ -36,9 +38,9 @@ def test_candidates_start_with_the_default_and_are_unique():
 def test_auto_never_loses_to_the_default_and_meets_its_recorded_guarantee(method, seed):
     weight, stats = layer(seed)
     pattern = Pattern(2, 4)
-    config = PruneConfig(method=method, tile_height=16)
-    fixed = build_method(config).prune(weight, stats, pattern)
-    auto = build_method(config.replace(auto=True)).prune(weight, stats, pattern)
+    config = method_config(method, tile_height=16)
+    fixed = build_method(config, pattern).prune(weight, stats, pattern)
+    auto = build_method(dataclasses.replace(config, auto=True), pattern).prune(weight, stats, pattern)
     settings = auto.settings
     check_guarantee(auto.mask, 2, 4, settings["b"], settings["tile_height"])
     fixed_error = float(output_error(weight - fixed.weight, stats.hessian).sum())
@@ -48,8 +50,8 @@ def test_auto_never_loses_to_the_default_and_meets_its_recorded_guarantee(method
 
 
 def test_auto_records_each_layers_choice_in_the_report():
-    config = PruneConfig(method="eggs", pattern="2:4", tile_height=4, nsamples=4, seqlen=16, auto=True)
-    model, report = prune(tiny_model("llama"), None, config, calibration=random_calibration(), progress=False)
+    config = PruneConfig(method=EggsConfig(tile_height=4, auto=True), pattern="2:4", nsamples=4, seqlen=16)
+    model, report = prune(tiny_model("llama"), None, config, calibration=random_calibration(), run=QUIET)
     for entry in report.pruned_layers:
         assert entry.settings["rule"] in ("repair", "diagonal", "matching"), entry.name
         assert 1 <= entry.settings["b"] <= 2
@@ -57,5 +59,5 @@ def test_auto_records_each_layers_choice_in_the_report():
 
 
 def test_auto_is_refused_for_methods_without_eggs_settings():
-    with pytest.raises(ValueError, match="needs an eggs method"):
-        PruneConfig(method="wanda", auto=True)
+    with pytest.raises(ValueError, match="method 'wanda' has no setting auto"):
+        method_config("wanda", auto=True)

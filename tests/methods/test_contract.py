@@ -2,19 +2,19 @@
 
 import pytest
 import torch
-from conftest import FAMILIES, VOCAB, random_calibration, tiny_model
+from helpers import FAMILIES, QUIET, VOCAB, random_calibration, tiny_model
 
-from eggs_ptp import PruneConfig, prune
+from eggs_ptp import EggsConfig, PruneConfig, prune
 from eggs_ptp.formats import pattern_violations
-from eggs_ptp.methods import method_names
-from eggs_ptp.methods.registry import is_structured_only
+from eggs_ptp.methods import config_type, method_config, method_names
 from eggs_ptp.models import find_blocks, find_linears
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.selectors import check_guarantee
 
 
 def config_for(method: str, pattern: str = "2:4") -> PruneConfig:
-    return PruneConfig(method=method, pattern=pattern, b=1, tile_height=4, nsamples=4, seqlen=16)
+    settings = {"b": 1, "tile_height": 4} if config_type(method) is EggsConfig else {}
+    return PruneConfig(method=method_config(method, **settings), pattern=pattern, nsamples=4, seqlen=16)
 
 
 def linear_weights(model):
@@ -32,7 +32,7 @@ def test_every_method_prunes_every_family(family, method):
     model = tiny_model(family)
     embeddings = model.get_input_embeddings().weight.clone()
     head = model.get_output_embeddings().weight.clone()
-    model, report = prune(model, None, config_for(method), calibration=random_calibration(), progress=False)
+    model, report = prune(model, None, config_for(method), calibration=random_calibration(), run=QUIET)
 
     weights = linear_weights(model)
     assert set(weights) == {layer.name for layer in report.layers}
@@ -52,21 +52,21 @@ def test_every_method_prunes_every_family(family, method):
 
 @pytest.mark.parametrize("method", method_names())
 def test_same_seed_gives_identical_masks(method):
-    first, _ = prune(tiny_model("llama"), None, config_for(method), calibration=random_calibration(), progress=False)
-    second, _ = prune(tiny_model("llama"), None, config_for(method), calibration=random_calibration(), progress=False)
+    first, _ = prune(tiny_model("llama"), None, config_for(method), calibration=random_calibration(), run=QUIET)
+    second, _ = prune(tiny_model("llama"), None, config_for(method), calibration=random_calibration(), run=QUIET)
     for name, weight in linear_weights(first).items():
         assert torch.equal(weight, linear_weights(second)[name]), name
 
 
-@pytest.mark.parametrize("method", [m for m in method_names() if not is_structured_only(m)])
+@pytest.mark.parametrize("method", [m for m in method_names() if not config_type(m).structured_only])
 def test_unstructured_sparsity_per_row(method):
-    model, report = prune(tiny_model("qwen2"), None, config_for(method, "0.5"), calibration=random_calibration(), progress=False)
+    model, report = prune(tiny_model("qwen2"), None, config_for(method, "0.5"), calibration=random_calibration(), run=QUIET)
     for name, weight in linear_weights(model).items():
         assert ((weight != 0).sum(1) <= weight.shape[1] // 2).all(), name
 
 
 def test_gpt2_conv1d_is_pruned_along_its_input_dimension():
-    model, report = prune(tiny_model("gpt2"), None, config_for("wanda"), calibration=random_calibration(), progress=False)
+    model, report = prune(tiny_model("gpt2"), None, config_for("wanda"), calibration=random_calibration(), run=QUIET)
     c_fc = model.transformer.h[0].mlp.c_fc.weight  # stored (in=32, out=64)
     assert c_fc.shape == (32, 64)
     assert ((c_fc.T != 0).reshape(64, 8, 4).sum(-1) == 2).all()
@@ -76,7 +76,7 @@ def test_gpt2_conv1d_is_pruned_along_its_input_dimension():
 def test_layers_whose_input_is_not_divisible_by_m_are_skipped_and_reported():
     model = tiny_model("llama", intermediate_size=36)
     dense_down = model.model.layers[0].mlp.down_proj.weight.clone()
-    model, report = prune(model, None, config_for("ria", "4:8"), calibration=random_calibration(), progress=False)
+    model, report = prune(model, None, config_for("ria", "4:8"), calibration=random_calibration(), run=QUIET)
     skipped = {layer.name: layer.skipped for layer in report.skipped_layers}
     assert set(skipped) == {"model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"}
     assert "not divisible by M = 8" in skipped["model.layers.0.mlp.down_proj"]
@@ -87,7 +87,7 @@ def test_include_and_exclude_globs():
     config = config_for("magnitude").replace(include=("*.mlp.*",), exclude=("*.down_proj",))
     model = tiny_model("llama")
     q_dense = model.model.layers[0].self_attn.q_proj.weight.clone()
-    model, report = prune(model, None, config, calibration=random_calibration(), progress=False)
+    model, report = prune(model, None, config, calibration=random_calibration(), run=QUIET)
     assert {layer.name.split(".")[-1] for layer in report.layers} == {"gate_proj", "up_proj"}
     assert torch.equal(model.model.layers[0].self_attn.q_proj.weight, q_dense)
 
@@ -95,12 +95,12 @@ def test_include_and_exclude_globs():
 def test_excluding_everything_is_an_error_not_a_silent_dense_result():
     config = config_for("wanda").replace(exclude=("*",))
     with pytest.raises(ValueError, match="no layer was pruned"):
-        prune(tiny_model("llama"), None, config, calibration=random_calibration(), progress=False)
+        prune(tiny_model("llama"), None, config, calibration=random_calibration(), run=QUIET)
 
 
 @pytest.mark.parametrize("method", method_names())
 def test_pruned_weights_are_positive_zero(method):
     """-0.0 would leak the pruned weights' signs into checkpoints and break bit-exact packing."""
-    model, _ = prune(tiny_model("llama"), None, config_for(method), calibration=random_calibration(), progress=False)
+    model, _ = prune(tiny_model("llama"), None, config_for(method), calibration=random_calibration(), run=QUIET)
     for name, weight in linear_weights(model).items():
         assert not (weight == 0).logical_and(weight.signbit()).any(), name

@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_model
+from helpers import tiny_model
 
 from eggs_ptp.models import ModelError, context_length, find_blocks, load_model
 from eggs_ptp.models.layers import BlockDiscoveryError

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import FAMILIES, VOCAB, tiny_model
+from helpers import FAMILIES, VOCAB, tiny_model
 
 from eggs_ptp import PruneConfig
 from eggs_ptp.data import sample_windows
@@ -54,7 +54,7 @@ def permute_dense(model, method="magnitude", pattern="2:4"):
     for index, block in enumerate(blocks):
         name = f"{prefix}.{index}"
         stats.append(block_stats(block, name, calls[index], hidden) if method != "magnitude" else {})
-        found = permute_block(block, name, find_linears(block, name), stats[-1], build_method(config),
+        found = permute_block(block, name, find_linears(block, name), stats[-1], build_method(config.method, config.parsed_pattern),
                               config.parsed_pattern, calls[index], hidden[0])
         records.append({key[len(name) + 1 :]: value for key, value in found.items()})
         with torch.no_grad():

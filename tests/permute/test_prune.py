@@ -2,19 +2,21 @@ import json
 
 import pytest
 import torch
-from conftest import random_calibration, tiny_model
+from helpers import QUIET, random_calibration, tiny_model
 
 from eggs_ptp import PruneConfig, prune
 from eggs_ptp.formats import save_pruned, verify_checkpoint
-from eggs_ptp.methods import build_method
+from eggs_ptp.methods import build_method, method_config
 from eggs_ptp.models import find_blocks
+from eggs_ptp.pattern import Pattern
 from eggs_ptp.stats import LayerStats
 
 CONSUMERS = {"llama": ("self_attn.o_proj", "mlp.down_proj"), "opt": ("self_attn.out_proj", "fc2")}
 
 
 def config(method, **changes):
-    return PruneConfig(method=method, pattern="2:4", nsamples=2, seqlen=16, tile_height=8, **changes)
+    settings = {"tile_height": 8} if method.startswith("eggs") else {}
+    return PruneConfig(method=method_config(method, **settings), pattern="2:4", nsamples=2, seqlen=16, **changes)
 
 
 def block0_kept_score(dense, pruned, local, method):
@@ -25,7 +27,7 @@ def block0_kept_score(dense, pruned, local, method):
     with torch.no_grad():
         dense(random_calibration(nsamples=2).windows, use_cache=False)
     handle.remove()
-    scores = build_method(config(method)).score(module.weight.detach().float(), stats)
+    scores = build_method(config(method).method, Pattern(2, 4)).score(module.weight.detach().float(), stats)
     kept = find_blocks(pruned)[1][0].get_submodule(local).weight != 0
     return float(scores[kept].sum(dtype=torch.float64))
 
@@ -33,9 +35,9 @@ def block0_kept_score(dense, pruned, local, method):
 @pytest.mark.parametrize("family", sorted(CONSUMERS))
 @pytest.mark.parametrize("method", ["eggs", "wanda"])
 def test_permuted_prune_verifies_and_keeps_more_score(tmp_path, family, method):
-    plain, _ = prune(tiny_model(family), None, config(method), calibration=random_calibration(nsamples=2), progress=False)
+    plain, _ = prune(tiny_model(family), None, config(method), calibration=random_calibration(nsamples=2), run=QUIET)
     model, report = prune(tiny_model(family), None, config(method, permute=True),
-                          calibration=random_calibration(nsamples=2), progress=False)
+                          calibration=random_calibration(nsamples=2), run=QUIET)
     folder = save_pruned(model, None, report, tmp_path / "out")
     assert verify_checkpoint(folder) == len(report.pruned_layers)
 
@@ -57,12 +59,12 @@ def test_permuted_prune_verifies_and_keeps_more_score(tmp_path, family, method):
 
 def test_a_method_without_a_score_permutes_on_a_proxy(tmp_path):
     model, report = prune(tiny_model("llama"), None, config("sparsegpt", permute=True),
-                          calibration=random_calibration(nsamples=2), progress=False)
+                          calibration=random_calibration(nsamples=2), run=QUIET)
     assert verify_checkpoint(save_pruned(model, None, report, tmp_path / "out")) == len(report.pruned_layers)
     down = next(layer for layer in report.layers if layer.name.endswith("0.mlp.down_proj"))
     assert down.permutation["applied"] and down.permutation["score"] == "wanda (proxy: sparsegpt has no score)"
 
 
 def test_without_permute_nothing_is_recorded():
-    _, report = prune(tiny_model("llama"), None, config("wanda"), calibration=random_calibration(nsamples=2), progress=False)
+    _, report = prune(tiny_model("llama"), None, config("wanda"), calibration=random_calibration(nsamples=2), run=QUIET)
     assert all(layer.permutation is None for layer in report.layers)

@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TEXT, one_error_line, tiny_model
+from helpers import TEXT, one_error_line, tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import eggs_ptp.walk.resume as resume_module
-from eggs_ptp import PruneConfig
-from eggs_ptp.api import prune_checkpoint
+from eggs_ptp import PruneConfig, RunOptions
+from eggs_ptp.api import prune_to_folder
 from eggs_ptp.cli import main
 from eggs_ptp.walk.resume import ResumeError, completed_blocks
 
 SRC = Path(__file__).resolve().parents[2] / "src"
+LOW_MEMORY = RunOptions(low_memory=True, device="cpu", progress=False)
 
 
 def run(*args):
@@ -158,9 +159,9 @@ def test_resume_through_the_api_refuses_a_changed_seed(model_dir, calib, tmp_pat
     with monkeypatch.context() as patch:
         kill_after_block(patch, 0)
         with pytest.raises(Killed):
-            prune_checkpoint(model_dir, tmp_path / "o", config, progress=False)
+            prune_to_folder(model_dir, tmp_path / "o", config, LOW_MEMORY)
     with pytest.raises(ResumeError, match="config.seed was 0, now 1"):
-        prune_checkpoint(model_dir, tmp_path / "o", config.replace(seed=1), progress=False, resume=True)
+        prune_to_folder(model_dir, tmp_path / "o", config.replace(seed=1), LOW_MEMORY.replace(resume=True))
 
 
 def test_offload_dir_on_a_read_only_path_is_one_clear_line(model_dir, calib, tmp_path):

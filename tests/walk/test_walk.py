@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import FAMILIES, tiny_model
+from helpers import FAMILIES, QUIET, tiny_model
 
 from eggs_ptp import PruneConfig, prune
 from eggs_ptp.data import sample_windows
@@ -38,7 +38,7 @@ def test_each_block_is_calibrated_on_the_pruned_prefix(family):
     calibration = windows()
     _, blocks = find_blocks(model)
     walk_inputs, handles = record_inputs(blocks)
-    prune(model, None, PruneConfig(method="wanda", nsamples=3, seqlen=SEQLEN), calibration=calibration, progress=False)
+    prune(model, None, PruneConfig(method="wanda", nsamples=3, seqlen=SEQLEN), calibration=calibration, run=QUIET)
     for handle in handles:
         handle.remove()
 
@@ -61,7 +61,7 @@ def test_sequential_inputs_differ_from_dense_ones():
         handle.remove()
     _, blocks = find_blocks(model)
     walk_inputs, handles = record_inputs(blocks)
-    prune(model, None, PruneConfig(method="magnitude", nsamples=3, seqlen=SEQLEN), calibration=windows(), progress=False)
+    prune(model, None, PruneConfig(method="magnitude", nsamples=3, seqlen=SEQLEN), calibration=windows(), run=QUIET)
     assert torch.equal(walk_inputs[0][-3], dense_inputs[0][0])
     assert not torch.allclose(walk_inputs[1][-3], dense_inputs[1][0])
 
@@ -77,11 +77,11 @@ def test_capture_records_one_call_per_block_and_one_state_per_window():
 
 def test_reconstruction_error_is_measured_against_dense_weights():
     model = tiny_model("llama")
-    _, report = prune(model, None, PruneConfig(method="magnitude", nsamples=3, seqlen=SEQLEN), calibration=windows(), progress=False)
+    _, report = prune(model, None, PruneConfig(method="magnitude", nsamples=3, seqlen=SEQLEN), calibration=windows(), run=QUIET)
     errors = [layer.recon_error for layer in report.layers]
     assert all(0 < e < 1.5 for e in errors)
     # 2:4 with SparseGPT's weight update reconstructs better than magnitude on the same layers
-    _, obs = prune(tiny_model("llama"), None, PruneConfig(method="sparsegpt", nsamples=3, seqlen=SEQLEN), calibration=windows(), progress=False)
+    _, obs = prune(tiny_model("llama"), None, PruneConfig(method="sparsegpt", nsamples=3, seqlen=SEQLEN), calibration=windows(), run=QUIET)
     assert obs.layers[0].recon_error < report.layers[0].recon_error
 
 
@@ -90,11 +90,11 @@ def test_nan_activations_name_the_block():
     with torch.no_grad():
         model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteActivationError, match="NaN in the activations of block 1"):
-        prune(model, None, PruneConfig(method="wanda", nsamples=3, seqlen=SEQLEN), calibration=windows(), progress=False)
+        prune(model, None, PruneConfig(method="wanda", nsamples=3, seqlen=SEQLEN), calibration=windows(), run=QUIET)
 
 
 def test_inf_activations_are_named_as_inf():
     model = tiny_model("llama")
     model.model.layers[0].mlp.register_forward_hook(lambda module, inputs, output: output.clamp_min(float("inf")))
     with pytest.raises(NonFiniteActivationError, match="Inf in the activations of block 0"):
-        prune(model, None, PruneConfig(method="wanda", nsamples=3, seqlen=SEQLEN), calibration=windows(), progress=False)
+        prune(model, None, PruneConfig(method="wanda", nsamples=3, seqlen=SEQLEN), calibration=windows(), run=QUIET)

@@ -11,6 +11,7 @@ import click
 from eggs_ptp.cli.main import DTYPES, emit_json, user_errors
 from eggs_ptp.compare.spec import CompareSpec
 from eggs_ptp.data import DEFAULT_TEXT
+from eggs_ptp.methods import split_methods
 from eggs_ptp.models import DEFAULT_MODEL
 
 _DEFAULTS = CompareSpec.__dataclass_fields__
@@ -58,7 +59,7 @@ def _check(path: Path, model: str | None, cell: str | None, tolerance: float, as
 @click.command(name="compare")
 @click.argument("model", required=False, default=None)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Folder for results.json, results.md, the PNG figures and report.html.")
-@click.option("--methods", default=",".join(_DEFAULTS["methods"].default), show_default=True, help="Comma-separated method names.")
+@click.option("--methods", default=",".join(_DEFAULTS["methods"].default), show_default=True, help="Comma-separated methods: names, or names with settings, e.g. 'eggs(b=1),eggs(b=2),eggs+update'.")
 @click.option("--patterns", default=",".join(_DEFAULTS["patterns"].default), show_default=True, help="Comma-separated N:M patterns or unstructured sparsities, e.g. 2:4,4:8,0.5.")
 @click.option("--seeds", default=",".join(map(str, _DEFAULTS["seeds"].default)), show_default=True, help="Comma-separated calibration seeds; perplexity is reported as mean ± std over them.")
 @click.option("--nsamples", type=int, default=_DEFAULTS["nsamples"].default, show_default=True, help="Calibration windows per cell.")
@@ -104,7 +105,7 @@ def compare_command(model: str | None, output: Path | None, methods: str, patter
         return
     if output is None:
         raise click.UsageError("give the output folder with -o OUTPUT (or --check RESULTS to re-run a cell)")
-    spec = CompareSpec(methods=_split(methods), patterns=_split(patterns), seeds=_seeds(seeds), nsamples=nsamples,
+    spec = CompareSpec(methods=tuple(split_methods(methods)), patterns=_split(patterns), seeds=_seeds(seeds), nsamples=nsamples,
                        seqlen=seqlen, calib=calib, eval_text=eval_text, eval_seqlen=eval_seqlen or seqlen,
                        eval_windows=eval_windows or None, task=task, task_limit=task_limit, batch_size=batch_size)
     if spec.task:

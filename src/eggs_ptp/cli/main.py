@@ -18,16 +18,23 @@ from collections.abc import Iterator
 from typing import Any, Callable
 
 import click
-import torch
 
-from eggs_ptp.config import ALLOCATIONS, PruneConfig
+from eggs_ptp.api import Evaluation
+from eggs_ptp.cli.options import (
+    GroupedCommand,
+    GroupedOption,
+    given,
+    method_from_options,
+    method_options,
+    options_for,
+    values_for,
+)
+from eggs_ptp.config import ALLOCATIONS, OwlAllocation, PruneConfig
 from eggs_ptp.data import DEFAULT_TEXT
 from eggs_ptp.methods import build_method, method_help, method_names
 from eggs_ptp.models import DEFAULT_MODEL
-from eggs_ptp.selectors import RULES
+from eggs_ptp.options import DTYPES, RunOptions
 from eggs_ptp.walk import NonFiniteActivationError
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # By this package's convention every bad-input error is a ValueError subclass with a one-line
 # message; NaN/Inf in activations or in the loss are the user's model's problem, not a bug.
 _USER_ERRORS = (ValueError, NonFiniteActivationError, FloatingPointError)
@@ -82,110 +89,90 @@ def load_quietly(model: str, dtype: str, quiet: bool, device_map: str | None = N
     return load_model(model, DTYPES[dtype], device_map)
 
 
-def _perplexity_meter(loaded, text: str, windows: int | None, seqlen: int, quiet: bool):
-    """Tokenise the evaluation text once; return a function measuring a model on it."""
-    from eggs_ptp.api import effective_seqlen
-    from eggs_ptp.data import load_text
-    from eggs_ptp.data.calibration import tokenize
-    from eggs_ptp.eval import perplexity
+def _prune_options() -> list[click.Parameter]:
+    declared: set[str] = set()
+    method = "Method"
+    shared = "Pattern, calibration and layers"
+    return [
+        GroupedOption(["--method"], type=click.Choice(method_names()), default="eggs", show_default=True,
+                      help=_methods_help(), group=method),
+        *method_options(declared),
+        *options_for(PruneConfig, shared, declared),
+        GroupedOption(["--sparsity"], type=float, default=None, group=shared,
+                      help="Unstructured: prune this fraction of each output row instead of N:M (same as "
+                           "--pattern 0.5)."),
+        GroupedOption(["--allocation"], type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
+                      group="Allocation", help="Unstructured: per-layer sparsity, uniform or outlier-weighted "
+                                               "(OWL), same mean."),
+        *options_for(OwlAllocation, "Allocation", declared),
+        *options_for(RunOptions, "How to run", declared),
+        GroupedOption(["--nproc"], type=int, default=1, show_default=True, group="How to run",
+                      help="Split calibration over this many processes (torch.distributed; gloo on CPU, NCCL on "
+                           "GPU), launched by torchrun."),
+        GroupedOption(["--eval/--no-eval", "evaluate"], default=False, show_default=True, group="Evaluation",
+                      help="Measure dense and pruned perplexity side by side."),
+        *options_for(Evaluation, "Evaluation", declared),
+        GroupedOption(["-o", "--output", "output"], type=click.Path(path_type=Path), required=True,
+                      help="Folder for the pruned checkpoint.", group="Output"),
+        GroupedOption(["--json", "as_json"], is_flag=True, help="Print one JSON object as the last line.",
+                      group="Output"),
+        GroupedOption(["-q", "--quiet"], is_flag=True, help="No progress bars.", group="Output"),
+    ]
 
-    source = load_text(text, "evaluation")
-    seqlen = effective_seqlen(loaded.model, loaded.tokenizer, seqlen)
-    tokens = tokenize(loaded.tokenizer, source.text)
-    return lambda model: perplexity(model, tokens, seqlen, windows, source.description, not quiet)
+
+def _prune_config(ctx: click.Context, values: dict[str, Any]) -> PruneConfig:
+    if values["sparsity"] is not None:
+        if given(ctx, ["pattern"]):
+            raise click.UsageError("give --pattern or --sparsity, not both")
+        values = {**values, "pattern": str(values["sparsity"])}
+    if values["allocation"] == "uniform" and given(ctx, ["owl_lambda", "owl_threshold"]):
+        raise click.UsageError("--owl-lambda and --owl-threshold set the OWL allocation; add --allocation owl")
+    allocation = OwlAllocation(**values_for(OwlAllocation, values)) if values["allocation"] == "owl" else None
+    method = method_from_options(values["method"], values, ctx)
+    return PruneConfig(**values_for(PruneConfig, values, method=method, allocation=allocation))
 
 
-@main.command()
+@main.command(cls=GroupedCommand, params=_prune_options())
 @click.argument("model", default=DEFAULT_MODEL)
-@click.option("-o", "--output", "output", type=click.Path(path_type=Path), required=True, help="Folder for the pruned checkpoint.")
-@click.option("--method", type=click.Choice(method_names()), default="eggs", show_default=True, help=_methods_help())
-@click.option("--pattern", default=None, help="N:M, keep N of every M along the input dimension [default: 2:4].")
-@click.option("--sparsity", type=float, default=None, help="Unstructured: prune this fraction of each output row instead of N:M.")
-@click.option("--b", "b", type=int, default=PruneConfig.b, show_default=True, help="EGGS: kept weights every input channel keeps per tile (0 = RIA).")
-@click.option("--rule", type=click.Choice(RULES), default=PruneConfig.rule, show_default=True, help="EGGS selection rule.")
-@click.option("--tile-height", type=int, default=None, help="EGGS: rows per tile, a multiple of M [default: the benchmarked multiple of M].")
-@click.option("--alpha", type=float, default=PruneConfig.alpha, show_default=True, help="RIA/EGGS: exponent of the activation norm.")
-@click.option("--nsamples", type=int, default=PruneConfig.nsamples, show_default=True, help="Calibration windows.")
-@click.option("--seqlen", type=int, default=PruneConfig.seqlen, show_default=True, help="Tokens per calibration window (capped by the model's context).")
-@click.option("--seed", type=int, default=PruneConfig.seed, show_default=True, help="Seed of the calibration window starts.")
-@click.option("--calib", default=DEFAULT_TEXT, show_default=True, help="Calibration text: 'wiki' (embedded), a .txt/.jsonl file, or hf:DATASET[:CONFIG[:SPLIT]].")
-@click.option("--include", multiple=True, help="Only prune layers whose name matches this glob (repeatable), e.g. '*.mlp.*'.")
-@click.option("--exclude", multiple=True, help="Never prune layers whose name matches this glob (repeatable).")
-@click.option("--damping", type=float, default=PruneConfig.damping, show_default=True, help="SparseGPT: Hessian damping, a fraction of its mean diagonal.")
-@click.option("--blocksize", type=int, default=PruneConfig.blocksize, show_default=True, help="SparseGPT: columns per update block.")
-@click.option("--auto", is_flag=True, help="EGGS: choose rule, B and H per layer from its calibration reconstruction error.")
-@click.option("--permute", is_flag=True, help="N:M: permute input channels where the permutation folds exactly into the producing layer.")
-@click.option("--allocation", type=click.Choice(ALLOCATIONS), default=PruneConfig.allocation, show_default=True, help="Unstructured: per-layer sparsity, uniform or outlier-weighted (OWL), same mean.")
-@click.option("--owl-lambda", type=float, default=PruneConfig.owl_lambda, show_default=True, help="OWL: largest deviation of a block's sparsity from the mean.")
-@click.option("--owl-threshold", type=float, default=PruneConfig.owl_threshold, show_default=True, help="OWL: an outlier's score is this multiple of its layer's mean score.")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True, help="Dtype to load and prune the model in.")
-@click.option("--low-memory", is_flag=True, help="Read the safetensors checkpoint lazily and hold one decoder block in memory at a time; the output is written block by block.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same command from its last finished block.")
-@click.option("--activation-dtype", type=click.Choice(list(DTYPES)), default=None, help="Dtype the calibration activations are kept in [default: --dtype].")
-@click.option("--offload-dir", type=click.Path(path_type=Path), default=None, help="Keep calibration activations on disk here instead of in memory.")
-@click.option("--device", default="auto", show_default=True, help="Compute device: auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
-@click.option("--device-map", default=None, help="Spread the model over several devices with accelerate (auto, balanced, sequential); not with --low-memory.")
-@click.option("--nproc", type=int, default=1, show_default=True, help="Split calibration over this many processes (torch.distributed; gloo on CPU, NCCL on GPU), launched by torchrun.")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder (only once the new checkpoint is complete).")
-@click.option("--eval/--no-eval", "evaluate", default=False, show_default=True, help="Measure dense and pruned perplexity side by side.")
-@click.option("--eval-text", default=DEFAULT_TEXT, show_default=True, help="Evaluation text ('wiki' = the held-out split).")
-@click.option("--eval-windows", type=int, default=None, help="Evaluation windows [default: all of the text].")
-@click.option("--eval-seqlen", type=int, default=None, help="Evaluation context length [default: --seqlen].")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
 @user_errors
-def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: float | None, b: int, rule: str,
-          tile_height: int, alpha: float, nsamples: int, seqlen: int, seed: int, calib: str,
-          include: tuple[str, ...], exclude: tuple[str, ...], damping: float, blocksize: int, auto: bool,
-          permute: bool, allocation: str, owl_lambda: float, owl_threshold: float, dtype: str, low_memory: bool,
-          resume: bool, activation_dtype: str | None, offload_dir: Path | None, device: str, device_map: str | None,
-          nproc: int, overwrite: bool, evaluate: bool, eval_text: str, eval_windows: int | None, eval_seqlen: int | None,
-          as_json: bool, quiet: bool) -> None:
+def prune(ctx: click.Context, model: str, **values: Any) -> None:
     """Prune MODEL and save it, dense with zeros, with sparsity.json, to OUTPUT.
 
     \b
     Example:
       eggs-ptp prune smollm2-135m -o smollm2-2of4 --method eggs --pattern 2:4 --eval
     """
-    if pattern is not None and sparsity is not None:
-        raise click.UsageError("give --pattern or --sparsity, not both")
-    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        _launch(nproc)
-    config = PruneConfig(
-        method=method, pattern=pattern or (str(sparsity) if sparsity is not None else "2:4"), b=b, rule=rule,
-        tile_height=tile_height, alpha=alpha, nsamples=nsamples, seqlen=seqlen, seed=seed, calib=calib,
-        include=include, exclude=exclude, damping=damping, blocksize=blocksize, auto=auto, permute=permute,
-        allocation=allocation, owl_lambda=owl_lambda, owl_threshold=owl_threshold,
-    )
-    if low_memory and (evaluate or device_map):
-        raise click.UsageError("--low-memory holds one block at a time: evaluate the output with eggs-ptp eval, "
-                               "and use --device rather than --device-map")
+    from eggs_ptp.api import prune_to_folder
+    from eggs_ptp.options import resolve_device
     from eggs_ptp.walk.distributed import Ranks
 
-    compute_device = _device(device)
-    ranks = Ranks.from_environment(compute_device)
+    if values["nproc"] > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        _launch(values["nproc"])
+    config = _prune_config(ctx, values)
+    output = values["output"]
+    ranks = Ranks.from_environment(resolve_device(values["device"]))
     writer = ranks is None or ranks.is_writer
-    quiet = quiet or not writer
-    from eggs_ptp.formats import check_output_target
-
-    check_output_target(output, overwrite)
-    settings = ", ".join(f"{k}={v}" for k, v in config.to_dict().items() if k not in ("type", "schema_version"))
-    stages = " ".join(f"{k}={v}" for k, v in build_method(config).describe().items() if v)
+    quiet = values["quiet"] or not writer
+    run = RunOptions(**values_for(RunOptions, values, progress=not quiet, ranks=ranks))
+    evaluation = Evaluation(**values_for(Evaluation, values)) if values["evaluate"] else None
     if writer:
+        shared = {k: v for k, v in config.to_dict().items() if k not in ("type", "schema_version", "method")}
+        settings = ", ".join(f"{k}={v}" for k, v in {"method": config.method.label, **shared}.items())
+        stages = " ".join(f"{k}={v}" for k, v in build_method(config.method, config.parsed_pattern).describe().items()
+                          if v)
         processes = f" processes={ranks.world}" if ranks else ""
-        click.echo(f"model={model} dtype={dtype} device={device_map or compute_device}{processes} | {settings}\n"
-                   f"stages: {stages}")
-    options = dict(activation_dtype=DTYPES[activation_dtype] if activation_dtype else None, offload_dir=offload_dir,
-                   resume=resume, ranks=ranks)
-    if low_memory:
-        report = _prune_low_memory(model, output, config, dtype, compute_device, overwrite, quiet, options)
-        payload = None
-    else:
-        report, payload = _prune_in_memory(model, output, config, dtype, compute_device, device_map, overwrite,
-                                           evaluate, eval_text, eval_windows, eval_seqlen or seqlen, quiet, options)
-    if not writer:
-        return
+        click.echo(f"model={model} dtype={run.dtype} device={run.device_map or resolve_device(run.device)}"
+                   f"{processes} | {settings}\nstages: {stages}")
+    with _resume_hint(output):
+        report = prune_to_folder(model, output, config, run, evaluation=evaluation)
+    if writer:
+        _print_prune(report, output, values["as_json"])
+
+
+def _print_prune(report, output: Path, as_json: bool) -> None:
     summary = report.summary()
+    config = report.config
     click.echo(
         f"pruned {summary['pruned_layers']} layers ({summary['skipped_layers']} skipped), kept "
         f"{summary['kept_fraction']:.4f} of their weights, mean reconstruction error "
@@ -194,27 +181,19 @@ def prune(model: str, output: Path, method: str, pattern: str | None, sparsity: 
     )
     for layer in report.skipped_layers:
         click.echo(f"skipped {layer.name}: {layer.skipped}")
-    if payload and "perplexity" in payload:
-        scores = payload["perplexity"]
+    payload: dict[str, Any] = {}
+    if report.evaluation:
+        dense, pruned = report.evaluation["perplexity"]["dense"], report.evaluation["perplexity"]["pruned"]
+        payload["perplexity"] = {"dense": dense["perplexity"], "pruned": pruned["perplexity"],
+                                 **{k: pruned[k] for k in ("seqlen", "windows", "tokens", "text")}}
         click.echo(
-            f"perplexity  dense {scores['dense']:.2f}  ->  {config.method} {config.pattern} {scores['pruned']:.2f}"
-            f"   ({scores['windows']} windows x {scores['seqlen']} tokens = {scores['tokens']} tokens of {scores['text']})"
+            f"perplexity  dense {dense['perplexity']:.2f}  ->  {config.method.label} {config.pattern} "
+            f"{pruned['perplexity']:.2f}   ({pruned['windows']} windows x {pruned['seqlen']} tokens = "
+            f"{pruned['tokens']} tokens of {pruned['text']})"
         )
     click.echo(f"saved to {output}")
-    emit_json(as_json, {"output": str(output), "method": config.method, "pattern": config.pattern, **summary,
-                        **(payload or {})})
-
-
-def _device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {spec!r}; use auto, cpu, cuda or cuda:N") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec} was asked for, but torch sees no CUDA device; use --device cpu")
-    return device
+    emit_json(as_json, {"output": str(output), "method": config.method.label, "pattern": config.pattern, **summary,
+                        **payload})
 
 
 def _launch(nproc: int) -> None:
@@ -254,58 +233,6 @@ def _resume_hint(output: Path) -> Iterator[None]:
         sys.exit(130)
 
 
-def _prune_in_memory(model: str, output: Path, config: PruneConfig, dtype: str, device: torch.device,
-                     device_map: str | None, overwrite: bool, evaluate: bool, eval_text: str,
-                     eval_windows: int | None, eval_seqlen: int, quiet: bool, options: dict[str, Any]):
-    from eggs_ptp.api import build_calibration, calibration_config, prune as prune_model, run_fingerprint
-    from eggs_ptp.formats import save_pruned
-    from eggs_ptp.models.loading import weights_signature
-    from eggs_ptp.walk.resume import RunProgress, progress_folder
-
-    ranks = options["ranks"]
-    writer = ranks is None or ranks.is_writer
-    loaded = load_quietly(model, dtype, quiet, device_map)
-    if not device_map:
-        loaded.model.to(device)
-    info = {"source": loaded.source, "location": loaded.location, "revision": loaded.revision}
-    calibration = build_calibration(loaded.model, loaded.tokenizer, calibration_config(config))
-    checkpoint = RunProgress(
-        progress_folder(output),
-        run_fingerprint(config, calibration, info, weights_signature(loaded.location), DTYPES[dtype],
-                        options["activation_dtype"], ranks),
-        ranks,
-    )
-    measure = dense = None
-    if evaluate and writer:
-        measure = _perplexity_meter(loaded, eval_text, eval_windows, eval_seqlen, quiet)
-        dense = measure(loaded.model)
-    with _resume_hint(output):
-        pruned_model, report = prune_model(loaded.model, loaded.tokenizer, config, calibration=calibration,
-                                           progress=not quiet, model_info=info, run_progress=checkpoint, **options)
-        payload: dict[str, Any] = {}
-        if writer:
-            if measure:
-                pruned = measure(pruned_model)
-                report.evaluation = {"perplexity": {"dense": dense.to_dict(), "pruned": pruned.to_dict()}}
-                payload["perplexity"] = {"dense": dense.perplexity, "pruned": pruned.perplexity,
-                                         "seqlen": pruned.seqlen, "windows": pruned.windows, "tokens": pruned.tokens,
-                                         "text": pruned.text}
-            save_pruned(pruned_model, loaded.tokenizer, report, output, overwrite)
-    checkpoint.finish()
-    return report, payload
-
-
-def _prune_low_memory(model: str, output: Path, config: PruneConfig, dtype: str, device: torch.device,
-                      overwrite: bool, quiet: bool, options: dict[str, Any]):
-    from eggs_ptp.api import prune_checkpoint
-    from eggs_ptp.models.loading import resolve_folder
-
-    location = resolve_folder(model)
-    with _resume_hint(output):
-        return prune_checkpoint(location, output, config, dtype=DTYPES[dtype], device=device, progress=not quiet,
-                                overwrite=overwrite, model_info={"source": model, "location": str(location)}, **options)
-
-
 @main.command(name="eval")
 @click.argument("model", default=DEFAULT_MODEL)
 @click.option("--text", default=DEFAULT_TEXT, show_default=True, help="Evaluation text: 'wiki' (held-out split), a .txt/.jsonl file, or hf:DATASET.")
@@ -331,9 +258,10 @@ def eval_command(model: str, text: str, windows: int | None, seqlen: int, tasks:
     if tasks is not None:
         _eval_tasks(model, [t.strip() for t in tasks.split(",") if t.strip()], limit, batch_size, dtype, as_json, quiet)
         return
+    from eggs_ptp.api import perplexity_meter
+
     loaded = _load_evaluable(model, dtype, quiet)
-    measure = _perplexity_meter(loaded, text, windows, seqlen, quiet)
-    result = measure(loaded.model)
+    result = perplexity_meter(loaded.model, loaded.tokenizer, text, windows, seqlen, not quiet)(loaded.model)
     click.echo(
         f"perplexity {result.perplexity:.3f}  ({result.windows} windows x {result.seqlen} tokens = "
         f"{result.tokens} tokens of {result.text})"

@@ -23,6 +23,7 @@ from eggs_ptp.atomic import write_atomic
 from eggs_ptp.compare.provenance import hardware, mask_sha256, model_identity, versions
 from eggs_ptp.compare.spec import Cell, CompareSpec
 from eggs_ptp.config import PruneConfig
+from eggs_ptp.options import RunOptions
 from eggs_ptp.data import DEFAULT_TEXT, DataError, load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.eval import PeakRss, perplexity
@@ -121,7 +122,7 @@ class GridContext:
         status("pruning")
         with PeakRss() as peak:
             started = time.perf_counter()
-            _, report = prune(model, self.loaded.tokenizer, config, calibration=calibration, progress=False)
+            _, report = prune(model, self.loaded.tokenizer, config, RunOptions(progress=False), calibration=calibration)
             seconds = time.perf_counter() - started
         status("perplexity" + (" and task" if self.tasks is not None else ""))
         scores = self.evaluate()
@@ -136,7 +137,7 @@ class GridContext:
             "pruned_layers": summary["pruned_layers"],
             "mask_sha256": mask_sha256(model, report.pruned_layers),
             "config": config.to_dict(),
-            "stages": build_method(config).describe(),
+            "stages": build_method(config.method, config.parsed_pattern).describe(),
         }
 
 
@@ -205,7 +206,8 @@ def _merged_spec(record: dict[str, Any], spec: CompareSpec) -> CompareSpec:
 def _seed_independent_twin(rows: list[dict[str, Any]], cell: Cell, spec: CompareSpec) -> dict[str, Any] | None:
     """A finished row ``cell`` would reproduce exactly: same method and pattern, when the method
     reads no calibration (magnitude), so that the seed changes nothing."""
-    if build_method(spec.config(cell)).needs_calibration:
+    config = spec.config(cell)
+    if build_method(config.method, config.parsed_pattern).needs_calibration:
         return None
     return next((row for row in rows if row["method"] == cell.method and row["pattern"] == cell.pattern
                  and "same_as" not in row), None)

@@ -7,19 +7,20 @@ from typing import Any
 
 from eggs_ptp.config import PruneConfig
 from eggs_ptp.data import DEFAULT_TEXT
-from eggs_ptp.methods.registry import is_structured_only
+from eggs_ptp.methods import parse_method
 from eggs_ptp.pattern import Pattern
 
 SPEC_TYPE = "CompareSpec"
 
 
 def _applies(method: str, pattern: str) -> bool:
-    return Pattern.parse(pattern).structured or not is_structured_only(method)
+    return Pattern.parse(pattern).structured or not parse_method(method).structured_only
 
 
 @dataclass(frozen=True)
 class Cell:
-    """One pruning run of the grid; ``key`` names it in ``results.json``."""
+    """One pruning run of the grid; ``key`` names it in ``results.json``. ``method`` is a method
+    config's label: a name (``eggs+update``) or a name with settings (``eggs(b=2)``)."""
 
     method: str
     pattern: str
@@ -34,7 +35,8 @@ class Cell:
 class CompareSpec:
     """Args:
     methods, patterns, seeds: the grid; every method is run at every pattern with every seed,
-        except N:M-only methods at unstructured patterns (listed by :meth:`skipped`).
+        except N:M-only methods at unstructured patterns (listed by :meth:`skipped`). A method is a
+        name or a name with settings, ``eggs(b=2, rule=diagonal)``, so one family can fill several rows.
     nsamples, seqlen, calib: calibration windows per cell, their length, and the text they come from.
     eval_text, eval_seqlen, eval_windows: perplexity text (``wiki`` = the held-out split), context
         length and number of non-overlapping windows (None = all).
@@ -57,6 +59,8 @@ class CompareSpec:
     batch_size: int = 8
 
     def __post_init__(self) -> None:
+        # Methods in their labels' canonical spelling, so "eggs(b=1)" and "eggs" are one row.
+        object.__setattr__(self, "methods", tuple(parse_method(m).label for m in self.methods))
         for name in ("methods", "patterns", "seeds"):
             values = tuple(dict.fromkeys(getattr(self, name)))  # drop repeats, keep order
             if not values:
@@ -90,7 +94,7 @@ class CompareSpec:
                 for p in self.patterns for m in self.methods if not _applies(m, p)]
 
     def config(self, cell: Cell) -> PruneConfig:
-        return PruneConfig(method=cell.method, pattern=cell.pattern, nsamples=self.nsamples, seqlen=self.seqlen,
+        return PruneConfig(method=parse_method(cell.method), pattern=cell.pattern, nsamples=self.nsamples, seqlen=self.seqlen,
                            seed=cell.seed, calib=self.calib)
 
     def shared(self) -> dict[str, Any]:

@@ -1,54 +1,39 @@
-"""Methods registered by name; the CLI's choices come from here."""
+"""Each method config type registered against the factory that builds its :class:`Method`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, TypeVar
 
-if TYPE_CHECKING:
-    from eggs_ptp.config import PruneConfig
-    from eggs_ptp.methods.method import Method
+from eggs_ptp.methods.configs import MethodConfig
+from eggs_ptp.methods.method import Method
+from eggs_ptp.pattern import Pattern
 
+C = TypeVar("C", bound=MethodConfig)
+Factory = Callable[[C, Pattern], Method]
 
-@dataclass(frozen=True)
-class _Entry:
-    factory: "Callable[[PruneConfig], Method]"
-    help: str
-    structured_only: bool
+_FACTORIES: dict[type[MethodConfig], Factory] = {}
 
 
-_REGISTRY: dict[str, _Entry] = {}
+def register_method(kind: type[C]) -> Callable[[Factory], Factory]:
+    """Register the factory building a :class:`Method` from a ``kind`` config and the run's pattern."""
 
-
-def register_method(
-    name: str, help: str, structured_only: bool = False
-) -> "Callable[[Callable[[PruneConfig], Method]], Callable[[PruneConfig], Method]]":
-    """Register a factory building a :class:`Method` from a run's config; names are unique."""
-
-    def decorate(factory: "Callable[[PruneConfig], Method]") -> "Callable[[PruneConfig], Method]":
-        if name in _REGISTRY:
-            raise ValueError(f"a method named {name!r} is already registered")
-        _REGISTRY[name] = _Entry(factory, help, structured_only)
+    def decorate(factory: Factory) -> Factory:
+        if kind in _FACTORIES:
+            raise ValueError(f"a factory for {kind.__name__} is already registered")
+        _FACTORIES[kind] = factory
         return factory
 
     return decorate
 
 
-def method_names() -> list[str]:
-    return sorted(_REGISTRY)
+def build_method(config: MethodConfig, pattern: Pattern) -> Method:
+    """The stages ``config`` stands for at ``pattern`` (checked against it first)."""
+    factory = _FACTORIES.get(type(config))
+    if factory is None:
+        raise ValueError(f"no method is registered for {type(config).__name__}; decorate its factory with "
+                         "@register_method")
+    config.check(pattern)
+    return factory(config, pattern)
 
 
-def method_help(name: str) -> str:
-    return _REGISTRY[name].help
-
-
-def is_structured_only(name: str) -> bool:
-    return _REGISTRY[name].structured_only
-
-
-def build_method(config: "PruneConfig") -> "Method":
-    if config.method not in _REGISTRY:
-        raise ValueError(
-            f"unknown method {config.method!r}; choose one of: {', '.join(method_names())}"
-        )
-    return _REGISTRY[config.method].factory(config)
+__all__ = ["Factory", "build_method", "register_method"]

@@ -1,22 +1,27 @@
 """The sequential layer walk: captures block inputs once, then prunes block after block."""
 
-from eggs_ptp.walk.capture import BlockCall, capture_block_inputs
-from eggs_ptp.walk.sequential import (
+from eggs_ptp.walk.block import (
     BlockAccess,
+    BlockCall,
+    ErrorMeter,
     InMemory,
     LayerReport,
     NonFiniteActivationError,
-    walk_and_prune,
+    run_block,
 )
+from eggs_ptp.walk.capture import capture_block_inputs
+from eggs_ptp.walk.sequential import walk_and_prune
 from eggs_ptp.walk.survey import survey_blocks
 
 __all__ = [
     "BlockAccess",
     "BlockCall",
+    "ErrorMeter",
     "InMemory",
     "LayerReport",
     "NonFiniteActivationError",
     "capture_block_inputs",
+    "run_block",
     "survey_blocks",
     "walk_and_prune",
 ]

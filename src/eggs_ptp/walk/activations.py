@@ -115,3 +115,6 @@ def restore(folder: Path, dtype: torch.dtype | None, offload: Path | None) -> Ac
     for path in files:
         store.append(load_file(str(path))["hidden"])
     return store
+
+
+__all__ = ["ActivationStore", "OffloadDirError", "persist", "restore"]

@@ -11,49 +11,14 @@ LM head) ever runs: a lazily opened checkpoint never has to read them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from eggs_ptp.walk.activations import ActivationStore
-
-if TYPE_CHECKING:
-    from eggs_ptp.walk.sequential import BlockAccess
-
-
-@dataclass
-class BlockCall:
-    """Everything a block is called with apart from its hidden states."""
-
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    hidden_in_kwargs: bool = False
-
-    def __call__(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        if self.hidden_in_kwargs:
-            output = block(*self.args, hidden_states=hidden, **self.kwargs)
-        else:
-            output = block(hidden, *self.args, **self.kwargs)
-        return output[0] if isinstance(output, (tuple, list)) else output
-
-    def to(self, device: torch.device) -> "BlockCall":
-        """The same call with every tensor argument on ``device`` (blocks spread over devices)."""
-        return BlockCall(_move(self.args, device), _move(self.kwargs, device), self.hidden_in_kwargs)
-
-
-def _move(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, tuple):
-        return tuple(_move(item, device) for item in value)
-    if isinstance(value, list):
-        return [_move(item, device) for item in value]
-    if isinstance(value, dict):
-        return {key: _move(item, device) for key, item in value.items()}
-    return value
+from eggs_ptp.walk.block import BlockAccess, BlockCall
 
 
 class _Captured(Exception):
@@ -132,3 +97,6 @@ def capture_block_inputs(
     if missing:
         raise RuntimeError(f"decoder blocks {missing} were never called by the model's forward")
     return store, calls  # type: ignore[return-value]
+
+
+__all__ = ["capture_block_inputs"]

@@ -12,16 +12,14 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from eggs_ptp.stats import LayerStats
-
-if TYPE_CHECKING:
-    from eggs_ptp.walk.sequential import _ErrorMeter
+from eggs_ptp.walk.block import ErrorMeter
 
 T = TypeVar("T")
 
@@ -87,7 +85,7 @@ class Ranks:
         """Give every rank rank 0's parameters and buffers of ``module``."""
         self.broadcast_tensors([*module.parameters(), *module.buffers()])
 
-    def reduce_meters(self, meters: list["_ErrorMeter"]) -> None:
+    def reduce_meters(self, meters: list[ErrorMeter]) -> None:
         sums = torch.tensor([value for meter in meters for value in (meter.diff, meter.ref)], dtype=torch.float64)
         self._all_reduce(sums)
         for number, meter in enumerate(meters):
@@ -95,3 +93,6 @@ class Ranks:
 
     def barrier(self) -> None:
         dist.barrier()
+
+
+__all__ = ["Ranks"]

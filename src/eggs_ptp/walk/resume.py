@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from eggs_ptp.atomic import atomic_path, write_atomic
 from eggs_ptp.walk.activations import ActivationStore, persist, restore
 from eggs_ptp.walk.distributed import Ranks
-from eggs_ptp.walk.sequential import LayerReport
+from eggs_ptp.walk.block import LayerReport
 
 RUN_FILE = "run.json"
 STATE_FILE = "state.json"
@@ -174,3 +174,6 @@ class RunProgress:
         self._sync()
         if self._writer:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+__all__ = ["RUN_FILE", "STATE_FILE", "ResumeError", "Resumed", "RunProgress", "completed_blocks", "progress_folder"]

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
-from collections.abc import Sequence
-from typing import Any, Callable, Iterable, Protocol
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -27,116 +25,25 @@ from eggs_ptp.pattern import Pattern
 from eggs_ptp.permute import permute_block
 from eggs_ptp.stats import LayerStats
 from eggs_ptp.walk.activations import ActivationStore
-from eggs_ptp.walk.capture import BlockCall
+from eggs_ptp.walk.block import (
+    BlockAccess,
+    BlockCall,
+    ErrorMeter,
+    InMemory,
+    LayerReport,
+    NonFiniteActivationError,
+    block_placement,
+    non_finite_kind,
+    run_block,
+)
 from eggs_ptp.walk.distributed import Ranks
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteActivationError(RuntimeError):
-    """NaN or Inf appeared in a block's activations or a layer's pruned weights."""
-
-
-@dataclass
-class LayerReport:
-    name: str
-    shape: tuple[int, int]  # (out, in)
-    transposed: bool  # stored as (in, out), like GPT-2's Conv1D
-    kept_fraction: float | None = None
-    recon_error: float | None = None
-    seconds: float | None = None
-    skipped: str | None = None  # why the layer was left dense
-    settings: dict[str, Any] | None = None  # choices the method made for this layer alone
-    permutation: dict[str, Any] | None = None  # input-channel permutation, or why there was none
-    pattern: str | None = None  # the pattern this layer was pruned to (blocks may differ, e.g. OWL)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
 # Reconstruction error is measured on this many calibration windows: a dense re-computation of
 # every layer on all of them would cost about as much as the block forward itself.
 ERROR_WINDOWS = 8
-
-
-def _non_finite_kind(tensor: torch.Tensor) -> str | None:
-    if bool(torch.isfinite(tensor).all()):
-        return None
-    return "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
-
-
-class BlockAccess(Protocol):
-    """Brings a block's weights into memory before the walk touches it and drops them after."""
-
-    def load(self, index: int) -> None: ...
-
-    def unload(self, index: int) -> None: ...
-
-    def captured(self) -> None:
-        """The block inputs are captured: nothing outside the blocks is needed any more."""
-
-
-class InMemory:
-    """Every block is already in memory."""
-
-    def load(self, index: int) -> None:
-        pass
-
-    def unload(self, index: int) -> None:
-        pass
-
-    def captured(self) -> None:
-        pass
-
-
-def block_placement(block: nn.Module) -> tuple[torch.device, torch.dtype]:
-    """The device and compute dtype of a block: those of its first floating-point parameter."""
-    parameter = next(p for p in block.parameters() if p.is_floating_point())
-    return parameter.device, parameter.dtype
-
-
-def run_block(
-    block: nn.Module, call: BlockCall, hidden: Iterable[torch.Tensor], index: int, stage: str,
-    out: ActivationStore | None = None,
-) -> ActivationStore | None:
-    """Run ``block`` on each window, one at a time on the block's device and in its dtype, and
-    append the outputs to ``out`` when given."""
-    device, dtype = block_placement(block)
-    call = call.to(device)
-    for state in hidden:
-        output = call(block, state.to(device=device, dtype=dtype))
-        kind = _non_finite_kind(output)
-        if kind:
-            raise NonFiniteActivationError(
-                f"{kind} in the activations of block {index} ({type(block).__name__}) during the "
-                f"{stage} pass; check this block's weights, or load in float32 if the model is bf16/fp16"
-            )
-        if out is not None:
-            out.append(output)
-    return out
-
-
-class _ErrorMeter:
-    """Accumulates ``||(W - W')X||^2`` and ``||WX||^2`` from a layer's forward in the pruned block."""
-
-    def __init__(self, layer: PrunableLinear, dense: torch.Tensor) -> None:
-        self.dense = dense  # (out, in), in the model's dtype
-        self.bias = getattr(layer.module, "bias", None)
-        self.diff = 0.0
-        self.ref = 0.0
-
-    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        x = inputs[0].reshape(-1, self.dense.shape[1]).float()
-        reference = x @ self.dense.float().T  # (tokens, out)
-        actual = output.reshape(-1, self.dense.shape[0]).float()
-        if self.bias is not None:
-            actual = actual - self.bias.float()
-        self.diff += float((actual - reference).pow(2).sum())
-        self.ref += float(reference.pow(2).sum())
-
-    @property
-    def relative_error(self) -> float:
-        return (self.diff / self.ref) ** 0.5 if self.ref > 0 else 0.0
 
 
 def _skip_reason(layer: PrunableLinear, pattern: Pattern) -> str | None:
@@ -200,7 +107,7 @@ def _prune_block(
     if ranks:
         ranks.broadcast_module(block)
         ranks.broadcast_tensors(list(references.values()))
-    meters = {layer.name: _ErrorMeter(layer, references[layer.name]) for layer in targets}
+    meters = {layer.name: ErrorMeter(layer, references[layer.name]) for layer in targets}
 
     outputs = hidden.sibling(f"block-{index + 1:05d}")
     error_windows = ranks.local_count(ERROR_WINDOWS) if ranks else ERROR_WINDOWS
@@ -233,7 +140,7 @@ def _prune_layers(
         references[layer.name] = layer.weight.detach().clone()
         dense = layer.weight.float().contiguous()
         result = method.prune(dense, stats.get(layer.name), pattern)
-        kind = _non_finite_kind(result.weight)
+        kind = non_finite_kind(result.weight)
         if kind:
             raise NonFiniteActivationError(f"{kind} in the pruned weights of {layer.name}")
         layer.set_weight(result.weight)
@@ -297,3 +204,6 @@ def walk_and_prune(
         access.unload(index)
     hidden.release()
     return reports
+
+
+__all__ = ["ERROR_WINDOWS", "BlockDone", "walk_and_prune"]

@@ -12,9 +12,8 @@ from tqdm.auto import tqdm
 from eggs_ptp.models.layers import PrunableLinear, find_linears
 from eggs_ptp.stats import LayerStats
 from eggs_ptp.walk.activations import ActivationStore
-from eggs_ptp.walk.capture import BlockCall
+from eggs_ptp.walk.block import BlockAccess, BlockCall, InMemory, run_block
 from eggs_ptp.walk.distributed import Ranks
-from eggs_ptp.walk.sequential import BlockAccess, InMemory, run_block
 
 BlockMeasure = Callable[[list[tuple[PrunableLinear, LayerStats]]], float]
 
@@ -62,3 +61,6 @@ def survey_blocks(
         access.unload(index)
     current.release()
     return values
+
+
+__all__ = ["survey_blocks"]
