@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 
-from eggs_ptp import PruneConfig, prune
+from eggs_ptp import OwlAllocation, PruneConfig, RunOptions, prune
 from eggs_ptp.data import load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.eval import PeakRss, perplexity
 from eggs_ptp.formats import write_json_atomic
 from eggs_ptp.graph import layer_metrics, summarise
+from eggs_ptp.methods import method_config
 from eggs_ptp.models import load_model
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.report import library_versions
@@ -75,7 +76,7 @@ PRESETS: dict[str, dict] = {
 
 
 def parse_cell(cell: str, pattern: str) -> dict:
-    """``METHOD[:RULE][:bB][:hH][:auto][:permute][:owl]`` -> PruneConfig fields (H in multiples of M)."""
+    """``METHOD[:RULE][:bB][:hH][:auto][:permute][:owl]`` -> the cell's settings (H in multiples of M)."""
     method, *parts = cell.split(":")
     fields: dict = {"method": method}
     for part in parts:
@@ -91,6 +92,15 @@ def parse_cell(cell: str, pattern: str) -> dict:
         else:
             raise SystemExit(f"cell {cell!r}: unknown part {part!r}")
     return fields
+
+
+def cell_config(cell: str, pattern: str, nsamples: int, seqlen: int, seed: int) -> PruneConfig:
+    """The cell's fields split into its method's config and the run's shared settings."""
+    fields = parse_cell(cell, pattern)
+    shared = {"permute": fields.pop("permute", False),
+              "allocation": OwlAllocation() if fields.pop("allocation", None) == "owl" else None}
+    method = method_config(fields.pop("method"), **fields)
+    return PruneConfig(method=method, pattern=pattern, nsamples=nsamples, seqlen=seqlen, seed=seed, **shared)
 
 
 def connectivity(model: torch.nn.Module, report, pattern: str, settings: dict) -> dict:
@@ -276,12 +286,11 @@ def main() -> None:
                 if key in done:
                     continue
                 model.load_state_dict(dense_state)
-                config = PruneConfig(pattern=pattern, nsamples=preset["nsamples"], seqlen=seqlen, seed=seed,
-                                     **parse_cell(cell, pattern))
+                config = cell_config(cell, pattern, preset["nsamples"], seqlen, seed)
                 calibration = sample_windows(calib_tokens, config.nsamples, seqlen, seed, calib_source.description)
                 with PeakRss() as peak:
                     started = time.perf_counter()
-                    _, report = prune(model, tokenizer, config, calibration=calibration, progress=False)
+                    _, report = prune(model, tokenizer, config, RunOptions(progress=False), calibration=calibration)
                     seconds = time.perf_counter() - started
                 result = perplexity(model, eval_tokens, seqlen, windows, eval_source.description, progress=False)
                 row = {"key": key, "cell": cell, "pattern": pattern, "seed": seed, "nsamples": config.nsamples,
