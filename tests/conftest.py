@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import TEXT, VOCAB, tiny_model
+import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from helpers import TEXT, VOCAB, tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +33,19 @@ def tiny_llama_dir(tmp_path: Path, tokenizer) -> Path:
     tiny_model("llama").save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def model_dir(tmp_path, tokenizer):
+    """A tiny Llama with 4 blocks, saved as safetensors in bfloat16 like a hub checkpoint."""
+    folder = tmp_path / "tiny"
+    tiny_model("llama", num_hidden_layers=4).to(torch.bfloat16).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def calib(tmp_path):
+    path = tmp_path / "calib.txt"
+    path.write_text(TEXT, encoding="utf-8")
+    return path

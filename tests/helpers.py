@@ -3,6 +3,9 @@ checkpoints, and the CLI's one-line error check. Fixtures live in ``conftest.py`
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -88,3 +91,61 @@ def one_error_line(result, code: int = 2) -> str:
     return lines[0]
 
 
+# --- whole-run helpers: the CLI in process, checkpoint weights, fresh interpreters, simulated crashes
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run_cli(*args):
+    """``eggs-ptp ARGS`` in this process (a click result)."""
+    from click.testing import CliRunner
+
+    from eggs_ptp.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def checkpoint_weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(path))
+    return tensors
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    left, right = checkpoint_weights(a), checkpoint_weights(b)
+    assert left.keys() == right.keys()
+    for key in left:
+        assert torch.equal(left[key], right[key]), key
+
+
+def python(*args: object) -> subprocess.CompletedProcess:
+    """A fresh interpreter running this checkout's eggs_ptp, as torchrun's workers would."""
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, *map(str, args)], check=False, env=environment, capture_output=True,
+                          text=True, timeout=300)
+
+
+def prune_args(model_dir, out, calib, *extra):
+    """``eggs-ptp prune`` arguments for a tiny model: 4 windows of 16 tokens from ``calib``, quiet."""
+    return ["prune", model_dir, "-o", out, "--nsamples", 4, "--seqlen", 16, "--calib", calib, "-q", *extra]
+
+
+class Killed(Exception):
+    """Stands in for the process dying."""
+
+
+def kill_after_block(monkeypatch, block: int) -> None:
+    """Make the run die right after block ``block``'s progress is committed."""
+    import eggs_ptp.walk.resume as resume_module
+
+    original = resume_module.RunProgress.save_block
+
+    def save_then_die(self, index, *args, **kwargs):
+        original(self, index, *args, **kwargs)
+        if index == block:
+            raise Killed
+
+    monkeypatch.setattr(resume_module.RunProgress, "save_block", save_then_die)

@@ -34,7 +34,15 @@ from eggs_ptp.models.loading import resolve_folder, weights_signature
 from eggs_ptp.options import RunOptions, resolve_device
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.report import PruneReport, peak_cuda_mb, peak_rss_mb
-from eggs_ptp.walk import BlockAccess, BlockCall, InMemory, LayerReport, capture_block_inputs, survey_blocks, walk_and_prune
+from eggs_ptp.walk import (
+    BlockAccess,
+    BlockCall,
+    InMemory,
+    LayerReport,
+    capture_block_inputs,
+    survey_blocks,
+    walk_and_prune,
+)
 from eggs_ptp.walk.activations import ActivationStore
 from eggs_ptp.walk.distributed import Ranks
 from eggs_ptp.walk.resume import Resumed, RunProgress, progress_folder

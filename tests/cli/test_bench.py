@@ -4,9 +4,10 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from helpers import one_error_line, pruned_checkpoint
 
 from eggs_ptp.cli import main
+
+from helpers import one_error_line, pruned_checkpoint
 
 FAST = ["--tokens", "1,3", "--repeats", "1", "--prompt-tokens", "4", "--new-tokens", "3", "-q"]
 

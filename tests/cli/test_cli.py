@@ -5,10 +5,11 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import one_error_line
 from transformers import AutoConfig, T5Config
 
 from eggs_ptp.cli import main
+
+from helpers import one_error_line
 
 
 def run(*args):
@@ -127,3 +128,32 @@ def test_verify_failure_exits_one_naming_the_layer(tiny_llama_dir, tmp_path, tex
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     result = run("verify", out)
     assert result.exit_code == 1 and "model.layers.0.mlp.gate_proj" in result.stderr
+
+
+def test_an_option_of_another_method_family_is_refused(tiny_llama_dir, tmp_path, text_file):
+    result = run(*prune_args(tiny_llama_dir, tmp_path / "o", text_file, "--method", "ria", "--b", 2))
+    assert result.exit_code == 2 and "--b is a setting of eggs; --method ria does not use it" in result.stderr
+    result = run(*prune_args(tiny_llama_dir, tmp_path / "o", text_file, "--owl-lambda", 0.1))
+    assert result.exit_code == 2 and "add --allocation owl" in result.stderr
+
+
+def test_help_groups_options_by_family_with_defaults():
+    text = run("prune", "--help").output
+    sections = ["Method:", "RIA settings (ria):", "SparseGPT settings (sparsegpt, sparsegpt+refit):",
+                "EGGS settings (eggs, eggs+update):", "Pattern, calibration and layers:", "Allocation:",
+                "How to run:", "Evaluation:", "Output:"]
+    assert [text.index(s) for s in sections] == sorted(text.index(s) for s in sections)
+    eggs = text[text.index("EGGS settings"):text.index("Pattern, calibration")]
+    assert "--rule" in eggs and "[default: repair]" in eggs and "--alpha" not in eggs  # alpha is RIA's, shared
+
+
+def test_the_recorded_config_nests_the_method_settings(tiny_llama_dir, tmp_path, text_file):
+    out = tmp_path / "o"
+    result = run(*prune_args(tiny_llama_dir, out, text_file, "--method", "eggs+update", "--b", 2, "--tile-height", 8,
+                             "--damping", 0.05))
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "sparsity.json").read_text())
+    assert record["method"] == "eggs+update(b=2, tile_height=8, damping=0.05)"
+    assert record["config"]["method"] == {"name": "eggs+update", "b": 2, "rule": "repair", "tile_height": 8,
+                                          "alpha": 0.5, "auto": False, "update": True, "damping": 0.05,
+                                          "blocksize": 128}

@@ -4,9 +4,10 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from helpers import one_error_line, pruned_checkpoint
 
 from eggs_ptp.cli.pack import pack_command
+
+from helpers import one_error_line, pruned_checkpoint
 
 
 def run(*args):

@@ -6,14 +6,16 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
-from helpers import TEXT, one_error_line, tiny_model
 
+from eggs_ptp import EggsConfig
 from eggs_ptp.cli import main
 from eggs_ptp.compare import CompareSpec, check_results, read_results, run_compare
 from eggs_ptp.compare.runner import GridContext
 from eggs_ptp.compare.summary import groups
 from eggs_ptp.eval.harness import OFFLINE_TASK
 from eggs_ptp.models import load_model
+
+from helpers import TEXT, one_error_line, tiny_model
 
 
 def run(*args):
@@ -180,6 +182,20 @@ def test_nm_only_methods_are_left_out_of_unstructured_patterns_and_said_so():
     assert spec.skipped() == [{"method": "eggs", "pattern": "0.5", "reason": "the method needs an N:M pattern"}]
     with pytest.raises(ValueError, match="no cell to run"):
         CompareSpec(methods=("eggs",), patterns=("0.5",))
+
+
+def test_one_family_at_several_settings_fills_several_rows(workspace, tmp_path):
+    spec = CompareSpec(methods=("eggs(b=1)", "eggs(b=2, rule=diagonal)", "eggs+update", "eggs"), seeds=(0,))
+    assert spec.methods == ("eggs", "eggs(b=2, rule=diagonal)", "eggs+update")  # canonical labels, repeats dropped
+    assert spec.config(spec.cells()[1]).method == EggsConfig(b=2, rule="diagonal")
+    out = tmp_path / "grid"
+    result = run(*grid_args(workspace / "tiny", out, workspace / "text.txt", "--methods",
+                            "eggs(tile_height=4),eggs(b=2, tile_height=4)", "--seeds", "0", "--no-task"))
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "results.json").read_text())["cells"]
+    assert [row["method"] for row in rows] == ["eggs(tile_height=4)", "eggs(b=2, tile_height=4)"]
+    assert rows[0]["mask_sha256"] != rows[1]["mask_sha256"]
+    assert "eggs(b=2, tile_height=4)" in (out / "results.md").read_text()
 
 
 def test_groups_average_over_seeds_and_mark_the_best_per_pattern():

@@ -7,13 +7,14 @@ import datasets
 import huggingface_hub
 import pytest
 from click.testing import CliRunner
-from helpers import one_error_line, pruned_checkpoint, tiny_model
 from lm_eval.tasks import TaskManager
 
 from eggs_ptp.cli import main
 from eggs_ptp.eval import harness
 from eggs_ptp.eval.harness import OFFLINE_TASK, evaluate_tasks, load_tasks
 from eggs_ptp.formats.compact import pack_checkpoint
+
+from helpers import one_error_line, pruned_checkpoint, tiny_model
 
 
 def run(*args):

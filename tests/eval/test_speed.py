@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from helpers import pruned_checkpoint
 
 from eggs_ptp.eval.speed import BenchSettings, paired_times, render_markdown, run_bench
 from eggs_ptp.formats.compact import pack_checkpoint
+
+from helpers import pruned_checkpoint
 
 SETTINGS = BenchSettings(tokens=(1, 20), repeats=2, prompt_tokens=8, new_tokens=6)
 

@@ -2,7 +2,6 @@ import json
 
 import pytest
 import torch
-from helpers import pruned_tiny
 
 from eggs_ptp import PruneConfig
 from eggs_ptp.formats import (
@@ -15,6 +14,8 @@ from eggs_ptp.formats import (
     write_json_atomic,
 )
 from eggs_ptp.pattern import Pattern
+
+from helpers import pruned_tiny
 
 
 def test_pattern_violations_counts_and_locates():

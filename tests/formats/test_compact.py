@@ -5,13 +5,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import pruned_tiny
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from eggs_ptp.formats import save_pruned
 from eggs_ptp.formats.compact import compress, decompress, load_compact, pack_checkpoint
 from eggs_ptp.pattern import Pattern
+
+from helpers import pruned_tiny
 
 BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
 

@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from helpers import pruned_checkpoint, tiny_model
 
 from eggs_ptp.graph import infer_nm, open_masks, select_layers
 from eggs_ptp.models import ModelError, find_blocks, find_linears
+
+from helpers import pruned_checkpoint, tiny_model
 
 
 def model_masks(model):

@@ -10,6 +10,7 @@ from eggs_ptp.eval import perplexity
 from eggs_ptp.formats import save_pruned, verify_checkpoint
 from eggs_ptp.models import DEFAULT_MODEL, load_model
 from eggs_ptp.pattern import Pattern
+
 from helpers import QUIET
 
 pytestmark = pytest.mark.slow

@@ -10,6 +10,7 @@ from eggs_ptp.formats import save_pruned
 from eggs_ptp.formats.compact import load_compact, pack_checkpoint
 from eggs_ptp.kernels import SparseNMLinear
 from eggs_ptp.models import DEFAULT_MODEL, load_model
+
 from helpers import QUIET
 
 pytestmark = pytest.mark.slow

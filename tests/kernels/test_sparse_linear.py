@@ -5,7 +5,6 @@ import warnings
 
 import pytest
 import torch
-from helpers import pruned_tiny
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -13,6 +12,8 @@ from eggs_ptp.formats import save_pruned
 from eggs_ptp.formats.compact import compress, load_compact, pack_checkpoint
 from eggs_ptp.kernels import DENSE_ABOVE_TOKENS, SparseNMLinear, cpu
 from eggs_ptp.pattern import Pattern
+
+from helpers import pruned_tiny
 
 
 def pruned_linear(rows, cols, n=2, m=4, bias=True, seed=0):

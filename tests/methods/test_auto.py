@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 import torch
-from helpers import QUIET, random_calibration, tiny_model
 
 from eggs_ptp import EggsConfig, PruneConfig, prune
 from eggs_ptp.methods import build_method, method_config
@@ -13,6 +12,8 @@ from eggs_ptp.selectors import EggsSelector, check_guarantee
 from eggs_ptp.selectors.auto import EggsSettingSearch
 from eggs_ptp.stats import LayerStats
 from eggs_ptp.updates import output_error
+
+from helpers import QUIET, random_calibration, tiny_model
 
 
 def layer(seed: int, rows: int = 64, cols: int = 32):

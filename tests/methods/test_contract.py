@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from helpers import FAMILIES, QUIET, VOCAB, random_calibration, tiny_model
 
 from eggs_ptp import EggsConfig, PruneConfig, prune
 from eggs_ptp.formats import pattern_violations
@@ -10,6 +9,8 @@ from eggs_ptp.methods import config_type, method_config, method_names
 from eggs_ptp.models import find_blocks, find_linears
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.selectors import check_guarantee
+
+from helpers import FAMILIES, QUIET, VOCAB, random_calibration, tiny_model
 
 
 def config_for(method: str, pattern: str = "2:4") -> PruneConfig:

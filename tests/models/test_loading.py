@@ -3,10 +3,11 @@ import subprocess
 import sys
 
 import pytest
-from helpers import tiny_model
 
 from eggs_ptp.models import ModelError, context_length, find_blocks, load_model
 from eggs_ptp.models.layers import BlockDiscoveryError
+
+from helpers import tiny_model
 
 
 def test_loads_a_local_folder(tiny_llama_dir):

@@ -1,6 +1,5 @@
 import pytest
 import torch
-from helpers import FAMILIES, VOCAB, tiny_model
 
 from eggs_ptp import PruneConfig
 from eggs_ptp.data import sample_windows
@@ -11,6 +10,8 @@ from eggs_ptp.permute import Fold, permute_block, propose_folds
 from eggs_ptp.permute import fold as fold_module
 from eggs_ptp.stats import LayerStats
 from eggs_ptp.walk import capture_block_inputs
+
+from helpers import FAMILIES, VOCAB, tiny_model
 
 # The layers whose inputs fold into their producers, per family (local names in a block).
 CONSUMERS = {

@@ -2,7 +2,6 @@ import json
 
 import pytest
 import torch
-from helpers import QUIET, random_calibration, tiny_model
 
 from eggs_ptp import PruneConfig, prune
 from eggs_ptp.formats import save_pruned, verify_checkpoint
@@ -10,6 +9,8 @@ from eggs_ptp.methods import build_method, method_config
 from eggs_ptp.models import find_blocks
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.stats import LayerStats
+
+from helpers import QUIET, random_calibration, tiny_model
 
 CONSUMERS = {"llama": ("self_attn.o_proj", "mlp.down_proj"), "opt": ("self_attn.out_proj", "fc2")}
 

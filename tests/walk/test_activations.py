@@ -1,6 +1,8 @@
 """Activation stores, persisted progress and the rank arithmetic, on small tensors."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +11,8 @@ from eggs_ptp.walk.activations import ActivationStore, persist, restore
 from eggs_ptp.walk.distributed import Ranks
 from eggs_ptp.walk.resume import ResumeError, RunProgress, completed_blocks
 from eggs_ptp.walk.sequential import LayerReport
+
+from helpers import one_error_line, prune_args, run_cli
 
 
 def windows(count=3):
@@ -74,3 +78,18 @@ def test_state_is_the_commit_point_and_names_complete_inputs(tmp_path):
         RunProgress(tmp_path / "p", {"config": {"pattern": "4:8"}}).open(True, None, None)
     with pytest.raises(ResumeError, match="--resume"):
         RunProgress(tmp_path / "p", {"config": {"pattern": "2:4"}}).open(False, None, None)
+
+
+def test_offload_dir_on_a_read_only_path_is_one_clear_line(model_dir, calib, tmp_path):
+    if os.geteuid() == 0:  # root writes anywhere on a normal file system; /proc refuses even root
+        offload = Path("/proc/eggs-ptp-offload")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        offload = locked / "activations"
+    line = one_error_line(run_cli(*prune_args(model_dir, tmp_path / "o", calib, "--offload-dir", offload)))
+    assert f"cannot write activations to {offload}" in line and "--offload-dir" in line
+    assert not (tmp_path / "o").exists() and not (tmp_path / ".o.progress").exists()
+
+

@@ -1,11 +1,12 @@
 import pytest
 import torch
-from helpers import FAMILIES, QUIET, tiny_model
 
 from eggs_ptp import PruneConfig, prune
 from eggs_ptp.data import sample_windows
 from eggs_ptp.models import find_blocks
 from eggs_ptp.walk import NonFiniteActivationError, capture_block_inputs
+
+from helpers import FAMILIES, QUIET, tiny_model
 
 SEQLEN = 16
 

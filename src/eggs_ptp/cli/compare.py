@@ -58,25 +58,40 @@ def _check(path: Path, model: str | None, cell: str | None, tolerance: float, as
 
 @click.command(name="compare")
 @click.argument("model", required=False, default=None)
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Folder for results.json, results.md, the PNG figures and report.html.")
-@click.option("--methods", default=",".join(_DEFAULTS["methods"].default), show_default=True, help="Comma-separated methods: names, or names with settings, e.g. 'eggs(b=1),eggs(b=2),eggs+update'.")
-@click.option("--patterns", default=",".join(_DEFAULTS["patterns"].default), show_default=True, help="Comma-separated N:M patterns or unstructured sparsities, e.g. 2:4,4:8,0.5.")
-@click.option("--seeds", default=",".join(map(str, _DEFAULTS["seeds"].default)), show_default=True, help="Comma-separated calibration seeds; perplexity is reported as mean ± std over them.")
-@click.option("--nsamples", type=int, default=_DEFAULTS["nsamples"].default, show_default=True, help="Calibration windows per cell.")
-@click.option("--seqlen", type=int, default=_DEFAULTS["seqlen"].default, show_default=True, help="Tokens per calibration window (capped by the model's context).")
-@click.option("--calib", default=DEFAULT_TEXT, show_default=True, help="Calibration text: 'wiki' (embedded), a .txt/.jsonl file, or hf:DATASET.")
-@click.option("--eval-text", default=DEFAULT_TEXT, show_default=True, help="Perplexity text ('wiki' = the held-out split).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Folder for results.json, results.md, the PNG figures and report.html.")
+@click.option("--methods", default=",".join(_DEFAULTS["methods"].default), show_default=True,
+              help="Comma-separated methods: names, or names with settings, e.g. 'eggs(b=1),eggs(b=2),eggs+update'.")
+@click.option("--patterns", default=",".join(_DEFAULTS["patterns"].default), show_default=True,
+              help="Comma-separated N:M patterns or unstructured sparsities, e.g. 2:4,4:8,0.5.")
+@click.option("--seeds", default=",".join(map(str, _DEFAULTS["seeds"].default)), show_default=True,
+              help="Comma-separated calibration seeds; perplexity is reported as mean ± std over them.")
+@click.option("--nsamples", type=int, default=_DEFAULTS["nsamples"].default, show_default=True,
+              help="Calibration windows per cell.")
+@click.option("--seqlen", type=int, default=_DEFAULTS["seqlen"].default, show_default=True,
+              help="Tokens per calibration window (capped by the model's context).")
+@click.option("--calib", default=DEFAULT_TEXT, show_default=True,
+              help="Calibration text: 'wiki' (embedded), a .txt/.jsonl file, or hf:DATASET.")
+@click.option("--eval-text", default=DEFAULT_TEXT, show_default=True,
+              help="Perplexity text ('wiki' = the held-out split).")
 @click.option("--eval-seqlen", type=int, default=None, help="Perplexity context length [default: --seqlen].")
-@click.option("--eval-windows", type=int, default=_DEFAULTS["eval_windows"].default, show_default=True, help="Perplexity windows (0 = all of the text).")
-@click.option("--task/--no-task", default=True, show_default=True, help="Also score the offline zero-shot task eggs_wiki_lastword (needs eggs-ptp[eval]).")
+@click.option("--eval-windows", type=int, default=_DEFAULTS["eval_windows"].default, show_default=True,
+              help="Perplexity windows (0 = all of the text).")
+@click.option("--task/--no-task", default=True, show_default=True,
+              help="Also score the offline zero-shot task eggs_wiki_lastword (needs eggs-ptp[eval]).")
 @click.option("--task-limit", type=int, default=None, help="Score only the task's first N passages [default: all].")
-@click.option("--batch-size", type=int, default=_DEFAULTS["batch_size"].default, show_default=True, help="Task: requests per forward pass.")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True, help="Dtype to load and prune the model in.")
+@click.option("--batch-size", type=int, default=_DEFAULTS["batch_size"].default, show_default=True,
+              help="Task: requests per forward pass.")
+@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
+              help="Dtype to load and prune the model in.")
 @click.option("--resume", is_flag=True, help="Continue the grid in OUTPUT: run only the cells its results.json lacks.")
 @click.option("--overwrite", is_flag=True, help="Start over in a non-empty OUTPUT, replacing its report files.")
-@click.option("--check", "check", type=click.Path(path_type=Path), default=None, help="Re-run one cell of this results.json and report whether it reproduces (exit 1 if not).")
-@click.option("--cell", default=None, help="With --check: the cell key, e.g. 'wanda|2:4|seed1' [default: the first cell].")
-@click.option("--tolerance", type=float, default=1e-3, show_default=True, help="With --check: largest relative perplexity difference that still reproduces.")
+@click.option("--check", "check", type=click.Path(path_type=Path), default=None,
+              help="Re-run one cell of this results.json and report whether it reproduces (exit 1 if not).")
+@click.option("--cell", default=None,
+              help="With --check: the cell key, e.g. 'wanda|2:4|seed1' [default: the first cell].")
+@click.option("--tolerance", type=float, default=1e-3, show_default=True,
+              help="With --check: largest relative perplexity difference that still reproduces.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
@@ -146,3 +161,6 @@ def _run(model: str, output: Path, spec: CompareSpec, dtype: str, resume: bool, 
     click.echo(f"wrote {output}: results.json, results.md, perplexity.png, perplexity_vs_time.png, report.html")
     emit_json(as_json, {"output": str(output), "cells": len(record["cells"]), "dense": record["dense"],
                         "groups": [asdict(g) for g in groups(record)]})
+
+
+__all__ = ["command_line", "compare_command"]

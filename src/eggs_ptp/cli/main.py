@@ -13,8 +13,8 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -35,6 +35,7 @@ from eggs_ptp.methods import build_method, method_help, method_names
 from eggs_ptp.models import DEFAULT_MODEL
 from eggs_ptp.options import DTYPES, RunOptions
 from eggs_ptp.walk import NonFiniteActivationError
+
 # By this package's convention every bad-input error is a ValueError subclass with a one-line
 # message; NaN/Inf in activations or in the loss are the user's model's problem, not a bug.
 _USER_ERRORS = (ValueError, NonFiniteActivationError, FloatingPointError)
@@ -322,3 +323,6 @@ def verify(folder: Path, as_json: bool) -> None:
         sys.exit(2)
     click.echo(f"OK {checked} pruned layers obey their pattern")
     emit_json(as_json, {"folder": str(folder), "ok": True, "layers": checked})
+
+
+__all__ = ["emit_json", "eval_command", "load_quietly", "main", "prune", "user_errors", "verify"]

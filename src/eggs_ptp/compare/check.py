@@ -81,3 +81,6 @@ def check_results(
     difference = abs(measured["perplexity"] - row["perplexity"]) / abs(row["perplexity"])
     return CheckResult(row["key"], measured["mask_sha256"] == row["mask_sha256"], row["perplexity"],
                        measured["perplexity"], difference, tolerance)
+
+
+__all__ = ["CheckResult", "DEFAULT_TOLERANCE", "check_results"]

@@ -85,3 +85,6 @@ def hardware(device: torch.device) -> dict[str, Any]:
         "memory_gb": _memory_gb(),
         "accelerator": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
     }
+
+
+__all__ = ["hardware", "mask_sha256", "model_identity", "versions", "weights_sha256"]

@@ -260,3 +260,23 @@ def write_report(record: dict[str, Any], out: Path) -> list[Path]:
     written.append(write_atomic(out / MARKDOWN_FILE, markdown(record)))
     written.append(write_atomic(out / HTML_FILE, report_html(record, images)))
     return written
+
+
+__all__ = [
+    "CELL_HEAD",
+    "FIGURES",
+    "HTML_FILE",
+    "LEGEND",
+    "MARKDOWN_FILE",
+    "SUMMARY_HEAD",
+    "cell_rows",
+    "describe_setup",
+    "figures",
+    "markdown",
+    "not_run",
+    "perplexity_figure",
+    "report_html",
+    "summary_rows",
+    "time_figure",
+    "write_report",
+]

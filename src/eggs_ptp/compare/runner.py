@@ -23,12 +23,12 @@ from eggs_ptp.atomic import write_atomic
 from eggs_ptp.compare.provenance import hardware, mask_sha256, model_identity, versions
 from eggs_ptp.compare.spec import Cell, CompareSpec
 from eggs_ptp.config import PruneConfig
-from eggs_ptp.options import RunOptions
 from eggs_ptp.data import DEFAULT_TEXT, DataError, load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.eval import PeakRss, perplexity
 from eggs_ptp.methods import build_method
 from eggs_ptp.models import LoadedModel
+from eggs_ptp.options import RunOptions
 
 RESULTS_FILE = "results.json"
 RECORD_TYPE = "eggs-ptp/compare"
@@ -275,3 +275,17 @@ def run_compare(
     finally:
         grid.close()
     return record
+
+
+__all__ = [
+    "GridContext",
+    "RECORD_TYPE",
+    "RECORD_VERSION",
+    "RESULTS_FILE",
+    "SAMPLING",
+    "check_settings",
+    "existing_record",
+    "read_results",
+    "run_compare",
+    "write_results",
+]

@@ -113,3 +113,6 @@ class CompareSpec:
             raise ValueError(f"not a compare settings record (type {data.get('type')!r})")
         names = {f.name for f in fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
+
+
+__all__ = ["Cell", "CompareSpec", "SPEC_TYPE"]

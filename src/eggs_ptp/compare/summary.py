@@ -53,3 +53,6 @@ def groups(record: dict[str, Any]) -> list[Group]:
         if group.pattern not in best or group.perplexity < best[group.pattern].perplexity:
             best[group.pattern] = group
     return [replace(group, best=best[group.pattern] is group) for group in found]
+
+
+__all__ = ["Group", "groups"]

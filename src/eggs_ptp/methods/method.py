@@ -92,3 +92,6 @@ class Method:
         if self.refit is not None:
             pruned = self.refit.apply(weight, pruned, mask, stats)
         return PrunedLayer(pruned.to(weight.dtype), mask)
+
+
+__all__ = ["Method", "PrunedLayer"]

@@ -16,7 +16,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
-
 class OffloadDirError(ValueError):
     """The activation offload folder cannot be used; the message says why."""
 

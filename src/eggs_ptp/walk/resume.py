@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from eggs_ptp.atomic import atomic_path, write_atomic
 from eggs_ptp.walk.activations import ActivationStore, persist, restore
-from eggs_ptp.walk.distributed import Ranks
 from eggs_ptp.walk.block import LayerReport
+from eggs_ptp.walk.distributed import Ranks
 
 RUN_FILE = "run.json"
 STATE_FILE = "state.json"

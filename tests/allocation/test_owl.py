@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from eggs_ptp.allocation import outlier_ratio, owl_sparsities
+
 from helpers import QUIET
 
 
@@ -32,10 +33,10 @@ def test_band_outside_unit_interval_is_refused():
 
 
 def test_owl_prunes_each_block_to_its_share_and_the_checkpoint_verifies(tmp_path, tokenizer):
-    from helpers import random_calibration, tiny_model
-
     from eggs_ptp import OwlAllocation, PruneConfig, prune
     from eggs_ptp.formats import save_pruned, verify_checkpoint
+
+    from helpers import random_calibration, tiny_model
 
     config = PruneConfig(method="wanda", pattern="0.5", allocation=OwlAllocation(deviation=0.1), nsamples=4, seqlen=16)
     model, report = prune(tiny_model("llama"), None, config, calibration=random_calibration(), run=QUIET)
@@ -59,9 +60,9 @@ def test_owl_needs_unstructured_sparsity():
 
 
 def test_a_method_without_calibration_draws_one_window(tokenizer, text_file):
-    from helpers import tiny_model
-
     from eggs_ptp import PruneConfig, prune
+
+    from helpers import tiny_model
 
     config = PruneConfig(method="magnitude", calib=str(text_file), nsamples=64, seqlen=8)
     _, report = prune(tiny_model("llama"), tokenizer, config, run=QUIET)
