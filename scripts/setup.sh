@@ -17,4 +17,7 @@ python3 -m venv .venv
 # The CPU sparse kernel (C, needs gcc or cc): compiled once into ~/.cache/eggs-ptp/kernels. Without
 # a compiler eggs-ptp still works, on a slower pure-torch path, so a failed build does not stop here.
 .venv/bin/python -m eggs_ptp.kernels || true
+# The embedded default's one-time conversion from GGUF to safetensors, done here so that later runs
+# (and parallel test workers) find it in the cache.
+.venv/bin/python -c "from eggs_ptp.models.loading import default_model_folder; print('default model:', default_model_folder())"
 echo "eggs-ptp installed in .venv"
