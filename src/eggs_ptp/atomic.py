@@ -42,3 +42,6 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+__all__ = ["atomic_path", "write_atomic"]

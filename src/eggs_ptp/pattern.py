@@ -65,3 +65,6 @@ class Pattern:
 
     def __str__(self) -> str:
         return f"{self.n}:{self.m}" if self.structured else f"{self.sparsity:g}"
+
+
+__all__ = ["Pattern"]

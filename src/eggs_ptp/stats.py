@@ -47,3 +47,6 @@ class LayerStats:
     def channel_norm(self) -> torch.Tensor:
         """``||X_j||``: the L2 norm of each input channel over all calibration tokens."""
         return self.sq_norm.sqrt()
+
+
+__all__ = ["LayerStats"]

@@ -9,7 +9,8 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from eggs_ptp.formats import save_pruned
-from eggs_ptp.formats.compact import compress, decompress, load_compact, pack_checkpoint
+from eggs_ptp.formats.codec import compress, decompress
+from eggs_ptp.formats.compact import load_compact, pack_checkpoint
 from eggs_ptp.pattern import Pattern
 
 from helpers import pruned_tiny

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from eggs_ptp import PruneConfig, RiaConfig
+
 from helpers import pruned_checkpoint, run_cli
 
 V1 = Path(__file__).parent / "data" / "sparsity_v1.json"

@@ -8,7 +8,7 @@ from eggs_ptp.data import load_text
 from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.formats import save_pruned
 from eggs_ptp.formats.compact import load_compact, pack_checkpoint
-from eggs_ptp.kernels import SparseNMLinear
+from eggs_ptp.kernels import SparseNMLinear, load_sparse
 from eggs_ptp.models import DEFAULT_MODEL, load_model
 
 from helpers import QUIET
@@ -23,7 +23,7 @@ def test_sparse_modules_greedy_decode_matches_dense_for_32_tokens(tmp_path):
                           run=QUIET)
     packed = pack_checkpoint(save_pruned(model, loaded.tokenizer, report, tmp_path / "dense"), tmp_path / "compact")
     assert packed.layers == 210 and packed.pruned_ratio == pytest.approx(0.53125)
-    dense, sparse = load_compact(packed.out), load_compact(packed.out, sparse_modules=True)
+    dense, sparse = load_compact(packed.out), load_sparse(packed.out)
     assert sum(isinstance(m, SparseNMLinear) for m in sparse.modules()) == 210
     prompt = tokenize(loaded.tokenizer, load_text("wiki", "evaluation").text[:2000])[None, :64]
     with torch.inference_mode():

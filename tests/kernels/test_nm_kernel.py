@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eggs_ptp.formats.compact import compress, decompress
+from eggs_ptp.formats.codec import compress, decompress
 from eggs_ptp.kernels import kernel_info, nm_decompress, nm_linear
 from eggs_ptp.pattern import Pattern
 

@@ -9,8 +9,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from eggs_ptp.formats import save_pruned
-from eggs_ptp.formats.compact import compress, load_compact, pack_checkpoint
-from eggs_ptp.kernels import DENSE_ABOVE_TOKENS, SparseNMLinear, cpu
+from eggs_ptp.formats.codec import compress
+from eggs_ptp.formats.compact import load_compact, pack_checkpoint
+from eggs_ptp.kernels import DENSE_ABOVE_TOKENS, SparseNMLinear, cpu, load_sparse
 from eggs_ptp.pattern import Pattern
 
 from helpers import pruned_tiny
@@ -123,7 +124,7 @@ def packed(request, tmp_path_factory):
 
 def test_load_compact_with_sparse_modules_generates_like_dense(packed):
     family, folder = packed
-    dense, sparse = load_compact(folder), load_compact(folder, sparse_modules=True)
+    dense, sparse = load_compact(folder), load_sparse(folder)
     swapped = [name for name, module in sparse.named_modules() if isinstance(module, SparseNMLinear)]
     assert len(swapped) == (14 if family == "llama" else 8)
     assert not any(isinstance(m, (nn.Linear, Conv1D)) for n, m in sparse.named_modules() if n in swapped)
@@ -137,7 +138,7 @@ def test_load_compact_with_sparse_modules_generates_like_dense(packed):
 
 def test_sparse_modules_keep_only_the_compact_bytes(packed):
     _, folder = packed
-    sparse = load_compact(folder, torch.bfloat16, sparse_modules=True)
+    sparse = load_sparse(folder, torch.bfloat16)
     layers = [m for m in sparse.modules() if isinstance(m, SparseNMLinear)]
     assert all(m.values.dtype == torch.bfloat16 and m.bitmask.dtype == torch.uint8 for m in layers)
     dense_bytes = sum(m.out_features * m.in_features * 2 for m in layers)

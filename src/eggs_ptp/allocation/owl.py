@@ -53,3 +53,6 @@ def owl_sparsities(ratios: Sequence[float], target: float, lam: float) -> list[f
     keep = (values - values.min()) / spread * (2 * lam)
     keep = keep - keep.mean() + (1 - target)
     return [float(s) for s in 1 - keep]
+
+
+__all__ = ["block_outlier_ratio", "outlier_ratio", "owl_sparsities"]

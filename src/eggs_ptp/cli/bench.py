@@ -76,3 +76,6 @@ def bench_command(folder: Path, output: Path | None, overwrite: bool, tokens: st
                         "decode_speedup": result["decode_tokens_per_s"]["ratio"]["median"],
                         "pruned_layers_1_token_time_ratio": result["pruned_layers_total"].get("1", {}).get("ratio"),
                         "greedy_identical": result["greedy"]["identical"]})
+
+
+__all__ = ["bench_command"]

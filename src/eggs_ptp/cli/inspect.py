@@ -150,3 +150,5 @@ def inspect_command(source: str, layers: tuple[str, ...], b: int, pattern: str |
     if as_json:
         click.echo(json.dumps({"source": source, "out": str(out), "dense": masks.dense, "summary": summary, "figures": figures}))
 
+
+__all__ = ["INSPECT_FILE", "INSPECT_TYPE", "INSPECT_VERSION", "inspect_command"]

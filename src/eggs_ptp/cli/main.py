@@ -273,7 +273,7 @@ def eval_command(model: str, text: str, windows: int | None, seqlen: int, tasks:
 def _load_evaluable(model: str, dtype: str, quiet: bool):
     from transformers.utils import logging as transformers_logging
 
-    from eggs_ptp.models.evaluable import load_evaluable
+    from eggs_ptp.eval.loading import load_evaluable
 
     if quiet:
         transformers_logging.disable_progress_bar()

@@ -46,3 +46,6 @@ def pack_command(folder: Path, out: Path, overwrite: bool, as_json: bool) -> Non
         click.echo(f"{result.signed_zeros_cleared} pruned weights held -0.0 and load back as +0.0 (equal in value)")
     click.echo(f"saved to {out}")
     emit_json(as_json, {"source": str(folder), **result.to_dict()})
+
+
+__all__ = ["pack_command"]

@@ -18,7 +18,7 @@ class DataError(ValueError):
 
 def tokenize(tokenizer: object, text: str) -> torch.Tensor:
     """Token ids (1-D, int64) of ``text`` without special tokens."""
-    from eggs_ptp.eval.resources import return_freed_memory
+    from eggs_ptp.memory import return_freed_memory
 
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     tokens = torch.tensor(ids, dtype=torch.long)
@@ -65,3 +65,6 @@ def sample_windows(
     starts = torch.randint(0, tokens.numel() - seqlen + 1, (nsamples,), generator=generator)
     offsets = torch.arange(seqlen)
     return CalibrationSet(tokens[starts[:, None] + offsets], description, seed)
+
+
+__all__ = ["CalibrationSet", "DataError", "sample_windows", "tokenize"]

@@ -103,3 +103,6 @@ def load_text(source: str, split: Split) -> TextSource:
             f"{DEFAULT_TEXT!r}, or hf:DATASET[:CONFIG[:SPLIT]]"
         )
     return _file_text(path)
+
+
+__all__ = ["DEFAULT_TEXT", "HELD_OUT_EVERY", "TextSource", "load_text"]

@@ -125,3 +125,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+__all__ = [
+    "DATA_FILE",
+    "MAX_CONTEXT_WORDS",
+    "MIN_CONTEXT_WORDS",
+    "MIN_TARGET_LETTERS",
+    "OVERLAP_WORDS",
+    "TASK_FOLDER",
+    "TASK_NAME",
+    "build",
+    "build_passages",
+    "describe",
+    "main",
+    "serialise",
+]

@@ -60,3 +60,6 @@ def perplexity(
     if not math.isfinite(mean_loss):
         raise FloatingPointError(f"the evaluation loss is {mean_loss}: the model outputs NaN/Inf")
     return PerplexityResult(math.exp(mean_loss), mean_loss, seqlen, count, count * seqlen, text)
+
+
+__all__ = ["PerplexityResult", "perplexity"]

@@ -13,19 +13,6 @@ from types import TracebackType
 _STATUS = Path("/proc/self/status")
 
 
-def return_freed_memory() -> None:
-    """Hand memory freed on the C heap back to the OS (glibc keeps it otherwise), so that a
-    transient peak, such as tokenising a large text, does not stay resident under later work."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
-
-
 def current_rss_mb() -> float | None:
     """Resident memory now, or None where /proc is unavailable."""
     try:
@@ -61,3 +48,6 @@ class PeakRss:
     def __exit__(self, kind: type | None, error: BaseException | None, trace: TracebackType | None) -> None:
         self._stop.set()
         self._thread.join()
+
+
+__all__ = ["PeakRss", "current_rss_mb"]

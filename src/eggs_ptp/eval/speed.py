@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from eggs_ptp.formats.checkpoint import read_report
 from eggs_ptp.formats.compact import COMPACT_FILE, load_compact, pack_checkpoint, read_compact
 from eggs_ptp.formats.verify import tensor_files
+from eggs_ptp.kernels.swap import load_sparse
 from eggs_ptp.report import library_versions
 
 BENCH_TYPE = "eggs-ptp/bench"
@@ -259,7 +260,7 @@ def run_bench(folder: Path, settings: BenchSettings = BenchSettings(), progress:
         dense_dir, compact_dir = _prepare(folder, Path(work))
         record = read_compact(compact_dir)
         dense = load_compact(compact_dir, dtype)
-        sparse = load_compact(compact_dir, dtype, sparse_modules=True)
+        sparse = load_sparse(compact_dir, dtype)
         sizes = _sizes(dense_dir, compact_dir, record, dense, sparse)
         model_dtype = next(dense.parameters()).dtype
         positions = getattr(dense.config, "max_position_embeddings", None)
@@ -332,3 +333,16 @@ def render_markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+__all__ = [
+    "BENCH_TYPE",
+    "BENCH_VERSION",
+    "BenchSettings",
+    "greedy_decode",
+    "machine",
+    "paired_times",
+    "render_markdown",
+    "run_bench",
+    "spread",
+]

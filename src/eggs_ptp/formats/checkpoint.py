@@ -88,3 +88,14 @@ def read_report(folder: Path) -> dict[str, Any]:
     if data.get("type") != "eggs-ptp/sparsity":
         raise ValueError(f"{path} is not an eggs-ptp sparsity record")
     return data
+
+
+__all__ = [
+    "OutputExistsError",
+    "REPORT_FILE",
+    "check_output_target",
+    "read_report",
+    "save_pruned",
+    "staged_folder",
+    "write_json_atomic",
+]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ from eggs_ptp.formats.checkpoint import (
     staged_folder,
     write_json_atomic,
 )
-from eggs_ptp.formats.verify import pattern_violations, tensor_files
+from eggs_ptp.formats.codec import compress, decompress, negative_zeros
+from eggs_ptp.formats.verify import tensor_files
 from eggs_ptp.pattern import Pattern
 
 COMPACT_FILE = "compact.json"
@@ -45,91 +47,6 @@ COMPACT_TYPE = "eggs-ptp/compact"
 COMPACT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt", ".pth")
-
-
-def _check_pattern(pattern: Pattern, in_features: int) -> tuple[int, int]:
-    if not pattern.structured:
-        raise ValueError(f"the compact format is N:M only; pattern {pattern} is unstructured")
-    if in_features % pattern.m:
-        raise ValueError(f"{in_features} input columns do not split into groups of {pattern.m} for pattern {pattern}")
-    return pattern.n, pattern.m
-
-
-def _negative_zeros(tensor: torch.Tensor) -> torch.Tensor:
-    return (tensor == 0) & tensor.signbit()
-
-
-def compress(weight: torch.Tensor, pattern: Pattern) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split ``weight`` (out, in) into ``values`` (out, in*N/M) and ``bitmask`` (out, ceil(in/8)) uint8.
-
-    Raises ValueError when a group holds more than N non-zeros (-0.0 counts as zero).
-    """
-    if weight.dim() != 2:
-        raise ValueError(f"compress needs a 2-D (out, in) weight, got shape {list(weight.shape)}")
-    rows, cols = weight.shape
-    n, m = _check_pattern(pattern, cols)
-    violation = pattern_violations(weight, pattern)
-    if violation:
-        raise ValueError(
-            f"weight breaks pattern {pattern}: {violation.count} groups hold more than {n} non-zeros "
-            f"(first at row {violation.row}, group {violation.group})"
-        )
-    groups = weight.reshape(rows, cols // m, m)  # (out, groups, M)
-    # Rank each slot: non-zeros, then -0.0, then +0.0, each by position; store the first N.
-    rank = torch.full(groups.shape, 2 * m, dtype=torch.int64, device=weight.device)
-    rank = rank.masked_fill(_negative_zeros(groups), m).masked_fill(groups != 0, 0)
-    rank += torch.arange(m, device=weight.device)
-    stored = torch.zeros(groups.shape, dtype=torch.bool, device=weight.device)
-    stored.scatter_(-1, rank.topk(n, dim=-1, largest=False).indices, True)
-    stored = stored.reshape(rows, cols)  # (out, in)
-    values = weight[stored].reshape(rows, cols // m * n)  # boolean indexing keeps row-major order
-    return values, _pack_bits(stored)
-
-
-def check_compact(values: torch.Tensor, bitmask: torch.Tensor, shape: tuple[int, int] | list[int],
-                  pattern: Pattern) -> torch.Tensor:
-    """Check that ``values`` and ``bitmask`` describe an (out, in) weight at ``pattern``.
-
-    Returns the unpacked (out, in) bool mask of stored positions; raises ValueError otherwise.
-    """
-    rows, cols = shape
-    n, m = _check_pattern(pattern, cols)
-    if list(values.shape) != [rows, cols // m * n]:
-        raise ValueError(f"values shape {list(values.shape)} is not [{rows}, {cols // m * n}] for {rows}x{cols} at {pattern}")
-    if bitmask.dtype != torch.uint8 or list(bitmask.shape) != [rows, -(-cols // 8)]:
-        raise ValueError(f"bitmask must be uint8 [{rows}, {-(-cols // 8)}], got {bitmask.dtype} {list(bitmask.shape)}")
-    stored = unpack_bits(bitmask, cols)  # (out, in)
-    if not (stored.reshape(rows, cols // m, m).sum(dim=-1) == n).all():
-        raise ValueError(f"bitmask does not mark exactly {n} of every {m} columns")
-    return stored
-
-
-def decompress(values: torch.Tensor, bitmask: torch.Tensor, shape: tuple[int, int] | list[int],
-               pattern: Pattern) -> torch.Tensor:
-    """Rebuild the dense (out, in) weight, bit for bit, with +0.0 at positions not stored."""
-    return scatter_stored(values, check_compact(values, bitmask, shape, pattern))
-
-
-def scatter_stored(values: torch.Tensor, stored: torch.Tensor) -> torch.Tensor:
-    """The dense weight from ``values`` placed, row-major, at the True positions of ``stored`` (out, in)."""
-    weight = torch.zeros(stored.shape, dtype=values.dtype, device=values.device)
-    return weight.masked_scatter_(stored, values)
-
-
-def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """(out, in) bool -> (out, ceil(in/8)) uint8, column 8k+j in bit j of byte k."""
-    rows, cols = mask.shape
-    padded = torch.nn.functional.pad(mask, (0, -cols % 8)).reshape(rows, -1, 8).to(torch.uint8)
-    weights = torch.tensor([1 << j for j in range(8)], dtype=torch.uint8, device=mask.device)
-    return (padded * weights).sum(dim=-1, dtype=torch.uint8)
-
-
-def unpack_bits(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
-    """(out, ceil(in/8)) uint8 -> (out, in) bool, the inverse of :func:`_pack_bits`; padding bits past
-    ``cols`` are dropped."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=bitmask.device)
-    bits = (bitmask.unsqueeze(-1) >> shifts) & 1  # (out, bytes, 8)
-    return bits.reshape(bitmask.shape[0], -1)[:, :cols].bool()
 
 
 @dataclass(frozen=True)
@@ -198,7 +115,7 @@ def pack_checkpoint(src: Path, out: Path, overwrite: bool = False) -> PackResult
         tensors[f"{key}.values"], tensors[f"{key}.bitmask"] = values, bitmask
         pruned_dense += _nbytes(stored)
         pruned_compact += _nbytes(values) + _nbytes(bitmask)
-        cleared += int(_negative_zeros(weight).sum() - _negative_zeros(values).sum())
+        cleared += int(negative_zeros(weight).sum() - negative_zeros(values).sum())
         layers.append({"name": name, "shape": list(layer["shape"]), "transposed": layer["transposed"],
                        "dtype": str(stored.dtype).removeprefix("torch.")})
     record = {"type": COMPACT_TYPE, "schema_version": COMPACT_VERSION, "pattern": str(pattern),
@@ -224,7 +141,8 @@ def read_compact(folder: Path) -> dict[str, Any]:
     return record
 
 
-def _load_record(folder: Path) -> tuple[dict[str, Any], Pattern, dict[str, torch.Tensor]]:
+def read_compact_tensors(folder: Path) -> tuple[dict[str, Any], Pattern, dict[str, torch.Tensor]]:
+    """The record, its pattern and the stored tensors of a packed folder, each layer's present."""
     record = read_compact(folder)
     state = load_file(str(folder / WEIGHTS_FILE))
     for layer in record["layers"]:
@@ -237,7 +155,7 @@ def _load_record(folder: Path) -> tuple[dict[str, Any], Pattern, dict[str, torch
 def load_compact_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """The dense-with-zeros state dict (as stored, Conv1D layers (in, out)) of a packed folder."""
     folder = Path(folder)
-    record, pattern, state = _load_record(folder)
+    record, pattern, state = read_compact_tensors(folder)
     for layer in record["layers"]:
         key = f"{layer['name']}.weight"
         try:
@@ -248,44 +166,14 @@ def load_compact_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _swap_in_sparse(model: PreTrainedModel, record: dict[str, Any], pattern: Pattern,
-                    state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> None:
-    """Replace each packed layer of ``model`` by a SparseNMLinear holding its compact tensors, and
-    rename their keys in ``state`` to the new module's buffers (same tensors, so loading copies nothing)."""
-    from eggs_ptp.kernels import SparseNMLinear
-
-    for layer in record["layers"]:
-        name = layer["name"]
-        values, bitmask = state.pop(f"{name}.weight.values"), state.pop(f"{name}.weight.bitmask")
-        bias = state.get(f"{name}.bias")
-        if dtype is not None:
-            values, bias = values.to(dtype), None if bias is None else bias.to(dtype)
-        try:
-            module = SparseNMLinear(values, bitmask, layer["shape"][1], pattern, bias)
-        except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
-        model.set_submodule(name, module)
-        state[f"{name}.values"], state[f"{name}.bitmask"] = module.values, module.bitmask
-        if bias is not None:
-            state[f"{name}.bias"] = module.bias
-
-
-def load_compact(folder: Path, dtype: torch.dtype | None = None, sparse_modules: bool = False) -> PreTrainedModel:
-    """A working causal LM (eval mode) from a packed folder, in ``dtype`` or the saved one.
-
-    By default the pruned layers are rebuilt as dense weights with zeros, bit for bit. With
-    ``sparse_modules=True`` they become :class:`eggs_ptp.kernels.SparseNMLinear` modules that keep
-    only the compact form in memory and compute from it (inference only).
-    """
-    folder = Path(folder)
-    if sparse_modules:
-        record, pattern, state = _load_record(folder)
-    else:
-        state = load_compact_state_dict(folder)
+def model_from_state(folder: Path, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
+                     prepare: Callable[[PreTrainedModel], None] | None = None) -> PreTrainedModel:
+    """The causal LM of ``folder``'s config with ``state`` loaded strictly (eval mode); ``prepare``
+    may first replace modules (and rename their keys in ``state``)."""
     config = AutoConfig.from_pretrained(folder)
     model = AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype is not None else {}))
-    if sparse_modules:
-        _swap_in_sparse(model, record, pattern, state, dtype)
+    if prepare is not None:
+        prepare(model)
     expected = model.state_dict()
     # save_pretrained leaves out weights tied to another (GPT-2's lm_head is its wte); fill them
     # from the tensor they share storage with, so strict loading still checks everything else.
@@ -300,3 +188,26 @@ def load_compact(folder: Path, dtype: torch.dtype | None = None, sparse_modules:
     if tied:
         model.tie_weights()
     return model.eval()
+
+
+def load_compact(folder: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
+    """A working causal LM (eval mode) from a packed folder, in ``dtype`` or the saved one, with
+    the pruned layers rebuilt as dense weights with zeros, bit for bit. For modules that keep
+    only the compact form and compute from it, see :func:`eggs_ptp.kernels.load_sparse`."""
+    folder = Path(folder)
+    return model_from_state(folder, load_compact_state_dict(folder), dtype)
+
+
+__all__ = [
+    "COMPACT_FILE",
+    "COMPACT_TYPE",
+    "COMPACT_VERSION",
+    "WEIGHTS_FILE",
+    "PackResult",
+    "load_compact",
+    "load_compact_state_dict",
+    "model_from_state",
+    "pack_checkpoint",
+    "read_compact",
+    "read_compact_tensors",
+]

@@ -84,3 +84,6 @@ def write_sharded(folder: Path, lazy: LazyModel, block_files: list[Path], progre
     size = sum((folder / name).stat().st_size for name in set(weight_map.values()))
     index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+__all__ = ["REST_SHARD_BYTES", "write_sharded"]

@@ -74,3 +74,6 @@ def verify_checkpoint(folder: Path) -> int:
                 f"{'groups' if layer_pattern.structured else 'rows'} keep too many weights (first at {where})"
             )
     return len(wanted)
+
+
+__all__ = ["VerifyError", "Violation", "pattern_violations", "tensor_files", "verify_checkpoint"]

@@ -174,3 +174,6 @@ def open_masks(spec: str | Path, layers: Sequence[str] = ()) -> MaskSource:
     if (folder / REPORT_FILE).is_file():
         return _from_report(folder, layers)
     return _from_model(str(spec), layers)
+
+
+__all__ = ["LayerInfo", "LayerMask", "MaskSource", "infer_nm", "open_masks", "select_layers", "source_name"]

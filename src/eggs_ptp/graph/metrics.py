@@ -338,3 +338,20 @@ def summarise(metrics: list[LayerGraphMetrics]) -> dict[str, Any]:
         "mean_spectral_gap": sum(m.spectral_gap for m in metrics) / len(metrics),
         "expansion_min": min(m.expansion_min for m in metrics),
     }
+
+
+__all__ = [
+    "DENSE_SVD_MAX",
+    "DegreeHistogram",
+    "ExpansionPoint",
+    "HISTOGRAM_BINS",
+    "LayerGraphMetrics",
+    "TileStats",
+    "degree_histogram",
+    "expansion_estimate",
+    "expansion_sizes",
+    "layer_metrics",
+    "spectral_gap",
+    "summarise",
+    "tile_stats",
+]

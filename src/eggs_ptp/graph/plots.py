@@ -130,3 +130,6 @@ def connectivity_vs_error(
     axes.set_title("per-layer connectivity vs reconstruction error")
     axes.legend()
     return save_png(figure, path)
+
+
+__all__ = ["CONNECTIVITY", "HEATMAP_COLUMNS", "connectivity_vs_error", "degree_histograms", "heatmap", "save_png"]

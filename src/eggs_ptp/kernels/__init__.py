@@ -7,5 +7,6 @@ wraps PyTorch's 2:4 semi-structured matmul; :class:`SparseNMLinear` picks betwee
 
 from eggs_ptp.kernels.cpu import kernel_info, nm_decompress, nm_linear
 from eggs_ptp.kernels.linear import DENSE_ABOVE_TOKENS, SparseNMLinear
+from eggs_ptp.kernels.swap import load_sparse
 
-__all__ = ["DENSE_ABOVE_TOKENS", "SparseNMLinear", "kernel_info", "nm_decompress", "nm_linear"]
+__all__ = ["DENSE_ABOVE_TOKENS", "SparseNMLinear", "kernel_info", "load_sparse", "nm_decompress", "nm_linear"]

@@ -99,3 +99,16 @@ def main() -> int:
     info = kernel_info()
     print(f"eggs-ptp CPU kernel: {path} ({info['isa']}, {'OpenMP' if info['openmp'] else 'one thread'})")
     return 0
+
+
+__all__ = [
+    "FLAGS",
+    "KernelBuildError",
+    "OPENMP_FLAG",
+    "SOURCE",
+    "build",
+    "find_compiler",
+    "kernel_cache",
+    "library_path",
+    "main",
+]

@@ -141,3 +141,6 @@ def nm_decompress(values: torch.Tensor, bitmask: torch.Tensor, cols: int, isa: s
                                   threads or torch.get_num_threads(), _isa_code(isa))
     _raise_on(code, isa)
     return dense
+
+
+__all__ = ["CompactLayer", "DTYPE_CODES", "ISAS", "kernel_info", "library", "nm_decompress", "nm_linear"]

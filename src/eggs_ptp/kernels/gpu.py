@@ -65,3 +65,6 @@ class SemiStructuredWeight:
             flat = F.pad(flat, (0, self.pad_cols))
         out = F.linear(flat, self.weight, self.bias)[:, : self.out_features]
         return out.reshape(*x.shape[:-1], self.out_features)
+
+
+__all__ = ["DTYPES", "SPARSE_FROM_TOKENS", "SemiStructuredWeight", "semi_structured_available", "supports"]

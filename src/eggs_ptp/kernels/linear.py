@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from eggs_ptp.formats.compact import check_compact, compress, scatter_stored, unpack_bits
+from eggs_ptp.formats.codec import check_compact, compress, scatter_stored, unpack_bits
 from eggs_ptp.kernels import gpu
 from eggs_ptp.kernels.cpu import DTYPE_CODES, CompactLayer, library, nm_decompress
 from eggs_ptp.pattern import Pattern
@@ -157,3 +157,6 @@ class SparseNMLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.pattern.n}:"
                 f"{self.pattern.m}, bias={self.bias is not None}, dtype={str(self.values.dtype).removeprefix('torch.')}")
+
+
+__all__ = ["DENSE_ABOVE_TOKENS", "SparseNMLinear"]

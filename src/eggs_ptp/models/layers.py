@@ -105,3 +105,6 @@ def context_length(model: nn.Module, tokenizer: object | None = None) -> int | N
     if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < _UNBOUNDED_TOKENIZER:
         limits.append(tokenizer_limit)
     return min(limits) if limits else None
+
+
+__all__ = ["BlockDiscoveryError", "PrunableLinear", "context_length", "find_blocks", "find_linears"]

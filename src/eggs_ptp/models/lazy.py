@@ -17,7 +17,7 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from eggs_ptp.eval.resources import return_freed_memory
+from eggs_ptp.memory import return_freed_memory
 from eggs_ptp.models.loading import ModelError, weights_signature
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -154,3 +154,6 @@ class LazyBlocks:
 
     def captured(self) -> None:
         self.lazy.release_outside(self.blocks)
+
+
+__all__ = ["INDEX_FILE", "LazyBlocks", "LazyCheckpoint", "LazyModel", "SINGLE_FILE"]

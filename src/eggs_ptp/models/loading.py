@@ -162,3 +162,16 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, device_map: str | 
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(location)
     return LoadedModel(model, tokenizer, spec, location, getattr(config, "_commit_hash", None))
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LoadedModel",
+    "ModelError",
+    "cache_dir",
+    "default_model_folder",
+    "load_model",
+    "resolve",
+    "resolve_folder",
+    "weights_signature",
+]

@@ -9,7 +9,7 @@ then prunes the permuted layer as usual and its stored weights are N:M in memory
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -22,8 +22,9 @@ from eggs_ptp.permute.structure import Fold, propose_folds
 from eggs_ptp.scores import MagnitudeScore, Score, WandaScore
 from eggs_ptp.stats import LayerStats
 
-if TYPE_CHECKING:
-    from eggs_ptp.walk.capture import BlockCall
+# How the walk calls a block on hidden states (eggs_ptp.walk.BlockCall); permute sits below the
+# walk, so it names only the call's shape.
+BlockCall = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 Search = Callable[[torch.Tensor, Pattern, int, torch.Tensor], torch.Tensor]
 
@@ -192,3 +193,6 @@ def permute_block(
             if producer in records:
                 records[producer] = {**records[producer], "rows_follow": name}
     return records
+
+
+__all__ = ["permute_block", "permute_stats"]

@@ -156,3 +156,6 @@ def search_permutation(
         local = _search_one(stacked, pattern, sweeps, window)
         perm[members] = members[:, None] * block + local
     return perm.reshape(-1)
+
+
+__all__ = ["SWEEPS", "WINDOW", "kept_score", "search_permutation"]

@@ -154,3 +154,14 @@ def propose_folds(block: nn.Module, prefix: str, layer: PrunableLinear, hidden_s
     if layer.in_features == hidden_size:
         return RESIDUAL
     return _mlp_folds(layer, siblings)
+
+
+__all__ = [
+    "ATTENTION_OUTPUTS",
+    "Fold",
+    "HEAD_DIM_ATTRIBUTES",
+    "RESIDUAL",
+    "VALUE_PROJECTIONS",
+    "head_dim",
+    "propose_folds",
+]

@@ -64,3 +64,6 @@ class RiaScore:
         relative = magnitude / column_total
         relative += magnitude.div_(row_total)  # in place: two (out, in) temporaries, not five
         return relative.mul_(norm.pow(self.alpha))
+
+
+__all__ = ["MagnitudeScore", "RiaScore", "Score", "WandaScore"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from eggs_ptp.pattern import Pattern
-from eggs_ptp.selectors.eggs import _ENUMERATE_MAX_M, EggsSelector
+from eggs_ptp.selectors.eggs import ENUMERATE_MAX_M, EggsSelector
 
 # Tile heights tried, as multiples of M: from the tightest guarantee to the loosest.
 TILE_FACTORS = (1, 4, 16, 64)
@@ -36,6 +36,9 @@ class EggsSettingSearch:
             for b in range(1, pattern.n + 1)
             for factor in TILE_FACTORS
         ]
-        if pattern.m <= _ENUMERATE_MAX_M:
+        if pattern.m <= ENUMERATE_MAX_M:
             grid += [EggsSelector("matching", b, pattern.m) for b in range(1, pattern.n + 1)]
         return [self.default] + [selector for selector in grid if selector != self.default]
+
+
+__all__ = ["EggsSettingSearch", "TILE_FACTORS"]

@@ -38,3 +38,6 @@ def select_in_chunks(selector: Selector, scores: torch.Tensor, pattern: Pattern,
     if rows >= scores.shape[0]:
         return selector.select(scores, pattern)
     return torch.cat([selector.select(chunk, pattern) for chunk in scores.split(rows)])
+
+
+__all__ = ["CHUNK_ELEMENTS", "Selector", "select_in_chunks"]

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 RULES = ("diagonal", "matching", "repair")
 
 # Largest M whose M! permutations are enumerated for H == M matchings (720 at M = 6).
-_ENUMERATE_MAX_M = 6
+ENUMERATE_MAX_M = 6
 
 
 class GuaranteeError(RuntimeError):
@@ -272,10 +272,13 @@ class EggsSelector:
                 tile_mask = _repair(tiles, n, self.b)
             elif self.rule == "diagonal":
                 tile_mask = _fill(tiles, _diagonal_forced(tiles, self.b), n)
-            elif h == m and m <= _ENUMERATE_MAX_M:
+            elif h == m and m <= ENUMERATE_MAX_M:
                 tile_mask = _fill(tiles, _matching_enumerate(tiles, self.b), n)
             else:
                 tile_mask = _fill(tiles, _matching_scipy(tiles, self.b), n)
             mask[:full] = _from_tiles(tile_mask, full, in_features)
         check_guarantee(mask, n, m, self.b, h)
         return mask
+
+
+__all__ = ["ENUMERATE_MAX_M", "EggsSelector", "GuaranteeError", "RULES", "check_guarantee"]

@@ -116,3 +116,6 @@ class TopKSelector:
         if pattern.structured:
             return select_nm(scores, pattern.n, pattern.m)
         return select_per_row(scores, pattern.kept_per_row(scores.shape[1]))
+
+
+__all__ = ["TopKSelector", "check_finite", "select_nm", "select_per_row"]

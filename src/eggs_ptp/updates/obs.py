@@ -108,3 +108,6 @@ class ObsUpdate:
             w[:, start:end] = w_block
             w[:, end:] -= errors @ hinv[start:end, end:]
         return torch.where(kept, w, torch.zeros_like(w)), kept  # +0.0 where pruned, never -0.0
+
+
+__all__ = ["HessianError", "ObsUpdate"]

@@ -81,3 +81,6 @@ class LeastSquaresRefit:
         after = output_error(target - weight, hessian)
         refitted = torch.where((after <= before)[:, None], weight, start.float())
         return torch.where(mask, refitted, torch.zeros_like(refitted))  # +0.0 where pruned, never -0.0
+
+
+__all__ = ["LeastSquaresRefit", "output_error"]

@@ -22,3 +22,6 @@ def process_results(doc, results):
     """Accuracy (every token of the word is the greedy choice) and the word's log-likelihood (nats)."""
     loglikelihood, is_greedy = results[0]
     return {"acc": int(is_greedy), "loglikelihood": loglikelihood}
+
+
+__all__ = ["DATA", "load", "process_results"]

@@ -22,3 +22,6 @@ def load_evaluable(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel
     if (folder / COMPACT_FILE).is_file():
         return LoadedModel(load_compact(folder, dtype), AutoTokenizer.from_pretrained(folder), spec, str(folder), None)
     return load_model(spec, dtype)
+
+
+__all__ = ["load_evaluable"]
