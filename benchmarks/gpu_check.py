@@ -29,8 +29,10 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPES = {"smollm2-135m": [(576, 576), (192, 576), (1536, 576), (576, 1536)],
-          "7b-class": [(4096, 4096), (11008, 4096), (4096, 11008)]}
+SHAPES = {
+    "smollm2-135m": [(576, 576), (192, 576), (1536, 576), (576, 1536)],
+    "7b-class": [(4096, 4096), (11008, 4096), (4096, 11008)],
+}
 TOKENS = (1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -39,6 +41,7 @@ def load_gpu_module():
     """eggs_ptp.kernels.gpu, or the same file loaded alone when the package's dependencies are missing."""
     try:
         from eggs_ptp.kernels import gpu
+
         return gpu
     except ImportError:
         spec = importlib.util.spec_from_file_location("eggs_ptp_gpu", ROOT / "src/eggs_ptp/kernels/gpu.py")
@@ -98,13 +101,26 @@ def layers(gpu, deadline: float) -> dict:
                         error = (semi.linear(x) - F.linear(x, weight, bias)).abs().max().item()
                         dense = cuda_ms(lambda: F.linear(x, weight, bias))
                         sparse = cuda_ms(lambda: semi.linear(x))
-                    rows.append({"tokens": tokens, "dense_ms": dense, "sparse_ms": sparse, "ratio": sparse / dense,
-                                 "max_abs_diff": error})
+                    rows.append(
+                        {
+                            "tokens": tokens,
+                            "dense_ms": dense,
+                            "sparse_ms": sparse,
+                            "ratio": sparse / dense,
+                            "max_abs_diff": error,
+                        }
+                    )
                 key = f"{dtype_name} {family} {out_features}x{in_features}"
-                results[key] = {"rows": rows, "sparse_from_tokens": crossover(rows),
-                                "padding": [semi.pad_rows, semi.pad_cols]}
-                print(f"{key:34s} sparse faster from {results[key]['sparse_from_tokens']} tokens; ratio at "
-                      + ", ".join(f"{r['tokens']}: {r['ratio']:.2f}" for r in rows), flush=True)
+                results[key] = {
+                    "rows": rows,
+                    "sparse_from_tokens": crossover(rows),
+                    "padding": [semi.pad_rows, semi.pad_cols],
+                }
+                print(
+                    f"{key:34s} sparse faster from {results[key]['sparse_from_tokens']} tokens; ratio at "
+                    + ", ".join(f"{r['tokens']}: {r['ratio']:.2f}" for r in rows),
+                    flush=True,
+                )
     return results
 
 
@@ -124,8 +140,15 @@ def end_to_end(deadline: float, prompt_tokens: int = 2048, new_tokens: int = 64)
         from eggs_ptp.kernels import SparseNMLinear
     except ImportError as error:
         return {"skipped": f"needs transformers and eggs_ptp's dependencies: {error}"}
-    config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8, num_attention_heads=16,
-                         num_key_value_heads=4, vocab_size=32000, max_position_embeddings=4096)
+    config = LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=8,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        vocab_size=32000,
+        max_position_embeddings=4096,
+    )
     torch.manual_seed(0)
     dense = LlamaForCausalLM(config).to(device="cuda", dtype=torch.float16).eval()
     with torch.no_grad():
@@ -134,7 +157,10 @@ def end_to_end(deadline: float, prompt_tokens: int = 2048, new_tokens: int = 64)
                 if isinstance(module, torch.nn.Linear):
                     module.weight.copy_(random_2_of_4(*module.weight.shape, torch.float16))
     variants = {"dense": dense}
-    for name, options in (("sparse, default threshold", {}), ("sparse, semi-structured always", {"sparse_from_tokens": 1})):
+    for name, options in (
+        ("sparse, default threshold", {}),
+        ("sparse, semi-structured always", {"sparse_from_tokens": 1}),
+    ):
         model = copy.deepcopy(dense)
         for block in model.model.layers:
             for child_name, module in list(block.named_modules()):
@@ -148,27 +174,48 @@ def end_to_end(deadline: float, prompt_tokens: int = 2048, new_tokens: int = 64)
             break
         greedy(model, prompt, 4)  # warm-up: builds the semi-structured weights and dense copies
         runs = [greedy(model, prompt, new_tokens) for _ in range(3)]
-        results["variants"][name] = {"prefill_ms": statistics.median(r[0] for r in runs) * 1e3,
-                                     "decode_tokens_per_s": statistics.median(r[1] for r in runs), "ids": runs[0][2]}
-        print(f"{name:32s} prefill {results['variants'][name]['prefill_ms']:.1f} ms, decode "
-              f"{results['variants'][name]['decode_tokens_per_s']:.1f} tokens/s", flush=True)
+        results["variants"][name] = {
+            "prefill_ms": statistics.median(r[0] for r in runs) * 1e3,
+            "decode_tokens_per_s": statistics.median(r[1] for r in runs),
+            "ids": runs[0][2],
+        }
+        print(
+            f"{name:32s} prefill {results['variants'][name]['prefill_ms']:.1f} ms, decode "
+            f"{results['variants'][name]['decode_tokens_per_s']:.1f} tokens/s",
+            flush=True,
+        )
     return results
 
 
 def markdown(record: dict) -> str:
-    lines = [f"# CUDA 2:4 check: {record['device']}", "",
-             f"torch {record['torch']}, cuSPARSELt {record['cusparselt']}. Ratio = semi-structured / dense time "
-             "(median of 15 x 5 calls, CUDA events). Reproduce: `benchmarks/gpu_check.sh`.", "",
-             "| dtype, shape (out x in) | sparse faster from | " + " | ".join(f"{t} tok" for t in TOKENS) + " |",
-             "|---|---|" + "---|" * len(TOKENS)]
+    lines = [
+        f"# CUDA 2:4 check: {record['device']}",
+        "",
+        f"torch {record['torch']}, cuSPARSELt {record['cusparselt']}. Ratio = semi-structured / dense time "
+        "(median of 15 x 5 calls, CUDA events). Reproduce: `benchmarks/gpu_check.sh`.",
+        "",
+        "| dtype, shape (out x in) | sparse faster from | " + " | ".join(f"{t} tok" for t in TOKENS) + " |",
+        "|---|---|" + "---|" * len(TOKENS),
+    ]
     for key, entry in record["layers"].items():
         ratios = {r["tokens"]: f"{r['ratio']:.2f}" for r in entry["rows"]}
-        lines.append(f"| {key} | {entry['sparse_from_tokens']} | " + " | ".join(ratios.get(t, "") for t in TOKENS) + " |")
+        lines.append(
+            f"| {key} | {entry['sparse_from_tokens']} | " + " | ".join(ratios.get(t, "") for t in TOKENS) + " |"
+        )
     e2e = record["end_to_end"]
     if "variants" in e2e:
-        lines += ["", f"Random 1B-class Llama (8 blocks, fp16, 2:4 by magnitude), {e2e['prompt_tokens']}-token prompt, "
-                  f"{e2e['new_tokens']} greedy tokens:", "", "| model | prefill ms | decode tokens/s |", "|---|---|---|"]
-        lines += [f"| {name} | {v['prefill_ms']:.1f} | {v['decode_tokens_per_s']:.1f} |" for name, v in e2e["variants"].items()]
+        lines += [
+            "",
+            f"Random 1B-class Llama (8 blocks, fp16, 2:4 by magnitude), {e2e['prompt_tokens']}-token prompt, "
+            f"{e2e['new_tokens']} greedy tokens:",
+            "",
+            "| model | prefill ms | decode tokens/s |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {v['prefill_ms']:.1f} | {v['decode_tokens_per_s']:.1f} |"
+            for name, v in e2e["variants"].items()
+        ]
     elif e2e:
         lines += ["", f"End to end skipped: {e2e['skipped']}"]
     return "\n".join(lines) + "\n"
@@ -184,8 +231,12 @@ def main() -> int:
         return 2
     deadline = time.monotonic() + args.budget
     gpu = load_gpu_module()
-    record = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "cusparselt": torch.backends.cusparselt.is_available(), "layers": layers(gpu, deadline - 60)}
+    record = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cusparselt": torch.backends.cusparselt.is_available(),
+        "layers": layers(gpu, deadline - 60),
+    }
     record["end_to_end"] = end_to_end(deadline) if time.monotonic() < deadline - 30 else {"skipped": "out of time"}
     args.output.mkdir(parents=True, exist_ok=True)
     for name, text in (("gpu_check.json", json.dumps(record, indent=2) + "\n"), ("gpu_check.md", markdown(record))):

@@ -24,8 +24,15 @@ from safetensors.torch import load_file
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=4, num_attention_heads=16,
-             num_key_value_heads=4, vocab_size=2000, max_position_embeddings=1024)
+SHAPE = dict(
+    hidden_size=2048,
+    intermediate_size=5632,
+    num_hidden_layers=4,
+    num_attention_heads=16,
+    num_key_value_heads=4,
+    vocab_size=2000,
+    max_position_embeddings=1024,
+)
 
 
 def write_model(folder: Path) -> Path:
@@ -43,8 +50,27 @@ def write_model(folder: Path) -> Path:
 
 def prune(model: Path, out: Path, calib: Path, *extra: str) -> float:
     started = time.perf_counter()
-    command = [sys.executable, "-m", "eggs_ptp", "prune", str(model), "-o", str(out), "--method", "wanda",
-               "--nsamples", "16", "--seqlen", "256", "--calib", str(calib), "--dtype", "bfloat16", "-q", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "eggs_ptp",
+        "prune",
+        str(model),
+        "-o",
+        str(out),
+        "--method",
+        "wanda",
+        "--nsamples",
+        "16",
+        "--seqlen",
+        "256",
+        "--calib",
+        str(calib),
+        "--dtype",
+        "bfloat16",
+        "-q",
+        *extra,
+    ]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=240)
     if finished.returncode:
         raise SystemExit(f"{' '.join(extra)} failed:\n{finished.stderr[-2000:]}")
@@ -52,12 +78,15 @@ def prune(model: Path, out: Path, calib: Path, *extra: str) -> float:
 
 
 def compare(reference: Path, other: Path) -> dict:
-    left, right = (dict(kv for p in sorted(f.glob("*.safetensors")) for kv in load_file(p).items())
-                   for f in (reference, other))
+    left, right = (
+        dict(kv for p in sorted(f.glob("*.safetensors")) for kv in load_file(p).items()) for f in (reference, other)
+    )
     agree = sum(int(((left[k] != 0) == (right[k] != 0)).sum()) for k in left)
     total = sum(left[k].numel() for k in left)
-    return {"mask_agreement": agree / total,
-            "max_abs_difference": max(float((left[k].float() - right[k].float()).abs().max()) for k in left)}
+    return {
+        "mask_agreement": agree / total,
+        "max_abs_difference": max(float((left[k].float() - right[k].float()).abs().max()) for k in left),
+    }
 
 
 def main() -> None:
@@ -67,8 +96,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="eggs-gpu-scale-"))
     model = work / "model"
     calib = write_model(model)
-    runs = {"cpu": ["--device", "cpu"], "cuda": ["--device", "cuda"],
-            "cuda low-memory": ["--device", "cuda", "--low-memory"]}
+    runs = {
+        "cpu": ["--device", "cpu"],
+        "cuda": ["--device", "cuda"],
+        "cuda low-memory": ["--device", "cuda", "--low-memory"],
+    }
     if torch.cuda.device_count() >= 2:
         runs["cuda 2 NCCL ranks"] = ["--device", "cuda", "--nproc", "2"]
     results = {"device": torch.cuda.get_device_name(), "gpus": torch.cuda.device_count(), "shape": SHAPE, "runs": {}}
@@ -82,11 +114,17 @@ def main() -> None:
         print(label, row, flush=True)
     args.output.mkdir(parents=True, exist_ok=True)
     (args.output / "gpu_scale.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = [f"# Scale paths on {results['device']} ({results['gpus']} GPUs)", "",
-             "| run | seconds | mask agreement with CPU | max abs weight difference | peak CUDA MB |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Scale paths on {results['device']} ({results['gpus']} GPUs)",
+        "",
+        "| run | seconds | mask agreement with CPU | max abs weight difference | peak CUDA MB |",
+        "|---|---|---|---|---|",
+    ]
     for label, row in results["runs"].items():
-        lines.append(f"| {label} | {row['seconds']:.1f} | {row.get('mask_agreement', 1.0):.6f} | "
-                     f"{row.get('max_abs_difference', 0.0):.3g} | {row.get('peak_cuda_mb') or '-'} |")
+        lines.append(
+            f"| {label} | {row['seconds']:.1f} | {row.get('mask_agreement', 1.0):.6f} | "
+            f"{row.get('max_abs_difference', 0.0):.3g} | {row.get('peak_cuda_mb') or '-'} |"
+        )
     (args.output / "gpu_scale.md").write_text("\n".join(lines) + "\n")
 
 

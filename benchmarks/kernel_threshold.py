@@ -57,8 +57,11 @@ def measure(dtype: torch.dtype, blocks: int, tokens: tuple[int, ...], repeats: i
                 module.dense_above_tokens = limit
                 module(inputs[module.in_features])
 
-        ways = {"kernel": lambda: run_sparse(count), "dense path": lambda: run_sparse(0),
-                "dense model": lambda: [F.linear(inputs[w.shape[1]], w) for w in weights]}
+        ways = {
+            "kernel": lambda: run_sparse(count),
+            "dense path": lambda: run_sparse(0),
+            "dense model": lambda: [F.linear(inputs[w.shape[1]], w) for w in weights],
+        }
         times: dict[str, list[float]] = {name: [] for name in ways}
         with torch.inference_mode():
             for fn in ways.values():
@@ -69,10 +72,15 @@ def measure(dtype: torch.dtype, blocks: int, tokens: tuple[int, ...], repeats: i
                     fn()
                     times[name].append(time.perf_counter() - start)
         best = {name: min(values) * 1e3 for name, values in times.items()}
-        rows.append({"tokens": count, **{f"{name} ms": value for name, value in best.items()},
-                     **{f"{name} ms median": statistics.median(values) * 1e3 for name, values in times.items()},
-                     "kernel / dense path": best["kernel"] / best["dense path"],
-                     "kernel / dense model": best["kernel"] / best["dense model"]})
+        rows.append(
+            {
+                "tokens": count,
+                **{f"{name} ms": value for name, value in best.items()},
+                **{f"{name} ms median": statistics.median(values) * 1e3 for name, values in times.items()},
+                "kernel / dense path": best["kernel"] / best["dense path"],
+                "kernel / dense model": best["kernel"] / best["dense model"],
+            }
+        )
         print(f"{dtype!s:15s} {count:4d} tokens  " + "  ".join(f"{k} {v:8.2f}" for k, v in best.items()), flush=True)
     return rows
 
@@ -105,19 +113,28 @@ def main() -> None:
     record["machine"] = machine()
     threads = record["machine"]["torch_threads"]
     write_json_atomic(RESULTS / f"{args.name}.json", record)
-    lines = ["# CPU kernel against the dense path, by tokens per call",
-             "",
-             f"{args.blocks} blocks x {len(BLOCK)} SmolLM2-135M-shaped 2:4 layers, fastest of {args.repeats} repeats, "
-             f"{record['machine']['cpu']}, {threads} thread{'s' * (threads != 1)}, kernel `{record['machine']['kernel']['isa']}`, "
-             f"load average {os.getloadavg()[0]:.2f}. Times are one call of every layer. "
-             f"Reproduce: `{' '.join(['python', 'benchmarks/kernel_threshold.py', *sys.argv[1:]])}`.",
-             ""]
+    lines = [
+        "# CPU kernel against the dense path, by tokens per call",
+        "",
+        f"{args.blocks} blocks x {len(BLOCK)} SmolLM2-135M-shaped 2:4 layers, fastest of {args.repeats} repeats, "
+        f"{record['machine']['cpu']}, {threads} thread{'s' * (threads != 1)}, "
+        f"kernel `{record['machine']['kernel']['isa']}`, "
+        f"load average {os.getloadavg()[0]:.2f}. Times are one call of every layer. "
+        f"Reproduce: `{' '.join(['python', 'benchmarks/kernel_threshold.py', *sys.argv[1:]])}`.",
+        "",
+    ]
     for name, rows in record["results"].items():
-        lines += [f"## {name}: kernel up to {record['threshold'][name]} tokens", "",
-                  "| tokens | kernel ms | dense path ms | dense model ms | kernel / dense path | kernel / dense model |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['tokens']} | {r['kernel ms']:.2f} | {r['dense path ms']:.2f} | {r['dense model ms']:.2f} | "
-                  f"{r['kernel / dense path']:.3f} | {r['kernel / dense model']:.3f} |" for r in rows]
+        lines += [
+            f"## {name}: kernel up to {record['threshold'][name]} tokens",
+            "",
+            "| tokens | kernel ms | dense path ms | dense model ms | kernel / dense path | kernel / dense model |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['tokens']} | {r['kernel ms']:.2f} | {r['dense path ms']:.2f} | {r['dense model ms']:.2f} | "
+            f"{r['kernel / dense path']:.3f} | {r['kernel / dense model']:.3f} |"
+            for r in rows
+        ]
         lines.append("")
     write_atomic(RESULTS / f"{args.name}.md", "\n".join(lines))
     print(record["threshold"])

@@ -26,18 +26,33 @@ from eggs_ptp.models import load_model
 RESULTS = Path(__file__).parent / "results"
 
 # (method name, pattern, settings): method settings go to the method's config, the rest to PruneConfig.
-CELLS = [("magnitude", "2:4", {}), ("wanda", "2:4", {}), ("ria", "2:4", {}), ("sparsegpt", "2:4", {}),
-         ("eggs", "2:4", {}), ("eggs+update", "2:4", {}), ("eggs", "4:8", {"b": 2, "rule": "diagonal"}),
-         ("eggs", "2:4", {"permute": True}), ("eggs", "2:4", {"auto": True}), ("sparsegpt+refit", "2:4", {}),
-         ("wanda", "0.5", {"allocation": "owl"})]
+CELLS = [
+    ("magnitude", "2:4", {}),
+    ("wanda", "2:4", {}),
+    ("ria", "2:4", {}),
+    ("sparsegpt", "2:4", {}),
+    ("eggs", "2:4", {}),
+    ("eggs+update", "2:4", {}),
+    ("eggs", "4:8", {"b": 2, "rule": "diagonal"}),
+    ("eggs", "2:4", {"permute": True}),
+    ("eggs", "2:4", {"auto": True}),
+    ("sparsegpt+refit", "2:4", {}),
+    ("wanda", "0.5", {"allocation": "owl"}),
+]
 SHARED = ("permute", "allocation")
 
 
 def config_for(method: str, pattern: str, settings: dict) -> PruneConfig:
     own = {k: v for k, v in settings.items() if k not in SHARED}
-    return PruneConfig(method=method_config(method, **own), pattern=pattern, nsamples=8, seqlen=128, seed=0,
-                       permute=settings.get("permute", False),
-                       allocation=OwlAllocation() if settings.get("allocation") == "owl" else None)
+    return PruneConfig(
+        method=method_config(method, **own),
+        pattern=pattern,
+        nsamples=8,
+        seqlen=128,
+        seed=0,
+        permute=settings.get("permute", False),
+        allocation=OwlAllocation() if settings.get("allocation") == "owl" else None,
+    )
 
 
 def hashes(model) -> dict[str, str]:
@@ -60,22 +75,29 @@ def main() -> None:
     dense = {k: v.clone() for k, v in loaded.model.state_dict().items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     record = {"code": commit, "settings": "smollm2-135m fp32, wiki calibration 8 x 128, seed 0", "cells": {}}
-    lines = ["# Mask and weight hashes per method", "", f"Code: {commit}; {record['settings']}. "
-             f"Reference: {args.reference or 'none'}.", "",
-             "| cell | masks | weights | same masks | same weights | seconds |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Mask and weight hashes per method",
+        "",
+        f"Code: {commit}; {record['settings']}. Reference: {args.reference or 'none'}.",
+        "",
+        "| cell | masks | weights | same masks | same weights | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     for method, pattern, settings in CELLS:
         loaded.model.load_state_dict(dense)
         started = time.perf_counter()
-        model, report = prune(loaded.model, loaded.tokenizer, config_for(method, pattern, settings),
-                              RunOptions(progress=False))
+        model, report = prune(
+            loaded.model, loaded.tokenizer, config_for(method, pattern, settings), RunOptions(progress=False)
+        )
         key = f"{method}|{pattern}|{json.dumps(settings, sort_keys=True)}"
         cell = {**hashes(model), "recon": report.summary()["mean_recon_error"]}
         record["cells"][key] = cell
         seconds = time.perf_counter() - started
         old = reference.get(key, {})
         same = [("yes" if old.get(k) == cell[k] else "NO") if old else "–" for k in ("masks", "weights")]
-        lines.append(f"| {key} | {cell['masks'][:12]} | {cell['weights'][:12]} | {same[0]} | {same[1]} | "
-                     f"{seconds:.0f} |")
+        lines.append(
+            f"| {key} | {cell['masks'][:12]} | {cell['weights'][:12]} | {same[0]} | {same[1]} | {seconds:.0f} |"
+        )
         print(lines[-1], flush=True)
     write_json_atomic(RESULTS / f"{args.name}.json", record)
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")

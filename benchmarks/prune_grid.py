@@ -42,36 +42,85 @@ RESULTS = Path(__file__).parent / "results"
 BASELINES = ["magnitude", "wanda", "ria", "sparsegpt"]
 PRESETS: dict[str, dict] = {
     # The settings of the early prototype numbers in the method notes: 32 x 512, 40 windows.
-    "reference": {"patterns": ["2:4"], "nsamples": 32, "seqlen": 512, "windows": 40, "seeds": [0],
-                  "cells": BASELINES + ["eggs:diagonal:b1:h1", "eggs:diagonal:b2:h1", "eggs:matching:b1:h1",
-                                        "eggs:repair:b1:h1", "eggs:repair:b1:h4", "eggs:repair:b1:h16",
-                                        "eggs:repair:b1:h64"]},
+    "reference": {
+        "patterns": ["2:4"],
+        "nsamples": 32,
+        "seqlen": 512,
+        "windows": 40,
+        "seeds": [0],
+        "cells": BASELINES
+        + [
+            "eggs:diagonal:b1:h1",
+            "eggs:diagonal:b2:h1",
+            "eggs:matching:b1:h1",
+            "eggs:repair:b1:h1",
+            "eggs:repair:b1:h4",
+            "eggs:repair:b1:h16",
+            "eggs:repair:b1:h64",
+        ],
+    },
     # The issue's full grid: every rule, B in 1..2, H in {M, 4M, 16M, 64M}, both patterns.
-    "grid": {"patterns": ["2:4", "4:8"], "nsamples": 64, "seqlen": 512, "windows": 40, "seeds": [0],
-             "cells": BASELINES + ["eggs:repair:b0:h1"]
-             + [f"eggs:{rule}:b{b}:h{h}" for rule in ("diagonal", "matching", "repair") for b in (1, 2)
-                for h in (1, 4, 16, 64)]},
+    "grid": {
+        "patterns": ["2:4", "4:8"],
+        "nsamples": 64,
+        "seqlen": 512,
+        "windows": 40,
+        "seeds": [0],
+        "cells": BASELINES
+        + ["eggs:repair:b0:h1"]
+        + [
+            f"eggs:{rule}:b{b}:h{h}"
+            for rule in ("diagonal", "matching", "repair")
+            for b in (1, 2)
+            for h in (1, 4, 16, 64)
+        ],
+    },
     # Issue 3's ablation: connectivity next to perplexity. Small calibration and evaluation so the
     # whole rule x B x H grid fits a session; matching only up to H = 4M (one Hungarian solve per
     # tile makes larger tiles cost minutes per layer).
-    "ablation": {"patterns": ["2:4", "4:8"], "nsamples": 8, "seqlen": 512, "windows": 8, "seeds": [0],
-                 "connectivity": True,
-                 "cells": {"2:4": ["wanda", "ria", "sparsegpt", "eggs:repair:b0:h1"]
-                           + [f"eggs:{rule}:b{b}:h{h}" for rule in ("diagonal", "repair") for b in (1, 2)
-                              for h in (1, 4, 16, 64)]
-                           + [f"eggs:matching:b{b}:h{h}" for b in (1, 2) for h in (1, 4)],
-                           "4:8": ["wanda", "ria", "sparsegpt", "eggs:repair:b0:h1"]
-                           + [f"eggs:{rule}:b{b}:h{h}" for rule in ("diagonal", "repair") for b in (1, 2, 4)
-                              for h in (1, 4, 16, 64)]
-                           + [f"eggs:matching:b{b}:h{h}" for b in (1, 2, 4) for h in (1, 4)]}},
+    "ablation": {
+        "patterns": ["2:4", "4:8"],
+        "nsamples": 8,
+        "seqlen": 512,
+        "windows": 8,
+        "seeds": [0],
+        "connectivity": True,
+        "cells": {
+            "2:4": ["wanda", "ria", "sparsegpt", "eggs:repair:b0:h1"]
+            + [f"eggs:{rule}:b{b}:h{h}" for rule in ("diagonal", "repair") for b in (1, 2) for h in (1, 4, 16, 64)]
+            + [f"eggs:matching:b{b}:h{h}" for b in (1, 2) for h in (1, 4)],
+            "4:8": ["wanda", "ria", "sparsegpt", "eggs:repair:b0:h1"]
+            + [f"eggs:{rule}:b{b}:h{h}" for rule in ("diagonal", "repair") for b in (1, 2, 4) for h in (1, 4, 16, 64)]
+            + [f"eggs:matching:b{b}:h{h}" for b in (1, 2, 4) for h in (1, 4)],
+        },
+    },
     # What one 2-core session affords: the 2:4 contenders over 3 calibration seeds.
-    "seeds": {"patterns": ["2:4"], "nsamples": 64, "seqlen": 512, "windows": 40, "seeds": [0, 1, 2],
-              "cells": ["wanda", "ria", "eggs:repair:b1:h16", "eggs:repair:b1:h64"]},
+    "seeds": {
+        "patterns": ["2:4"],
+        "nsamples": 64,
+        "seqlen": 512,
+        "windows": 40,
+        "seeds": [0, 1, 2],
+        "cells": ["wanda", "ria", "eggs:repair:b1:h16", "eggs:repair:b1:h64"],
+    },
     # ... and one seed of the other methods and EGGS settings at 2:4 and 4:8.
-    "single": {"patterns": ["2:4", "4:8"], "nsamples": 64, "seqlen": 512, "windows": 40, "seeds": [0],
-               "cells": BASELINES + ["eggs:repair:b0:h1", "eggs:diagonal:b1:h1", "eggs:matching:b1:h1",
-                                     "eggs:repair:b1:h1", "eggs:repair:b1:h4", "eggs:repair:b1:h16",
-                                     "eggs:repair:b2:h16"]},
+    "single": {
+        "patterns": ["2:4", "4:8"],
+        "nsamples": 64,
+        "seqlen": 512,
+        "windows": 40,
+        "seeds": [0],
+        "cells": BASELINES
+        + [
+            "eggs:repair:b0:h1",
+            "eggs:diagonal:b1:h1",
+            "eggs:matching:b1:h1",
+            "eggs:repair:b1:h1",
+            "eggs:repair:b1:h4",
+            "eggs:repair:b1:h16",
+            "eggs:repair:b2:h16",
+        ],
+    },
 }
 
 
@@ -83,7 +132,9 @@ def parse_cell(cell: str, pattern: str) -> dict:
         if part in RULES:
             fields["rule"] = part
         elif part[0] in "bh" and part[1:].isdigit():
-            key, value = ("b", int(part[1:])) if part[0] == "b" else ("tile_height", int(part[1:]) * int(pattern.split(":")[1]))
+            key, value = (
+                ("b", int(part[1:])) if part[0] == "b" else ("tile_height", int(part[1:]) * int(pattern.split(":")[1]))
+            )
             fields[key] = value
         elif part in ("auto", "permute"):
             fields[part] = True
@@ -97,8 +148,10 @@ def parse_cell(cell: str, pattern: str) -> dict:
 def cell_config(cell: str, pattern: str, nsamples: int, seqlen: int, seed: int) -> PruneConfig:
     """The cell's fields split into its method's config and the run's shared settings."""
     fields = parse_cell(cell, pattern)
-    shared = {"permute": fields.pop("permute", False),
-              "allocation": OwlAllocation() if fields.pop("allocation", None) == "owl" else None}
+    shared = {
+        "permute": fields.pop("permute", False),
+        "allocation": OwlAllocation() if fields.pop("allocation", None) == "owl" else None,
+    }
     method = method_config(fields.pop("method"), **fields)
     return PruneConfig(method=method, pattern=pattern, nsamples=nsamples, seqlen=seqlen, seed=seed, **shared)
 
@@ -123,7 +176,9 @@ def cell_key(cell: str, pattern: str, nsamples: int, seqlen: int, seed: int, win
 
 
 def method_label(row: dict) -> str:
-    flags = [flag for flag in ("auto", "permute") if row.get(flag)] + (["owl"] if row.get("allocation") == "owl" else [])
+    flags = [flag for flag in ("auto", "permute") if row.get(flag)] + (
+        ["owl"] if row.get("allocation") == "owl" else []
+    )
     return " ".join([row["method"], *flags])
 
 
@@ -132,8 +187,10 @@ def graph_cells(graph: dict | None, shown: bool) -> str:
         return ""
     if graph is None:
         return " | | | | |"
-    return (f" {graph['in_degree_min_mean']:.2f} | {graph['in_degree_min_worst']} | {graph['zero_inputs']:g} | "
-            f"{graph['mean_spectral_gap']:.4f} | {graph['expansion_min']:.2f} |")
+    return (
+        f" {graph['in_degree_min_mean']:.2f} | {graph['in_degree_min_worst']} | {graph['zero_inputs']:g} | "
+        f"{graph['mean_spectral_gap']:.4f} | {graph['expansion_min']:.2f} |"
+    )
 
 
 def mean_connectivity(group: list[dict]) -> dict | None:
@@ -142,9 +199,11 @@ def mean_connectivity(group: list[dict]) -> dict | None:
     if not graphs:
         return None
     keys = ("in_degree_min_mean", "mean_spectral_gap", "zero_inputs")
-    return {**{k: statistics.mean(g[k] for g in graphs) for k in keys},
-            "in_degree_min_worst": min(g["in_degree_min_worst"] for g in graphs),
-            "expansion_min": min(g["expansion_min"] for g in graphs)}
+    return {
+        **{k: statistics.mean(g[k] for g in graphs) for k in keys},
+        "in_degree_min_worst": min(g["in_degree_min_worst"] for g in graphs),
+        "expansion_min": min(g["expansion_min"] for g in graphs),
+    }
 
 
 def render_markdown(record: dict) -> str:
@@ -176,14 +235,26 @@ def render_markdown(record: dict) -> str:
         groups.setdefault((row["pattern"], row["cell"], row["nsamples"], row["seqlen"]), []).append(row)
     multi = {k: v for k, v in groups.items() if len({r["seed"] for r in v}) > 1}
     if multi:
-        lines += ["", "Paired: the same calibration seed's `ria` perplexity subtracted, then mean ± std over seeds.",
-                  "", "| pattern | cell | calib | seeds | perplexity mean ± std | minus ria, paired | prune s (median) |"
-                  + graph_head, "|---|---|---|---|---|---|---|" + "---|" * (5 if graph else 0)]
-        ria = {(r["pattern"], r["nsamples"], r["seqlen"], r["seed"]): r["perplexity"] for r in rows if r["cell"] == "ria"}
-        for (pattern, cell, nsamples, seqlen), group in sorted(multi.items(), key=lambda kv: statistics.mean(r["perplexity"] for r in kv[1])):
+        lines += [
+            "",
+            "Paired: the same calibration seed's `ria` perplexity subtracted, then mean ± std over seeds.",
+            "",
+            "| pattern | cell | calib | seeds | perplexity mean ± std | minus ria, paired | prune s (median) |"
+            + graph_head,
+            "|---|---|---|---|---|---|---|" + "---|" * (5 if graph else 0),
+        ]
+        ria = {
+            (r["pattern"], r["nsamples"], r["seqlen"], r["seed"]): r["perplexity"] for r in rows if r["cell"] == "ria"
+        }
+        for (pattern, cell, nsamples, seqlen), group in sorted(
+            multi.items(), key=lambda kv: statistics.mean(r["perplexity"] for r in kv[1])
+        ):
             ppl = [r["perplexity"] for r in group]
-            paired = [r["perplexity"] - ria[(pattern, nsamples, seqlen, r["seed"])] for r in group
-                      if (pattern, nsamples, seqlen, r["seed"]) in ria]
+            paired = [
+                r["perplexity"] - ria[(pattern, nsamples, seqlen, r["seed"])]
+                for r in group
+                if (pattern, nsamples, seqlen, r["seed"]) in ria
+            ]
             delta = f"{statistics.mean(paired):+.2f} ± {statistics.stdev(paired):.2f}" if len(paired) > 1 else ""
             lines.append(
                 f"| {pattern} | {cell} | {nsamples}x{seqlen} | {len(group)} | {statistics.mean(ppl):.2f} ± "
@@ -202,20 +273,34 @@ def connectivity_figure(record: dict, path: Path) -> None:
     rows = [row for row in record["cells"] if row.get("connectivity")]
     if not rows:
         return
-    metrics = {"in_degree_min_mean": "mean over layers of the min input degree",
-               "zero_inputs": "inputs with no kept weight (all layers)",
-               "mean_spectral_gap": "mean spectral gap", "expansion_min": "worst expansion estimate"}
+    metrics = {
+        "in_degree_min_mean": "mean over layers of the min input degree",
+        "zero_inputs": "inputs with no kept weight (all layers)",
+        "mean_spectral_gap": "mean spectral gap",
+        "expansion_min": "worst expansion estimate",
+    }
     figure = Figure(figsize=(4 * len(metrics), 3.6), layout="constrained")
     axes = figure.subplots(1, len(metrics), sharey=True)
     for pattern, marker in zip(sorted({r["pattern"] for r in rows}), "os^D"):
         for family in ("wanda", "ria", "sparsegpt", "eggs:diagonal", "eggs:matching", "eggs:repair"):
-            chosen = [r for r in rows if r["pattern"] == pattern and r["cell"].startswith(family)
-                      and not (family == "eggs:repair" and r.get("b") == 0)]
+            chosen = [
+                r
+                for r in rows
+                if r["pattern"] == pattern
+                and r["cell"].startswith(family)
+                and not (family == "eggs:repair" and r.get("b") == 0)
+            ]
             if not chosen:
                 continue
             for axis, key in zip(axes, metrics):
-                axis.scatter([r["connectivity"][key] for r in chosen], [r["perplexity"] for r in chosen],
-                             marker=marker, s=22, alpha=0.8, label=f"{family} {pattern}")
+                axis.scatter(
+                    [r["connectivity"][key] for r in chosen],
+                    [r["perplexity"] for r in chosen],
+                    marker=marker,
+                    s=22,
+                    alpha=0.8,
+                    label=f"{family} {pattern}",
+                )
     for axis, label in zip(axes, metrics.values()):
         axis.set_xlabel(label)
         axis.set_yscale("log")
@@ -266,14 +351,19 @@ def main() -> None:
     eval_tokens = tokenize(tokenizer, eval_source.text)
     seqlen, windows = preset["seqlen"], preset["windows"]
 
-    record = json.loads(json_path.read_text()) if json_path.exists() else {
-        "model": args.model,
-        "evaluation": f"{eval_source.description}; first {windows or 'all'} non-overlapping windows of {seqlen} tokens",
-        "calibration": f"{calib_source.description}; random windows, seeded",
-        "hardware": f"{torch.get_num_threads()} torch threads, CPU",
-        "versions": library_versions(),
-        "cells": [],
-    }
+    record = (
+        json.loads(json_path.read_text())
+        if json_path.exists()
+        else {
+            "model": args.model,
+            "evaluation": f"{eval_source.description}; first {windows or 'all'} non-overlapping windows of "
+            f"{seqlen} tokens",
+            "calibration": f"{calib_source.description}; random windows, seeded",
+            "hardware": f"{torch.get_num_threads()} torch threads, CPU",
+            "versions": library_versions(),
+            "cells": [],
+        }
+    )
     if "dense" not in record:
         dense = perplexity(model, eval_tokens, seqlen, windows, eval_source.description)
         record["dense"] = dense.to_dict()
@@ -293,10 +383,19 @@ def main() -> None:
                     _, report = prune(model, tokenizer, config, RunOptions(progress=False), calibration=calibration)
                     seconds = time.perf_counter() - started
                 result = perplexity(model, eval_tokens, seqlen, windows, eval_source.description, progress=False)
-                row = {"key": key, "cell": cell, "pattern": pattern, "seed": seed, "nsamples": config.nsamples,
-                       "seqlen": seqlen, **parse_cell(cell, pattern), "perplexity": result.perplexity,
-                       "seconds": seconds, "peak_rss_mb": peak.mb,
-                       "mean_recon_error": report.summary()["mean_recon_error"]}
+                row = {
+                    "key": key,
+                    "cell": cell,
+                    "pattern": pattern,
+                    "seed": seed,
+                    "nsamples": config.nsamples,
+                    "seqlen": seqlen,
+                    **parse_cell(cell, pattern),
+                    "perplexity": result.perplexity,
+                    "seconds": seconds,
+                    "peak_rss_mb": peak.mb,
+                    "mean_recon_error": report.summary()["mean_recon_error"],
+                }
                 if preset.get("connectivity"):
                     row["connectivity"] = connectivity(model, report, pattern, parse_cell(cell, pattern))
                 record["cells"].append(row)

@@ -43,8 +43,16 @@ RESULTS = Path(__file__).parent / "results"
 TARGET_RSS_RATIO = 0.35
 # Llama-shaped, about 3.1B parameters; the vocabulary is the default model's, so its tokenizer
 # turns the embedded calibration text into valid ids.
-SHAPE = dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-             num_key_value_heads=8, vocab_size=49152, max_position_embeddings=2048, tie_word_embeddings=False)
+SHAPE = dict(
+    hidden_size=3072,
+    intermediate_size=8192,
+    num_hidden_layers=28,
+    num_attention_heads=24,
+    num_key_value_heads=8,
+    vocab_size=49152,
+    max_position_embeddings=2048,
+    tie_word_embeddings=False,
+)
 
 
 def write_synthetic_checkpoint(folder: Path, shape: dict, seed: int = 0) -> tuple[int, int]:
@@ -69,18 +77,30 @@ def write_synthetic_checkpoint(folder: Path, shape: dict, seed: int = 0) -> tupl
 
     def block(index: int) -> dict[str, torch.Tensor]:
         p = f"model.layers.{index}."
-        return {p + "self_attn.q_proj.weight": normal(hidden, hidden), p + "self_attn.k_proj.weight": normal(kv, hidden),
-                p + "self_attn.v_proj.weight": normal(kv, hidden), p + "self_attn.o_proj.weight": normal(hidden, hidden),
-                p + "mlp.gate_proj.weight": normal(inner, hidden), p + "mlp.up_proj.weight": normal(inner, hidden),
-                p + "mlp.down_proj.weight": normal(hidden, inner),
-                p + "input_layernorm.weight": ones(), p + "post_attention_layernorm.weight": ones()}
+        return {
+            p + "self_attn.q_proj.weight": normal(hidden, hidden),
+            p + "self_attn.k_proj.weight": normal(kv, hidden),
+            p + "self_attn.v_proj.weight": normal(kv, hidden),
+            p + "self_attn.o_proj.weight": normal(hidden, hidden),
+            p + "mlp.gate_proj.weight": normal(inner, hidden),
+            p + "mlp.up_proj.weight": normal(inner, hidden),
+            p + "mlp.down_proj.weight": normal(hidden, inner),
+            p + "input_layernorm.weight": ones(),
+            p + "post_attention_layernorm.weight": ones(),
+        }
 
     weight_map: dict[str, str] = {}
     parameters = 0
     for number in range(blocks + 1):
-        tensors = block(number) if number < blocks else {
-            "model.embed_tokens.weight": normal(config.vocab_size, hidden), "model.norm.weight": ones(),
-            "lm_head.weight": normal(config.vocab_size, hidden)}
+        tensors = (
+            block(number)
+            if number < blocks
+            else {
+                "model.embed_tokens.weight": normal(config.vocab_size, hidden),
+                "model.norm.weight": ones(),
+                "lm_head.weight": normal(config.vocab_size, hidden),
+            }
+        )
         name = f"model-{number + 1:05d}-of-{blocks + 1:05d}.safetensors"
         save_file(tensors, str(folder / name), metadata={"format": "pt"})
         weight_map.update({key: name for key in tensors})
@@ -93,8 +113,9 @@ def write_synthetic_checkpoint(folder: Path, shape: dict, seed: int = 0) -> tupl
 
 def eggs_ptp(*args: object, timeout: float | None = None) -> tuple[subprocess.CompletedProcess, float]:
     started = time.perf_counter()
-    finished = subprocess.run([sys.executable, "-m", "eggs_ptp", *map(str, args)], capture_output=True, text=True,
-                              timeout=timeout)
+    finished = subprocess.run(
+        [sys.executable, "-m", "eggs_ptp", *map(str, args)], capture_output=True, text=True, timeout=timeout
+    )
     return finished, time.perf_counter() - started
 
 
@@ -109,9 +130,25 @@ def part_low_memory(workdir: Path, nsamples: int, seqlen: int) -> dict:
     parameters, size = write_synthetic_checkpoint(checkpoint, SHAPE)
     written = time.perf_counter() - started
     print(f"wrote {parameters / 1e9:.2f}B parameters, {size / 2**30:.2f} GiB in {written:.0f} s", flush=True)
-    finished, seconds = eggs_ptp("prune", checkpoint, "-o", output, "--low-memory", "--method", "eggs",
-                                 "--pattern", "2:4", "--dtype", "bfloat16", "--nsamples", nsamples, "--seqlen", seqlen,
-                                 "-q", "--json")
+    finished, seconds = eggs_ptp(
+        "prune",
+        checkpoint,
+        "-o",
+        output,
+        "--low-memory",
+        "--method",
+        "eggs",
+        "--pattern",
+        "2:4",
+        "--dtype",
+        "bfloat16",
+        "--nsamples",
+        nsamples,
+        "--seqlen",
+        seqlen,
+        "-q",
+        "--json",
+    )
     if finished.returncode:
         raise SystemExit(f"prune failed:\n{finished.stderr[-3000:]}")
     report = json.loads((output / "sparsity.json").read_text())
@@ -120,13 +157,22 @@ def part_low_memory(workdir: Path, nsamples: int, seqlen: int) -> dict:
     peak_mb = report["summary"]["peak_rss_mb"]
     ratio = peak_mb * 2**20 / size
     return {
-        "shape": SHAPE, "parameters": parameters, "checkpoint_bytes": size, "write_seconds": written,
+        "shape": SHAPE,
+        "parameters": parameters,
+        "checkpoint_bytes": size,
+        "write_seconds": written,
         "calibration": {"nsamples": nsamples, "seqlen": seqlen, "text": "wiki"},
         "threads": child_threads(),
-        "prune_seconds": seconds, "peak_rss_mb": peak_mb, "peak_rss_source": "the pruning process's VmHWM",
-        "peak_rss_ratio": ratio, "target_ratio": TARGET_RSS_RATIO, "meets_target": ratio <= TARGET_RSS_RATIO,
-        "kept_fraction": report["summary"]["kept_fraction"], "pruned_layers": report["summary"]["pruned_layers"],
-        "verify_passed": verified.returncode == 0, "verify_output": verified.stdout.strip().splitlines()[-1:],
+        "prune_seconds": seconds,
+        "peak_rss_mb": peak_mb,
+        "peak_rss_source": "the pruning process's VmHWM",
+        "peak_rss_ratio": ratio,
+        "target_ratio": TARGET_RSS_RATIO,
+        "meets_target": ratio <= TARGET_RSS_RATIO,
+        "kept_fraction": report["summary"]["kept_fraction"],
+        "pruned_layers": report["summary"]["pruned_layers"],
+        "verify_passed": verified.returncode == 0,
+        "verify_output": verified.stdout.strip().splitlines()[-1:],
         "output_bytes": sum(p.stat().st_size for p in output.glob("*.safetensors")),
     }
 
@@ -155,11 +201,16 @@ def part_distributed(workdir: Path, nsamples: int, seqlen: int) -> dict:
     total = sum(single[key].numel() for key in single)
     differing_layers = sorted(key for key in single if not torch.equal(single[key], double[key]))
     return {
-        "model": "smollm2-135m", "method": "eggs", "pattern": "2:4",
+        "model": "smollm2-135m",
+        "method": "eggs",
+        "pattern": "2:4",
         "calibration": {"nsamples": nsamples, "seqlen": seqlen, "text": "wiki"},
         "threads": child_threads(),
-        "runs": rows, "time_ratio_2_over_1": rows["2 gloo processes"]["seconds"] / rows["1 process"]["seconds"],
-        "mask_agreement": agree / total, "mask_entries": total, "layers_with_any_difference": len(differing_layers),
+        "runs": rows,
+        "time_ratio_2_over_1": rows["2 gloo processes"]["seconds"] / rows["1 process"]["seconds"],
+        "mask_agreement": agree / total,
+        "mask_entries": total,
+        "layers_with_any_difference": len(differing_layers),
         "layers": len(single),
     }
 
@@ -171,26 +222,36 @@ def render(results: dict) -> str:
         lines += [
             f"Synthetic Llama-shaped checkpoint, {low['parameters'] / 1e9:.2f}B parameters in bfloat16 "
             f"({low['checkpoint_bytes'] / 2**30:.2f} GiB), pruned to 2:4 with `eggs --low-memory` on "
-            f"{low['calibration']['nsamples']} x {low['calibration']['seqlen']} calibration tokens.", "",
+            f"{low['calibration']['nsamples']} x {low['calibration']['seqlen']} calibration tokens.",
+            "",
             "| checkpoint | peak RSS | peak / checkpoint | target | prune time | verify |",
             "|---|---|---|---|---|---|",
             f"| {low['checkpoint_bytes'] / 2**30:.2f} GiB | {low['peak_rss_mb'] / 1024:.2f} GiB | "
             f"{low['peak_rss_ratio']:.3f}x | <= {low['target_ratio']}x | {low['prune_seconds']:.0f} s | "
-            f"{'passed' if low['verify_passed'] else 'FAILED'} |", "",
+            f"{'passed' if low['verify_passed'] else 'FAILED'} |",
+            "",
         ]
     dist = results.get("distributed")
     if dist:
         lines += [
             f"Default model, `eggs` 2:4, {dist['calibration']['nsamples']} x {dist['calibration']['seqlen']} "
-            "calibration, one process against two gloo processes on the same windows.", "",
-            "| run | wall time |", "|---|---|",
-            *[f"| {label} | {row['seconds']:.0f} s |" for label, row in dist["runs"].items()], "",
+            "calibration, one process against two gloo processes on the same windows.",
+            "",
+            "| run | wall time |",
+            "|---|---|",
+            *[f"| {label} | {row['seconds']:.0f} s |" for label, row in dist["runs"].items()],
+            "",
             f"Time ratio (2 processes / 1): {dist['time_ratio_2_over_1']:.2f}. Mask agreement: "
             f"{dist['mask_agreement']:.6f} of {dist['mask_entries']} entries; "
-            f"{dist['layers_with_any_difference']} of {dist['layers']} layers differ anywhere.", "",
+            f"{dist['layers_with_any_difference']} of {dist['layers']} layers differ anywhere.",
+            "",
         ]
-    lines += [f"Machine: {results['machine']['cpu']}, {results['machine']['logical_cpus']} cores, torch threads {results['machine']['torch_threads']}. "
-              "Reproduce: `python benchmarks/scale.py`.", ""]
+    lines += [
+        f"Machine: {results['machine']['cpu']}, {results['machine']['logical_cpus']} cores, "
+        f"torch threads {results['machine']['torch_threads']}. "
+        "Reproduce: `python benchmarks/scale.py`.",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -25,27 +25,84 @@ QUIET = RunOptions(progress=False)
 
 # One tiny random config per family the walk must support (kwargs of AutoConfig.for_model).
 FAMILIES: dict[str, dict] = {
-    "llama": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
-    "mistral": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
-    "qwen2": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
-    "gemma": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=128),
-    "gemma2": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                   num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
-                   max_position_embeddings=128),
-    "gemma3_text": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=8,
-                        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=128),
-    "phi3": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
-    "opt": dict(hidden_size=HIDDEN, ffn_dim=INTERMEDIATE, num_hidden_layers=2, num_attention_heads=4,
-                word_embed_proj_dim=HIDDEN, max_position_embeddings=128),
+    "llama": dict(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    ),
+    "mistral": dict(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    ),
+    "qwen2": dict(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    ),
+    "gemma": dict(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=128,
+    ),
+    "gemma2": dict(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=8,
+        max_position_embeddings=128,
+    ),
+    "gemma3_text": dict(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=128,
+    ),
+    "phi3": dict(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    ),
+    "opt": dict(
+        hidden_size=HIDDEN,
+        ffn_dim=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        word_embed_proj_dim=HIDDEN,
+        max_position_embeddings=128,
+    ),
     "gpt2": dict(n_embd=HIDDEN, n_inner=INTERMEDIATE, n_layer=2, n_head=4, n_positions=128),
-    "gpt_neox": dict(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=2,
-                     num_attention_heads=4, max_position_embeddings=128),
+    "gpt_neox": dict(
+        hidden_size=HIDDEN,
+        intermediate_size=INTERMEDIATE,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=128,
+    ),
 }
 
 
@@ -124,8 +181,9 @@ def assert_same_weights(a: Path, b: Path) -> None:
 def python(*args: object) -> subprocess.CompletedProcess:
     """A fresh interpreter running this checkout's eggs_ptp, as torchrun's workers would."""
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, *map(str, args)], check=False, env=environment, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, *map(str, args)], check=False, env=environment, capture_output=True, text=True, timeout=300
+    )
 
 
 def prune_args(model_dir, out, calib, *extra):

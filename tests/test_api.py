@@ -13,6 +13,7 @@ from helpers import QUIET, Killed, assert_same_weights, kill_after_block, prune_
 
 LOW_MEMORY = RunOptions(low_memory=True, device="cpu", progress=False)
 
+
 def test_resume_through_the_api_refuses_a_changed_seed(model_dir, calib, tmp_path, monkeypatch):
     config = PruneConfig(method="wanda", nsamples=4, seqlen=16, calib=str(calib))
     with monkeypatch.context() as patch:
@@ -23,12 +24,15 @@ def test_resume_through_the_api_refuses_a_changed_seed(model_dir, calib, tmp_pat
         prune_to_folder(model_dir, tmp_path / "o", config.replace(seed=1), LOW_MEMORY.replace(resume=True))
 
 
-
-
 def test_prune_to_folder_measures_and_writes_what_the_cli_would(model_dir, calib, tmp_path):
     config = PruneConfig(method=EggsConfig(tile_height=4), nsamples=4, seqlen=16, calib=str(calib))
-    report = prune_to_folder(model_dir, tmp_path / "o", config, RunOptions(device="cpu", progress=False),
-                             evaluation=Evaluation(text=str(calib), windows=3, seqlen=16))
+    report = prune_to_folder(
+        model_dir,
+        tmp_path / "o",
+        config,
+        RunOptions(device="cpu", progress=False),
+        evaluation=Evaluation(text=str(calib), windows=3, seqlen=16),
+    )
     recorded = json.loads((tmp_path / "o" / "sparsity.json").read_text())
     assert recorded["config"] == config.to_dict() and recorded["schema_version"] == 2
     scores = recorded["evaluation"]["perplexity"]
@@ -50,18 +54,22 @@ def test_prune_in_memory_keeps_progress_for_resume_in_progress_dir(model_dir, ca
         with pytest.raises(Killed):
             prune(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer, config, options)
     assert completed_blocks(tmp_path / "progress") == 2
-    resumed, report = prune(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer, config,
-                            options.replace(resume=True))
+    resumed, report = prune(
+        AutoModelForCausalLM.from_pretrained(model_dir), tokenizer, config, options.replace(resume=True)
+    )
     assert report.resumed_at_block == 2 and not (tmp_path / "progress").exists()
     for (name, left), right in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(left, right), name
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: RunOptions(low_memory=True, device_map="auto"), "cannot use --device-map"),
-    (lambda: RunOptions(dtype="float8"), "unknown dtype 'float8'"),
-    (lambda: RunOptions(activation_dtype="int8"), "unknown dtype 'int8'"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: RunOptions(low_memory=True, device_map="auto"), "cannot use --device-map"),
+        (lambda: RunOptions(dtype="float8"), "unknown dtype 'float8'"),
+        (lambda: RunOptions(activation_dtype="int8"), "unknown dtype 'int8'"),
+    ],
+)
 def test_run_options_name_what_is_wrong(make, message):
     with pytest.raises(ValueError, match=message):
         make()

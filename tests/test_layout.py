@@ -24,9 +24,14 @@ def lint_imports(tmp_path: Path, change: str | None = None) -> subprocess.Comple
             module.write(f"\n{change}\n")
     shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
     linter = Path(sys.executable).with_name("lint-imports")
-    return subprocess.run([str(linter), "--config", str(tmp_path / "pyproject.toml"), "--no-cache"], cwd=tmp_path,
-                          env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [str(linter), "--config", str(tmp_path / "pyproject.toml"), "--no-cache"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(copy), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_the_package_keeps_its_layers(tmp_path):
@@ -65,5 +70,7 @@ def test_the_private_import_check_finds_one(tmp_path):
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_every_module_declares_its_public_names(path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    assert any(isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
-               for node in tree.body), f"{path.relative_to(PACKAGE)} has no __all__"
+    assert any(
+        isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
+        for node in tree.body
+    ), f"{path.relative_to(PACKAGE)} has no __all__"

@@ -1,6 +1,5 @@
 """How a run is placed: --device, --device-map and their one-line errors."""
 
-
 import pytest
 import torch
 
@@ -19,5 +18,3 @@ def test_device_map_places_the_model_and_gives_the_same_result(model_dir, calib,
 def test_asking_for_cuda_without_it_is_one_line(model_dir, calib, tmp_path):
     line = one_error_line(run_cli(*prune_args(model_dir, tmp_path / "o", calib, "--device", "cuda")))
     assert "no CUDA device" in line and "--device cpu" in line
-
-

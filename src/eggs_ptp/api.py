@@ -76,12 +76,14 @@ def build_calibration(model: PreTrainedModel, tokenizer: object, config: PruneCo
     source = load_text(config.calib, "calibration")
     seqlen = effective_seqlen(model, tokenizer, config.seqlen)
     needs = build_method(config.method, config.parsed_pattern).needs_calibration or config.allocation is not None
-    return sample_windows(tokenize(tokenizer, source.text), config.nsamples if needs else 1, seqlen, config.seed,
-                          source.description)
+    return sample_windows(
+        tokenize(tokenizer, source.text), config.nsamples if needs else 1, seqlen, config.seed, source.description
+    )
 
 
-def perplexity_meter(model: PreTrainedModel, tokenizer: object, text: str, windows: int | None, seqlen: int,
-                     progress: bool = True):
+def perplexity_meter(
+    model: PreTrainedModel, tokenizer: object, text: str, windows: int | None, seqlen: int, progress: bool = True
+):
     """Tokenise the evaluation text once; return a function measuring a model on it."""
     source = load_text(text, "evaluation")
     seqlen = effective_seqlen(model, tokenizer, seqlen)
@@ -115,11 +117,16 @@ def prune(
     calibration = calibration or build_calibration(model, tokenizer, config)
     progress = None
     if run.progress_dir is not None:
-        signature = {"class": type(model).__name__, "name_or_path": getattr(model.config, "name_or_path", None),
-                     "parameters": sum(p.numel() for p in model.parameters())}
-        progress = RunProgress(Path(run.progress_dir), run_fingerprint(config, calibration, model_info, signature,
-                                                                         next(model.parameters()).dtype, run, ranks),
-                               ranks)
+        signature = {
+            "class": type(model).__name__,
+            "name_or_path": getattr(model.config, "name_or_path", None),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }
+        progress = RunProgress(
+            Path(run.progress_dir),
+            run_fingerprint(config, calibration, model_info, signature, next(model.parameters()).dtype, run, ranks),
+            ranks,
+        )
     pruned, report = _prune_loaded(model, config, run, ranks, calibration, progress, model_info or {})
     if progress:
         progress.finish()
@@ -161,13 +168,21 @@ def prune_to_folder(
         loaded.model.to(device)
     info = {"source": loaded.source, "location": loaded.location, "revision": loaded.revision}
     calibration = build_calibration(loaded.model, loaded.tokenizer, config)
-    progress = RunProgress(progress_folder(out), run_fingerprint(config, calibration, info,
-                                                                 weights_signature(loaded.location), run.torch_dtype,
-                                                                 run, ranks), ranks)
+    progress = RunProgress(
+        progress_folder(out),
+        run_fingerprint(config, calibration, info, weights_signature(loaded.location), run.torch_dtype, run, ranks),
+        ranks,
+    )
     measure = dense = None
     if evaluation is not None and writer:
-        measure = perplexity_meter(loaded.model, loaded.tokenizer, evaluation.text, evaluation.windows,
-                                   evaluation.seqlen or config.seqlen, run.progress)
+        measure = perplexity_meter(
+            loaded.model,
+            loaded.tokenizer,
+            evaluation.text,
+            evaluation.windows,
+            evaluation.seqlen or config.seqlen,
+            run.progress,
+        )
         dense = measure(loaded.model)
     model, report = _prune_loaded(loaded.model, config, run, ranks, calibration, progress, info)
     if writer:
@@ -178,9 +193,15 @@ def prune_to_folder(
     return report
 
 
-def _prune_loaded(model: PreTrainedModel, config: PruneConfig, run: RunOptions, ranks: Ranks | None,
-                  calibration: CalibrationSet, progress: RunProgress | None,
-                  model_info: dict[str, Any]) -> tuple[PreTrainedModel, PruneReport]:
+def _prune_loaded(
+    model: PreTrainedModel,
+    config: PruneConfig,
+    run: RunOptions,
+    ranks: Ranks | None,
+    calibration: CalibrationSet,
+    progress: RunProgress | None,
+    model_info: dict[str, Any],
+) -> tuple[PreTrainedModel, PruneReport]:
     started = time.perf_counter()
     prefix, blocks = find_blocks(model)
     was_training = model.training
@@ -195,8 +216,15 @@ def _prune_loaded(model: PreTrainedModel, config: PruneConfig, run: RunOptions, 
     return model, _report(model, next(model.parameters()).dtype, config, calibration, result, started, model_info)
 
 
-def _prune_lazily(location: Path, source: str, out: Path, config: PruneConfig, run: RunOptions, device: torch.device,
-                  ranks: Ranks | None) -> PruneReport:
+def _prune_lazily(
+    location: Path,
+    source: str,
+    out: Path,
+    config: PruneConfig,
+    run: RunOptions,
+    device: torch.device,
+    ranks: Ranks | None,
+) -> PruneReport:
     started = time.perf_counter()
     lazy = LazyModel(location, run.torch_dtype, device)
     model = lazy.model
@@ -204,18 +232,28 @@ def _prune_lazily(location: Path, source: str, out: Path, config: PruneConfig, r
     calibration = build_calibration(model, tokenizer, config)
     prefix, blocks = find_blocks(model)
     info = {"source": source, "location": str(location)}
-    progress = RunProgress(progress_folder(out), run_fingerprint(config, calibration, info,
-                                                                 lazy.checkpoint.signature(), run.torch_dtype, run,
-                                                                 ranks), ranks)
+    progress = RunProgress(
+        progress_folder(out),
+        run_fingerprint(config, calibration, info, lazy.checkpoint.signature(), run.torch_dtype, run, ranks),
+        ranks,
+    )
     handles = lazy.materialise_on_call(blocks)
     try:
-        result = _Walk(model, blocks, prefix, config, run, ranks, progress, LazyBlocks(lazy, blocks),
-                       lazy.device).execute(calibration)
+        result = _Walk(
+            model, blocks, prefix, config, run, ranks, progress, LazyBlocks(lazy, blocks), lazy.device
+        ).execute(calibration)
     finally:
         for handle in handles:
             handle.remove()
-    report = _report(model, run.torch_dtype, config, calibration, result, started,
-                     {**info, "checkpoint_bytes": lazy.checkpoint.nbytes, "low_memory": True})
+    report = _report(
+        model,
+        run.torch_dtype,
+        config,
+        calibration,
+        result,
+        started,
+        {**info, "checkpoint_bytes": lazy.checkpoint.nbytes, "low_memory": True},
+    )
     if ranks is None or ranks.is_writer:
         with staged_folder(out) as staging:
             write_sharded(staging, lazy, [progress.block_file(i) for i in range(len(blocks))], run.progress)
@@ -253,8 +291,10 @@ class _Walk:
     def execute(self, calibration: CalibrationSet) -> _Result:
         windows = self.ranks.share(calibration.windows) if self.ranks else calibration.windows
         if not len(windows):
-            raise ValueError(f"{len(calibration.windows)} calibration windows cannot be shared by "
-                             f"{self.ranks.world} processes; draw at least one per process")
+            raise ValueError(
+                f"{len(calibration.windows)} calibration windows cannot be shared by "
+                f"{self.ranks.world} processes; draw at least one per process"
+            )
         try:
             layers, allocation, resumed = self._walk(windows)
         except BaseException:
@@ -262,69 +302,139 @@ class _Walk:
                 self.progress.discard_if_empty()
             raise
         if not any(layer.skipped is None for layer in layers):
-            raise ValueError("no layer was pruned: every linear layer was excluded or skipped; "
-                             "check --include/--exclude and the pattern")
+            raise ValueError(
+                "no layer was pruned: every linear layer was excluded or skipped; "
+                "check --include/--exclude and the pattern"
+            )
         return _Result(layers, allocation, resumed)
 
     def _walk(self, windows: torch.Tensor) -> tuple[list[LayerReport], dict[str, Any] | None, Resumed | None]:
         options = self.options
-        offload = (Path(options.offload_dir) / f"rank-{self.ranks.rank if self.ranks else 0}" / "block-00000"
-                   if options.offload_dir else None)
+        offload = (
+            Path(options.offload_dir) / f"rank-{self.ranks.rank if self.ranks else 0}" / "block-00000"
+            if options.offload_dir
+            else None
+        )
         activation_dtype = options.torch_activation_dtype
         resumed = self.progress.open(options.resume, activation_dtype, offload) if self.progress else None
         method = build_method(self.config.method, self.config.parsed_pattern)
         if resumed:  # the calls (masks, positions) are the same for every window: one window gives them
-            _, calls = capture_block_inputs(self.model, self.blocks, windows[:1], options.progress, None,
-                                            self.access, self.device)
+            _, calls = capture_block_inputs(
+                self.model, self.blocks, windows[:1], options.progress, None, self.access, self.device
+            )
             hidden, layers, allocation, start = resumed.inputs, resumed.layers, resumed.allocation, resumed.next_block
         else:
-            hidden, calls = capture_block_inputs(self.model, self.blocks, windows, options.progress,
-                                                 ActivationStore(activation_dtype, offload), self.access, self.device)
+            hidden, calls = capture_block_inputs(
+                self.model,
+                self.blocks,
+                windows,
+                options.progress,
+                ActivationStore(activation_dtype, offload),
+                self.access,
+                self.device,
+            )
             layers, start = [], 0
             allocation = self._owl(calls, hidden) if self.config.allocation else None
         self.access.captured()
-        pattern = ([Pattern(sparsity=s) for s in allocation["block_sparsity"]] if allocation
-                   else self.config.parsed_pattern)
+        pattern = (
+            [Pattern(sparsity=s) for s in allocation["block_sparsity"]] if allocation else self.config.parsed_pattern
+        )
         clock = time.perf_counter() - (resumed.seconds if resumed else 0.0)
 
         def save(index: int, block_layers: list[LayerReport], outputs: ActivationStore) -> None:
             layers.extend(block_layers)
             if self.progress:
-                self.progress.save_block(index, self.blocks[index].state_dict(prefix=f"{self.prefix}.{index}."),
-                                         layers, outputs, allocation, time.perf_counter() - clock)
+                self.progress.save_block(
+                    index,
+                    self.blocks[index].state_dict(prefix=f"{self.prefix}.{index}."),
+                    layers,
+                    outputs,
+                    allocation,
+                    time.perf_counter() - clock,
+                )
 
-        walk_and_prune(self.blocks, self.prefix, calls, hidden, method, pattern, self.config.include,
-                       self.config.exclude, options.progress, on_block=save, permute=self.config.permute,
-                       access=self.access, start=start, ranks=self.ranks)
+        walk_and_prune(
+            self.blocks,
+            self.prefix,
+            calls,
+            hidden,
+            method,
+            pattern,
+            self.config.include,
+            self.config.exclude,
+            options.progress,
+            on_block=save,
+            permute=self.config.permute,
+            access=self.access,
+            start=start,
+            ranks=self.ranks,
+        )
         return layers, allocation, resumed
 
     def _owl(self, calls: list[BlockCall], hidden: ActivationStore) -> dict[str, Any]:
         """OWL's per-block sparsities from a dense survey of every block's Wanda-score outliers."""
         owl = self.config.allocation
-        ratios = survey_blocks(self.blocks, self.prefix, calls, hidden,
-                               lambda layers: block_outlier_ratio(layers, owl.threshold), self.config.include,
-                               self.config.exclude, self.options.progress, self.access, self.ranks)
+        ratios = survey_blocks(
+            self.blocks,
+            self.prefix,
+            calls,
+            hidden,
+            lambda layers: block_outlier_ratio(layers, owl.threshold),
+            self.config.include,
+            self.config.exclude,
+            self.options.progress,
+            self.access,
+            self.ranks,
+        )
         sparsities = owl_sparsities(ratios, self.config.parsed_pattern.sparsity, owl.deviation)
-        return {"method": "owl", "lambda": owl.deviation, "threshold": owl.threshold, "outlier_ratio": ratios,
-                "block_sparsity": sparsities}
+        return {
+            "method": "owl",
+            "lambda": owl.deviation,
+            "threshold": owl.threshold,
+            "outlier_ratio": ratios,
+            "block_sparsity": sparsities,
+        }
 
 
 def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {key[len(prefix):]: value for key, value in tensors.items()}
+    return {key[len(prefix) :]: value for key, value in tensors.items()}
 
 
-def run_fingerprint(config: PruneConfig, calibration: CalibrationSet, model_info: dict[str, Any] | None,
-                    weights: dict[str, Any], dtype: torch.dtype, run: RunOptions, ranks: Ranks | None) -> dict[str, Any]:
+def run_fingerprint(
+    config: PruneConfig,
+    calibration: CalibrationSet,
+    model_info: dict[str, Any] | None,
+    weights: dict[str, Any],
+    dtype: torch.dtype,
+    run: RunOptions,
+    ranks: Ranks | None,
+) -> dict[str, Any]:
     """What a run's results depend on; a resume must match it exactly."""
-    return {"config": config.to_dict(), "model": {"source": (model_info or {}).get("location"), **weights},
-            "calibration": calibration.describe(), "dtype": str(dtype),
-            "activation_dtype": str(run.torch_activation_dtype or dtype), "processes": ranks.world if ranks else 1}
+    return {
+        "config": config.to_dict(),
+        "model": {"source": (model_info or {}).get("location"), **weights},
+        "calibration": calibration.describe(),
+        "dtype": str(dtype),
+        "activation_dtype": str(run.torch_activation_dtype or dtype),
+        "processes": ranks.world if ranks else 1,
+    }
 
 
-def _report(model: nn.Module, dtype: torch.dtype, config: PruneConfig, calibration: CalibrationSet, result: _Result,
-            started: float, model_info: dict[str, Any]) -> PruneReport:
-    info = {"class": type(model).__name__, "model_type": model.config.model_type,
-            "dtype": str(dtype).replace("torch.", ""), **model_info}
+def _report(
+    model: nn.Module,
+    dtype: torch.dtype,
+    config: PruneConfig,
+    calibration: CalibrationSet,
+    result: _Result,
+    started: float,
+    model_info: dict[str, Any],
+) -> PruneReport:
+    info = {
+        "class": type(model).__name__,
+        "model_type": model.config.model_type,
+        "dtype": str(dtype).replace("torch.", ""),
+        **model_info,
+    }
     return PruneReport(
         config=config,
         model=info,
@@ -338,5 +448,12 @@ def _report(model: nn.Module, dtype: torch.dtype, config: PruneConfig, calibrati
     )
 
 
-__all__ = ["Evaluation", "build_calibration", "effective_seqlen", "perplexity_meter", "prune", "prune_to_folder",
-           "run_fingerprint"]
+__all__ = [
+    "Evaluation",
+    "build_calibration",
+    "effective_seqlen",
+    "perplexity_meter",
+    "prune",
+    "prune_to_folder",
+    "run_fingerprint",
+]

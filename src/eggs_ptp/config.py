@@ -22,13 +22,16 @@ class OwlAllocation:
     """Outlier-weighted per-block sparsity (Yin et al., 2024) with the target as its mean."""
 
     deviation: float = setting(0.08, "OWL: largest deviation of a block's sparsity from the mean.", "--owl-lambda")
-    threshold: float = setting(5.0, "OWL: an outlier's score is this multiple of its layer's mean score.",
-                               "--owl-threshold")
+    threshold: float = setting(
+        5.0, "OWL: an outlier's score is this multiple of its layer's mean score.", "--owl-threshold"
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.deviation < 1 or self.threshold <= 0:
-            raise ValueError(f"owl lambda must lie in [0, 1) and the owl threshold be positive, got "
-                             f"{self.deviation}, {self.threshold}")
+            raise ValueError(
+                f"owl lambda must lie in [0, 1) and the owl threshold be positive, got "
+                f"{self.deviation}, {self.threshold}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": "owl", "lambda": self.deviation, "threshold": self.threshold}
@@ -56,21 +59,25 @@ class PruneConfig:
     nsamples: int = setting(128, "Calibration windows.")
     seqlen: int = setting(2048, "Tokens per calibration window (capped by the model's context).")
     seed: int = setting(0, "Seed of the calibration window starts.")
-    calib: str = setting("wiki", "Calibration text: 'wiki' (embedded), a .txt/.jsonl file, or "
-                                 "hf:DATASET[:CONFIG[:SPLIT]].")
-    include: tuple[str, ...] = setting((), "Only prune layers whose name matches this glob (repeatable), "
-                                           "e.g. '*.mlp.*'.")
+    calib: str = setting(
+        "wiki", "Calibration text: 'wiki' (embedded), a .txt/.jsonl file, or hf:DATASET[:CONFIG[:SPLIT]]."
+    )
+    include: tuple[str, ...] = setting(
+        (), "Only prune layers whose name matches this glob (repeatable), e.g. '*.mlp.*'."
+    )
     exclude: tuple[str, ...] = setting((), "Never prune layers whose name matches this glob (repeatable).")
-    permute: bool = setting(False, "N:M: permute input channels where the permutation folds exactly into the "
-                                   "producing layer.")
+    permute: bool = setting(
+        False, "N:M: permute input channels where the permutation folds exactly into the producing layer."
+    )
     allocation: OwlAllocation | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.method, str):
             object.__setattr__(self, "method", method_config(self.method))
         if not isinstance(self.method, MethodConfig):
-            raise ValueError(f"method must be a method config such as EggsConfig() or a method name, "
-                             f"got {self.method!r}")
+            raise ValueError(
+                f"method must be a method config such as EggsConfig() or a method name, got {self.method!r}"
+            )
         pattern = Pattern.parse(self.pattern)  # raises ValueError with the reason
         object.__setattr__(self, "pattern", str(pattern))
         object.__setattr__(self, "include", tuple(self.include))
@@ -93,9 +100,13 @@ class PruneConfig:
 
     def to_dict(self) -> dict[str, Any]:
         shared = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("method", "allocation")}
-        return {"type": "PruneConfig", "schema_version": SCHEMA_VERSION, "method": self.method.to_dict(),
-                **{k: list(v) if isinstance(v, tuple) else v for k, v in shared.items()},
-                "allocation": self.allocation.to_dict() if self.allocation else "uniform"}
+        return {
+            "type": "PruneConfig",
+            "schema_version": SCHEMA_VERSION,
+            "method": self.method.to_dict(),
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in shared.items()},
+            "allocation": self.allocation.to_dict() if self.allocation else "uniform",
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PruneConfig:
@@ -103,27 +114,46 @@ class PruneConfig:
             raise ValueError(f"not a PruneConfig record (type {data.get('type')!r})")
         version = data.get("schema_version")
         if version not in READABLE_VERSIONS:
-            raise ValueError(f"PruneConfig schema version {version} is not one this eggs-ptp reads "
-                             f"({', '.join(map(str, READABLE_VERSIONS))}); upgrade eggs-ptp")
+            raise ValueError(
+                f"PruneConfig schema version {version} is not one this eggs-ptp reads "
+                f"({', '.join(map(str, READABLE_VERSIONS))}); upgrade eggs-ptp"
+            )
         if version == 1:
             data = upgrade_v1(data)
         allocation = data.get("allocation", "uniform")
-        shared = {f.name: data[f.name] for f in fields(cls) if f.name in data and f.name not in ("method", "allocation")}
-        return cls(method=method_from_dict(data["method"]), **shared,
-                   allocation=None if allocation == "uniform" else
-                   OwlAllocation(allocation["lambda"], allocation["threshold"]))
+        shared = {
+            f.name: data[f.name] for f in fields(cls) if f.name in data and f.name not in ("method", "allocation")
+        }
+        return cls(
+            method=method_from_dict(data["method"]),
+            **shared,
+            allocation=None
+            if allocation == "uniform"
+            else OwlAllocation(allocation["lambda"], allocation["threshold"]),
+        )
 
 
 def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
     """A version 1 record (every method's fields side by side) in version 2's shape."""
     base = asdict(method_config(data["method"]))
     own = {name: data[name] for name in base if name in data}
-    allocation = ("uniform" if data.get("allocation", "uniform") == "uniform" else
-                  {"name": "owl", "lambda": data.get("owl_lambda", 0.08), "threshold": data.get("owl_threshold", 5.0)})
-    shared = {name: data[name] for name in ("pattern", "nsamples", "seqlen", "seed", "calib", "include", "exclude",
-                                            "permute") if name in data}
-    return {"type": "PruneConfig", "schema_version": SCHEMA_VERSION, "method": {"name": data["method"], **own},
-            **shared, "allocation": allocation}
+    allocation = (
+        "uniform"
+        if data.get("allocation", "uniform") == "uniform"
+        else {"name": "owl", "lambda": data.get("owl_lambda", 0.08), "threshold": data.get("owl_threshold", 5.0)}
+    )
+    shared = {
+        name: data[name]
+        for name in ("pattern", "nsamples", "seqlen", "seed", "calib", "include", "exclude", "permute")
+        if name in data
+    }
+    return {
+        "type": "PruneConfig",
+        "schema_version": SCHEMA_VERSION,
+        "method": {"name": data["method"], **own},
+        **shared,
+        "allocation": allocation,
+    }
 
 
 __all__ = ["ALLOCATIONS", "OwlAllocation", "PruneConfig", "READABLE_VERSIONS", "SCHEMA_VERSION", "upgrade_v1"]

@@ -61,17 +61,22 @@ class RunOptions:
     """
 
     dtype: str = setting("float32", "Dtype to load and prune the model in.", choices=DTYPE_NAMES)
-    activation_dtype: str | None = setting(None, "Dtype the calibration activations are kept in "
-                                                 "[default: --dtype].", choices=DTYPE_NAMES)
+    activation_dtype: str | None = setting(
+        None, "Dtype the calibration activations are kept in [default: --dtype].", choices=DTYPE_NAMES
+    )
     device: str = setting("auto", "Compute device: auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
-    device_map: str | None = setting(None, "Spread the model over several devices with accelerate (auto, "
-                                           "balanced, sequential); not with --low-memory.")
-    low_memory: bool = setting(False, "Read the safetensors checkpoint lazily and hold one decoder block in "
-                                      "memory at a time; the output is written block by block.")
+    device_map: str | None = setting(
+        None,
+        "Spread the model over several devices with accelerate (auto, balanced, sequential); not with --low-memory.",
+    )
+    low_memory: bool = setting(
+        False,
+        "Read the safetensors checkpoint lazily and hold one decoder block in "
+        "memory at a time; the output is written block by block.",
+    )
     offload_dir: Path | None = setting(None, "Keep calibration activations on disk here instead of in memory.")
     resume: bool = setting(False, "Continue an interrupted run of the same command from its last finished block.")
-    overwrite: bool = setting(False, "Replace a non-empty output folder (only once the new checkpoint is "
-                                     "complete).")
+    overwrite: bool = setting(False, "Replace a non-empty output folder (only once the new checkpoint is complete).")
     progress_dir: Path | None = None
     progress: bool = True
     ranks: Ranks | None = None

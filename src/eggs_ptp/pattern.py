@@ -21,16 +21,12 @@ class Pattern:
     def __post_init__(self) -> None:
         if self.m is None:
             if self.sparsity is None or not (0.0 < self.sparsity < 1.0) or math.isnan(self.sparsity):
-                raise ValueError(
-                    f"sparsity must be a fraction strictly between 0 and 1, got {self.sparsity!r}"
-                )
+                raise ValueError(f"sparsity must be a fraction strictly between 0 and 1, got {self.sparsity!r}")
             if self.n is not None:
                 raise ValueError("give either N:M or a sparsity, not both")
             return
         if self.n is None or not (0 < self.n < self.m):
-            raise ValueError(
-                f"pattern {self.n}:{self.m} is impossible: N:M needs 0 < N < M (for example 2:4 or 4:8)"
-            )
+            raise ValueError(f"pattern {self.n}:{self.m} is impossible: N:M needs 0 < N < M (for example 2:4 or 4:8)")
         if self.sparsity is not None:
             raise ValueError("give either N:M or a sparsity, not both")
 
@@ -45,8 +41,7 @@ class Pattern:
             value = float(stripped[:-1]) / 100 if stripped.endswith("%") else float(stripped)
         except ValueError:
             raise ValueError(
-                f"cannot read pattern {text!r}: use N:M with 0 < N < M (e.g. 2:4) "
-                "or a sparsity fraction (e.g. 0.5)"
+                f"cannot read pattern {text!r}: use N:M with 0 < N < M (e.g. 2:4) or a sparsity fraction (e.g. 0.5)"
             ) from None
         return cls(sparsity=value)
 

@@ -24,9 +24,7 @@ class LayerStats:
     def __post_init__(self) -> None:
         self.sq_norm = torch.zeros(self.in_features, dtype=torch.float32)
         self.hessian = (
-            torch.zeros(self.in_features, self.in_features, dtype=torch.float32)
-            if self.with_hessian
-            else None
+            torch.zeros(self.in_features, self.in_features, dtype=torch.float32) if self.with_hessian else None
         )
 
     def add(self, inputs: torch.Tensor) -> None:

@@ -42,15 +42,19 @@ def test_existing_results_are_kept_without_overwrite(checkpoint, tmp_path):
     assert out.with_suffix(".md").read_text() != "mine"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--tokens", "1,x"], "--tokens must be comma-separated counts"),
-    (["-o", "result.txt"], "--output must end in .json"),
-    (["--threads", "0"], "--threads must be >= 1"),
-    (["--repeats", "0"], "repeats must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tokens", "1,x"], "--tokens must be comma-separated counts"),
+        (["-o", "result.txt"], "--output must end in .json"),
+        (["--threads", "0"], "--threads must be >= 1"),
+        (["--repeats", "0"], "repeats must be >= 1"),
+    ],
+)
 def test_bad_options_are_one_line_errors(checkpoint, tmp_path, args, message):
-    assert message in one_error_line(run(checkpoint, "-o", tmp_path / "b.json", *args) if "-o" not in args
-                                     else run(checkpoint, *args))
+    assert message in one_error_line(
+        run(checkpoint, "-o", tmp_path / "b.json", *args) if "-o" not in args else run(checkpoint, *args)
+    )
 
 
 def test_a_folder_that_is_not_a_pruned_checkpoint_is_refused(tiny_llama_dir, tmp_path):

@@ -21,11 +21,25 @@ def prune_args(model_dir, out, text_file, *extra):
     return ["prune", model_dir, "-o", out, "--nsamples", 2, "--seqlen", 16, "--calib", text_file, "-q", *extra]
 
 
-
 def test_prune_eval_verify_end_to_end(tiny_llama_dir, tmp_path, text_file):
     out = tmp_path / "pruned"
-    result = run(*prune_args(tiny_llama_dir, out, text_file, "--method", "eggs", "--tile-height", 4,
-                             "--eval", "--eval-text", text_file, "--eval-seqlen", 16, "--json"))
+    result = run(
+        *prune_args(
+            tiny_llama_dir,
+            out,
+            text_file,
+            "--method",
+            "eggs",
+            "--tile-height",
+            4,
+            "--eval",
+            "--eval-text",
+            text_file,
+            "--eval-seqlen",
+            16,
+            "--json",
+        )
+    )
     assert result.exit_code == 0, result.output
     assert "method=eggs" in result.stdout and "pattern=2:4" in result.stdout  # settings are printed
     assert "EggsSelector(rule='repair', b=1, tile_height=4)" in result.stdout  # resolved stages too
@@ -59,9 +73,13 @@ def test_missing_model_path(tmp_path, text_file):
     assert "does not exist" in line
 
 
-@pytest.mark.parametrize("config", [T5Config(d_model=16, num_layers=1, num_heads=2, d_kv=8, d_ff=32, vocab_size=50),
-                                    AutoConfig.for_model("vit", hidden_size=16, num_hidden_layers=1,
-                                                         num_attention_heads=2, intermediate_size=32)])
+@pytest.mark.parametrize(
+    "config",
+    [
+        T5Config(d_model=16, num_layers=1, num_heads=2, d_kv=8, d_ff=32, vocab_size=50),
+        AutoConfig.for_model("vit", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+    ],
+)
 def test_not_a_causal_lm(config, tmp_path, text_file):
     folder = tmp_path / "model"
     config.save_pretrained(folder)
@@ -139,21 +157,40 @@ def test_an_option_of_another_method_family_is_refused(tiny_llama_dir, tmp_path,
 
 def test_help_groups_options_by_family_with_defaults():
     text = run("prune", "--help").output
-    sections = ["Method:", "RIA settings (ria):", "SparseGPT settings (sparsegpt, sparsegpt+refit):",
-                "EGGS settings (eggs, eggs+update):", "Pattern, calibration and layers:", "Allocation:",
-                "How to run:", "Evaluation:", "Output:"]
+    sections = [
+        "Method:",
+        "RIA settings (ria):",
+        "SparseGPT settings (sparsegpt, sparsegpt+refit):",
+        "EGGS settings (eggs, eggs+update):",
+        "Pattern, calibration and layers:",
+        "Allocation:",
+        "How to run:",
+        "Evaluation:",
+        "Output:",
+    ]
     assert [text.index(s) for s in sections] == sorted(text.index(s) for s in sections)
-    eggs = text[text.index("EGGS settings"):text.index("Pattern, calibration")]
+    eggs = text[text.index("EGGS settings") : text.index("Pattern, calibration")]
     assert "--rule" in eggs and "[default: repair]" in eggs and "--alpha" not in eggs  # alpha is RIA's, shared
 
 
 def test_the_recorded_config_nests_the_method_settings(tiny_llama_dir, tmp_path, text_file):
     out = tmp_path / "o"
-    result = run(*prune_args(tiny_llama_dir, out, text_file, "--method", "eggs+update", "--b", 2, "--tile-height", 8,
-                             "--damping", 0.05))
+    result = run(
+        *prune_args(
+            tiny_llama_dir, out, text_file, "--method", "eggs+update", "--b", 2, "--tile-height", 8, "--damping", 0.05
+        )
+    )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "sparsity.json").read_text())
     assert record["method"] == "eggs+update(b=2, tile_height=8, damping=0.05)"
-    assert record["config"]["method"] == {"name": "eggs+update", "b": 2, "rule": "repair", "tile_height": 8,
-                                          "alpha": 0.5, "auto": False, "update": True, "damping": 0.05,
-                                          "blocksize": 128}
+    assert record["config"]["method"] == {
+        "name": "eggs+update",
+        "b": 2,
+        "rule": "repair",
+        "tile_height": 8,
+        "alpha": 0.5,
+        "auto": False,
+        "update": True,
+        "damping": 0.05,
+        "blocksize": 128,
+    }

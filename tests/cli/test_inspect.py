@@ -14,8 +14,6 @@ def run(*args):
     return CliRunner().invoke(inspect_command, [str(a) for a in args])
 
 
-
-
 @pytest.fixture(scope="module")
 def llama_checkpoint(tmp_path_factory):
     return pruned_checkpoint(tmp_path_factory.mktemp("inspect") / "llama-2of4", "llama", "2:4")[0]
@@ -27,7 +25,18 @@ def test_pruned_llama_end_to_end(llama_checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("llama-2of4: ria, pattern 2:4 | B=1 | tiles 2:4 x 4 rows")
-    assert lines[1].split() == ["layer", "shape", "kept", "in-min", "in-mean", "zero-in", "in<1", "tile<1", "gap", "expansion*"]
+    assert lines[1].split() == [
+        "layer",
+        "shape",
+        "kept",
+        "in-min",
+        "in-mean",
+        "zero-in",
+        "in<1",
+        "tile<1",
+        "gap",
+        "expansion*",
+    ]
     assert lines[2].startswith("model.layers.0.self_attn.q_proj") and "32x32" in lines[2] and "0.500" in lines[2]
     assert any(line.startswith("summary: 14 layers | in-degree min: mean") for line in lines)
     payload = json.loads(lines[-1])
@@ -39,7 +48,9 @@ def test_pruned_llama_end_to_end(llama_checkpoint, tmp_path):
     assert layer["name"] == "model.layers.0.self_attn.q_proj" and layer["recon_error"] is not None
     assert layer["expansion_is_estimate"] and layer["tiles"]["m"] == 4 and 0.0 <= layer["spectral_gap"] <= 1.0
     assert layer["out_degree_min"] == layer["out_degree_max"] == 16  # exactly 2 of every 4 inputs per row
-    assert record["figures"] == payload["figures"] == ["heatmap.png", "degree-histogram.png", "connectivity-vs-error.png"]
+    assert (
+        record["figures"] == payload["figures"] == ["heatmap.png", "degree-histogram.png", "connectivity-vs-error.png"]
+    )
     for name in record["figures"]:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left

@@ -14,8 +14,6 @@ def run(*args):
     return CliRunner().invoke(pack_command, [str(a) for a in args])
 
 
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     return pruned_checkpoint(tmp_path_factory.mktemp("pack") / "llama-2of4", "llama", "2:4")[0]

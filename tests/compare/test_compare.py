@@ -23,9 +23,32 @@ def run(*args):
 
 
 def grid_args(model, out, text, *extra):
-    return ["compare", model, "-o", out, "--methods", "magnitude,wanda", "--patterns", "2:4", "--seeds", "0,1",
-            "--nsamples", 2, "--seqlen", 16, "--calib", text, "--eval-text", text, "--eval-windows", 3,
-            "--task-limit", 6, "-q", *extra]
+    return [
+        "compare",
+        model,
+        "-o",
+        out,
+        "--methods",
+        "magnitude,wanda",
+        "--patterns",
+        "2:4",
+        "--seeds",
+        "0,1",
+        "--nsamples",
+        2,
+        "--seqlen",
+        16,
+        "--calib",
+        text,
+        "--eval-text",
+        text,
+        "--eval-windows",
+        3,
+        "--task-limit",
+        6,
+        "-q",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +77,19 @@ def copy(finished, tmp_path):
 def test_every_artefact_is_written(finished):
     out, result = finished
     assert sorted(p.name for p in out.iterdir()) == [
-        "perplexity.png", "perplexity_vs_time.png", "report.html", "results.json", "results.md"]
+        "perplexity.png",
+        "perplexity_vs_time.png",
+        "report.html",
+        "results.json",
+        "results.md",
+    ]
     record = read_results(out / "results.json")
     assert [row["key"] for row in record["cells"]] == [
-        "magnitude|2:4|seed0", "wanda|2:4|seed0", "magnitude|2:4|seed1", "wanda|2:4|seed1"]
+        "magnitude|2:4|seed0",
+        "wanda|2:4|seed0",
+        "magnitude|2:4|seed1",
+        "wanda|2:4|seed1",
+    ]
     for row in record["cells"]:
         assert row["perplexity"] > 0 and 0 <= row["task"]["acc"] <= 1 and row["task"]["samples"] == 6
         assert row["prune_seconds"] > 0 and row["peak_rss_mb"] > 0 and row["kept_fraction"] == 0.5
@@ -73,7 +105,11 @@ def test_results_record_what_they_depend_on(finished):
     assert len(record["model"]["weights_sha256"]) == 64 and record["model"]["class"] == "LlamaForCausalLM"
     assert record["calibration"] | {"nsamples": 2, "seqlen": 16, "seeds": [0, 1]} == record["calibration"]
     assert "text.txt" in record["calibration"]["source"] and record["calibration"]["sampling"]
-    assert (record["evaluation"]["seqlen"], record["evaluation"]["windows"], record["evaluation"]["tokens"]) == (16, 3, 48)
+    assert (record["evaluation"]["seqlen"], record["evaluation"]["windows"], record["evaluation"]["tokens"]) == (
+        16,
+        3,
+        48,
+    )
     assert record["task"]["task"] == OFFLINE_TASK and record["task"]["passages"] > 500
     assert record["task"]["limit"] == 6 and record["task"]["harness"]["harness"].startswith("lm-eval")
     session = record["sessions"][0]
@@ -116,9 +152,18 @@ def test_resume_runs_only_the_missing_cells(copy, workspace, monkeypatch):
 
     monkeypatch.setattr(GridContext, "run_cell", spy_cell)
     monkeypatch.setattr(GridContext, "evaluate", spy_evaluate)
-    spec = CompareSpec(methods=("magnitude", "wanda"), patterns=("2:4",), seeds=(0, 1), nsamples=2, seqlen=16,
-                       calib=str(workspace / "text.txt"), eval_text=str(workspace / "text.txt"), eval_seqlen=16,
-                       eval_windows=3, task_limit=6)
+    spec = CompareSpec(
+        methods=("magnitude", "wanda"),
+        patterns=("2:4",),
+        seeds=(0, 1),
+        nsamples=2,
+        seqlen=16,
+        calib=str(workspace / "text.txt"),
+        eval_text=str(workspace / "text.txt"),
+        eval_seqlen=16,
+        eval_windows=3,
+        task_limit=6,
+    )
     resumed = run_compare(load_model(str(workspace / "tiny")), spec, copy, resume=True, progress=False)
     # the dense baseline is not measured again; each missing cell is pruned and scored once, except
     # magnitude, which reads no calibration and so is the same at every seed
@@ -134,7 +179,9 @@ def test_a_finished_grid_is_never_overwritten_unasked(copy, workspace):
     before = (copy / "results.json").read_bytes()
     line = one_error_line(run(*grid_args(workspace / "tiny", copy, workspace / "text.txt")))
     assert "--resume" in line and "--overwrite" in line
-    line = one_error_line(run(*grid_args(workspace / "tiny", copy, workspace / "text.txt", "--resume", "--nsamples", 3)))
+    line = one_error_line(
+        run(*grid_args(workspace / "tiny", copy, workspace / "text.txt", "--resume", "--nsamples", 3))
+    )
     assert "nsamples=2" in line and "not 3" in line
     assert (copy / "results.json").read_bytes() == before
 
@@ -164,12 +211,15 @@ def test_check_refuses_other_weights(copy, workspace, tmp_path, tokenizer):
     assert "other weights" in line
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--methods", "magnitude,obs"], "unknown method 'obs'"),
-    (["--seeds", "0,one"], "seeds must be whole numbers"),
-    (["--patterns", "3:2"], "impossible"),
-    (["--resume", "--overwrite"], "not both"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--methods", "magnitude,obs"], "unknown method 'obs'"),
+        (["--seeds", "0,one"], "seeds must be whole numbers"),
+        (["--patterns", "3:2"], "impossible"),
+        (["--resume", "--overwrite"], "not both"),
+    ],
+)
 def test_bad_grids_fail_before_any_work_in_one_line(extra, message, workspace, tmp_path):
     line = one_error_line(run(*grid_args(workspace / "tiny", tmp_path / "out", workspace / "text.txt", *extra)))
     assert message in line and not (tmp_path / "out").exists()
@@ -189,8 +239,18 @@ def test_one_family_at_several_settings_fills_several_rows(workspace, tmp_path):
     assert spec.methods == ("eggs", "eggs(b=2, rule=diagonal)", "eggs+update")  # canonical labels, repeats dropped
     assert spec.config(spec.cells()[1]).method == EggsConfig(b=2, rule="diagonal")
     out = tmp_path / "grid"
-    result = run(*grid_args(workspace / "tiny", out, workspace / "text.txt", "--methods",
-                            "eggs(tile_height=4),eggs(b=2, tile_height=4)", "--seeds", "0", "--no-task"))
+    result = run(
+        *grid_args(
+            workspace / "tiny",
+            out,
+            workspace / "text.txt",
+            "--methods",
+            "eggs(tile_height=4),eggs(b=2, tile_height=4)",
+            "--seeds",
+            "0",
+            "--no-task",
+        )
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "results.json").read_text())["cells"]
     assert [row["method"] for row in rows] == ["eggs(tile_height=4)", "eggs(b=2, tile_height=4)"]
@@ -200,14 +260,28 @@ def test_one_family_at_several_settings_fills_several_rows(workspace, tmp_path):
 
 def test_groups_average_over_seeds_and_mark_the_best_per_pattern():
     def cell(method, pattern, seed, ppl):
-        return {"method": method, "pattern": pattern, "seed": seed, "perplexity": ppl, "prune_seconds": 1.0,
-                "peak_rss_mb": 10.0, "task": {"acc": 0.5, "loglikelihood": -2.0}}
+        return {
+            "method": method,
+            "pattern": pattern,
+            "seed": seed,
+            "perplexity": ppl,
+            "prune_seconds": 1.0,
+            "peak_rss_mb": 10.0,
+            "task": {"acc": 0.5, "loglikelihood": -2.0},
+        }
 
-    record = {"settings": CompareSpec(methods=("wanda", "ria"), patterns=("2:4", "4:8"), seeds=(0, 1)).to_dict(),
-              "cells": [cell("wanda", "2:4", 0, 10.0), cell("wanda", "2:4", 1, 12.0), cell("ria", "2:4", 0, 11.5),
-                        cell("ria", "2:4", 1, 11.5), cell("ria", "4:8", 0, 9.0)]}
+    record = {
+        "settings": CompareSpec(methods=("wanda", "ria"), patterns=("2:4", "4:8"), seeds=(0, 1)).to_dict(),
+        "cells": [
+            cell("wanda", "2:4", 0, 10.0),
+            cell("wanda", "2:4", 1, 12.0),
+            cell("ria", "2:4", 0, 11.5),
+            cell("ria", "2:4", 1, 11.5),
+            cell("ria", "4:8", 0, 9.0),
+        ],
+    }
     found = {(g.pattern, g.method): g for g in groups(record)}
     assert list(found) == [("2:4", "wanda"), ("2:4", "ria"), ("4:8", "ria")]
-    assert found["2:4", "wanda"].perplexity == 11.0 and found["2:4", "wanda"].perplexity_std == pytest.approx(2 ** 0.5)
+    assert found["2:4", "wanda"].perplexity == 11.0 and found["2:4", "wanda"].perplexity_std == pytest.approx(2**0.5)
     assert found["2:4", "wanda"].best and not found["2:4", "ria"].best  # lowest mean, despite its spread
     assert found["4:8", "ria"].best and found["4:8", "ria"].perplexity_std is None

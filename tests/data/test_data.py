@@ -63,6 +63,8 @@ def test_hub_datasets_fail_with_one_clear_line(monkeypatch):
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "datasets" else real_find_spec(name, *a)
+    )
     with pytest.raises(DataError, match=r"pip install 'eggs-ptp\[hub\]'"):
         load_text("hf:wikitext:wikitext-2-raw-v1", "calibration")

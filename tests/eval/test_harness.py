@@ -33,8 +33,11 @@ def local_index(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(harness, "_task_manager", lambda tasks: TaskManager(
-        include_path=[str(harness.TASKS_DIR), str(folder)], include_defaults=False))
+    monkeypatch.setattr(
+        harness,
+        "_task_manager",
+        lambda tasks: TaskManager(include_path=[str(harness.TASKS_DIR), str(folder)], include_defaults=False),
+    )
 
 
 def test_offline_task_scores_a_tiny_model(tokenizer):
@@ -67,8 +70,12 @@ def test_eval_tasks_on_dense_pruned_and_compact_checkpoints(tmp_path, tokenizer,
 def test_perplexity_eval_reads_compact_checkpoints(tmp_path, tokenizer, text_file):
     folder, _ = pruned_checkpoint(tmp_path / "pruned", tokenizer=tokenizer)
     pack_checkpoint(folder, tmp_path / "compact")
-    ppl = [json.loads(run("eval", f, "--text", text_file, "--seqlen", 16, "--windows", 2, "--json", "-q")
-                      .stdout.splitlines()[-1])["perplexity"] for f in (folder, tmp_path / "compact")]
+    ppl = [
+        json.loads(
+            run("eval", f, "--text", text_file, "--seqlen", 16, "--windows", 2, "--json", "-q").stdout.splitlines()[-1]
+        )["perplexity"]
+        for f in (folder, tmp_path / "compact")
+    ]
     assert ppl[0] == ppl[1]
 
 

@@ -52,7 +52,7 @@ def test_one_passage_per_paragraph_and_no_duplicates():
 
 def test_passages_quoting_the_excluded_text_are_dropped():
     paragraph = f"{FILLER} ends here."
-    quoted = " ".join(paragraph.split()[-lastword.OVERLAP_WORDS:])
+    quoted = " ".join(paragraph.split()[-lastword.OVERLAP_WORDS :])
     assert build_passages(paragraph, exclude=f"Another article: {quoted} More.") == []
     assert build_passages(paragraph, exclude=quoted.split(" ", 1)[1]) != []  # 12 shared words are fine
 
@@ -79,4 +79,4 @@ def test_passages_come_from_the_held_out_split_only(shipped):
         assert passage in held_out
         assert passage not in calibration
         # not even the words that lead to the answer: the passage's last 13 words are nowhere in calibration
-        assert " ".join(passage.split()[-lastword.OVERLAP_WORDS:]) not in calibration
+        assert " ".join(passage.split()[-lastword.OVERLAP_WORDS :]) not in calibration

@@ -44,8 +44,15 @@ def test_sizes_are_exact_byte_counts(result):
 def test_one_row_per_layer_shape_and_token_count(result):
     rows = result["layers"]
     assert [(r["shape"], r["layers"], r["tokens"]) for r in rows] == [
-        ([32, 32], 4, 1), ([32, 32], 4, 20), ([16, 32], 4, 1), ([16, 32], 4, 20),
-        ([64, 32], 4, 1), ([64, 32], 4, 20), ([32, 64], 2, 1), ([32, 64], 2, 20)]
+        ([32, 32], 4, 1),
+        ([32, 32], 4, 20),
+        ([16, 32], 4, 1),
+        ([16, 32], 4, 20),
+        ([64, 32], 4, 1),
+        ([64, 32], 4, 20),
+        ([32, 64], 2, 1),
+        ([32, 64], 2, 20),
+    ]
     assert {r["tokens"]: r["sparse_path"] for r in rows} == {1: "kernel", 20: "dense"}
     for row in rows:
         for key in ("dense_us", "sparse_us", "ratio"):
@@ -63,8 +70,12 @@ def test_generation_is_measured_and_greedy_outputs_agree(result):
 
 def test_markdown_has_every_table(result):
     text = render_markdown(result)
-    for header in ("| size | dense | compact sparse | ratio |", "| layer shape (out x in) |",
-                   "| all pruned layers, one forward |", "| greedy decode (tokens/s) |"):
+    for header in (
+        "| size | dense | compact sparse | ratio |",
+        "| layer shape (out x in) |",
+        "| all pruned layers, one forward |",
+        "| greedy decode (tokens/s) |",
+    ):
         assert header in text
     assert "Greedy outputs identical for all 6 tokens." in text
 

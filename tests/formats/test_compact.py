@@ -35,8 +35,9 @@ def random_nm(rows, cols, n, m, dtype, seed):
 
 
 def test_hand_written_2_of_4_layout():
-    weight = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, 0.0, -3.0, 4.0],
-                           [0.0, 5.0, 0.0, 0.0, -0.0, 0.0, 6.0, 0.0]])  # row 1 keeps one in each group
+    weight = torch.tensor(
+        [[1.0, 0.0, 2.0, 0.0, 0.0, 0.0, -3.0, 4.0], [0.0, 5.0, 0.0, 0.0, -0.0, 0.0, 6.0, 0.0]]
+    )  # row 1 keeps one in each group
     values, bitmask = compress(weight, Pattern(2, 4))
     assert torch.equal(bits(values), bits(torch.tensor([[1.0, 2.0, -3.0, 4.0], [0.0, 5.0, -0.0, 6.0]])))
     # row 0 stores columns 0, 2, 6, 7; row 1 its non-zeros 1, 6 plus the spare slots: the lowest
@@ -87,7 +88,6 @@ def test_decompress_refuses_a_bitmask_that_breaks_the_pattern():
     values, bitmask = compress(torch.ones(1, 8) * torch.tensor([1, 1, 0, 0, 1, 0, 1, 0]), Pattern(2, 4))
     with pytest.raises(ValueError, match="exactly 2 of every 4"):
         decompress(values, bitmask | 0b100, (1, 8), Pattern(2, 4))
-
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

@@ -32,9 +32,23 @@ def test_the_committed_record_is_version_1_and_upgrades():
 @pytest.mark.parametrize("command", [["verify"], ["inspect", "--json"], ["pack"], ["bench"]])
 def test_commands_read_a_version_1_checkpoint(v1_checkpoint, tmp_path, command):
     name, *flags = command
-    target = {"pack": [tmp_path / "packed"], "bench": ["-o", tmp_path / "bench.json", "--tokens", "1",
-                                                       "--repeats", "1", "--prompt-tokens", "4", "--new-tokens", "2",
-                                                       "-q"],
-              "inspect": ["--out", tmp_path / "inspect"], "verify": []}[name]
+    target = {
+        "pack": [tmp_path / "packed"],
+        "bench": [
+            "-o",
+            tmp_path / "bench.json",
+            "--tokens",
+            "1",
+            "--repeats",
+            "1",
+            "--prompt-tokens",
+            "4",
+            "--new-tokens",
+            "2",
+            "-q",
+        ],
+        "inspect": ["--out", tmp_path / "inspect"],
+        "verify": [],
+    }[name]
     result = run_cli(name, v1_checkpoint, *target, *flags)
     assert result.exit_code == 0, result.output

@@ -67,7 +67,9 @@ def test_layers_by_exact_name_or_glob(llama):
 
 def test_unknown_layer_names_it_and_lists_valid_ones(llama):
     folder, _ = llama
-    with pytest.raises(ValueError, match=r"'model.layers.9.mlp.up_proj'.*model\.layers\.0\.self_attn\.q_proj") as caught:
+    with pytest.raises(
+        ValueError, match=r"'model.layers.9.mlp.up_proj'.*model\.layers\.0\.self_attn\.q_proj"
+    ) as caught:
         open_masks(folder, ["model.layers.9.mlp.up_proj"])
     assert "\n" not in str(caught.value)
     with pytest.raises(ValueError, match="no layer named or matching"):

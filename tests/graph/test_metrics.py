@@ -173,8 +173,12 @@ def test_summarise():
     bad = layer_metrics(cut)
     summary = summarise([good, bad])
     assert summary == {
-        "layers": 2, "in_degree_min_mean": 2.0, "in_degree_min_worst": 0, "zero_inputs": 1,
-        "mean_spectral_gap": pytest.approx(1.0), "expansion_min": 0.0,
+        "layers": 2,
+        "in_degree_min_mean": 2.0,
+        "in_degree_min_worst": 0,
+        "zero_inputs": 1,
+        "mean_spectral_gap": pytest.approx(1.0),
+        "expansion_min": 0.0,
     }
     assert summarise([])["layers"] == 0
 
@@ -210,7 +214,8 @@ def test_plots_write_pngs_and_leave_matplotlib_state_alone(tmp_path):
         plots.degree_histograms({"2:4": tiled, "unstructured": untiled}, tmp_path / "degrees.png"),
         plots.connectivity_vs_error(
             {"2:4": [(m, 0.1 * i) for i, m in enumerate(tiled)], "unstructured": [(m, None) for m in untiled]},
-            tmp_path / "scatter.png", metric="in_degree_min",
+            tmp_path / "scatter.png",
+            metric="in_degree_min",
         ),
     ]
     assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in written)

@@ -39,8 +39,12 @@ def pruned(default_model, dense_state, evaluation):
     config = PruneConfig(nsamples=8, seqlen=SEQLEN)
     calibration = build_calibration(model, tokenizer, config)
     results = {"dense": perplexity(model, evaluation, SEQLEN, WINDOWS, progress=False).perplexity}
-    for name, overrides in {"magnitude": {"method": "magnitude"}, "wanda": {"method": "wanda"},
-                            "eggs": {"method": "eggs"}, "eggs-again": {"method": "eggs"}}.items():
+    for name, overrides in {
+        "magnitude": {"method": "magnitude"},
+        "wanda": {"method": "wanda"},
+        "eggs": {"method": "eggs"},
+        "eggs-again": {"method": "eggs"},
+    }.items():
         model.load_state_dict(dense_state)
         _, report = prune(model, tokenizer, config.replace(**overrides), calibration=calibration, run=QUIET)
         masks = {k: (v != 0) for k, v in model.state_dict().items() if ".layers." in k and v.dim() == 2}
@@ -102,6 +106,10 @@ def test_update_and_refit_never_raise_a_real_blocks_reconstruction_error(default
     mask_only, updated = (build_method(method_config(name), Pattern(2, 4)) for name in ("eggs", "eggs+update"))
     for layer in layers:
         weight, layer_stats = layer.weight.float(), stats[layer.name]
-        baseline = output_error(weight - mask_only.prune(weight, layer_stats, Pattern(2, 4)).weight, layer_stats.hessian)
+        baseline = output_error(
+            weight - mask_only.prune(weight, layer_stats, Pattern(2, 4)).weight, layer_stats.hessian
+        )
         result = updated.prune(weight, layer_stats, Pattern(2, 4))
-        assert float(output_error(weight - result.weight, layer_stats.hessian).sum()) < float(baseline.sum()), layer.name
+        assert float(output_error(weight - result.weight, layer_stats.hessian).sum()) < float(baseline.sum()), (
+            layer.name
+        )

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 def test_sparse_modules_greedy_decode_matches_dense_for_32_tokens(tmp_path):
     loaded = load_model(DEFAULT_MODEL)
     # Magnitude needs no calibration; one short window keeps the block walk quick.
-    model, report = prune(loaded.model, loaded.tokenizer, PruneConfig(method="magnitude", nsamples=1, seqlen=64),
-                          run=QUIET)
+    model, report = prune(
+        loaded.model, loaded.tokenizer, PruneConfig(method="magnitude", nsamples=1, seqlen=64), run=QUIET
+    )
     packed = pack_checkpoint(save_pruned(model, loaded.tokenizer, report, tmp_path / "dense"), tmp_path / "compact")
     assert packed.layers == 210 and packed.pruned_ratio == pytest.approx(0.53125)
     dense, sparse = load_compact(packed.out), load_sparse(packed.out)

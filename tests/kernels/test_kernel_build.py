@@ -27,8 +27,13 @@ def test_missing_and_failing_compilers_are_one_line_errors(tmp_path, monkeypatch
 
 
 def test_the_install_step_reports_the_code_path(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "eggs_ptp.kernels"], capture_output=True, text=True,
-                          env={**os.environ, "EGGS_PTP_CACHE": str(tmp_path)}, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "eggs_ptp.kernels"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "EGGS_PTP_CACHE": str(tmp_path)},
+        timeout=300,
+    )
     assert done.returncode == 0 and not done.stderr, done.stderr
     assert done.stdout.startswith(f"eggs-ptp CPU kernel: {library_path(tmp_path / 'kernels')} (")
     assert list((tmp_path / "kernels").glob("nm_linear-*.so"))

@@ -25,11 +25,9 @@ def test_kernel_is_available_with_a_compiler():
 
 @pytest.mark.parametrize("isa", ISAS)
 def test_hand_checked_2_of_4(isa):
-    weight = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, 4.0, 0.0, -1.0],
-                           [0.0, 3.0, 0.0, -1.0, 5.0, 0.0, 0.0, 0.0]])
+    weight = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0, 4.0, 0.0, -1.0], [0.0, 3.0, 0.0, -1.0, 5.0, 0.0, 0.0, 0.0]])
     values, bitmask = compress(weight, Pattern(2, 4))
-    x = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
-                      [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]])
+    x = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]])
     out = nm_linear(x, values, bitmask, 8, torch.tensor([0.5, -0.5]), isa=isa)
     # row 0: 1 + 2 + 4 - 1 = 6 and 1 + 6 + 24 - 8 = 23; row 1: 3 - 1 + 5 = 7 and 6 - 4 + 25 = 27
     assert out.tolist() == [[6.5, 6.5], [23.5, 26.5]]
@@ -37,8 +35,19 @@ def test_hand_checked_2_of_4(isa):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("n, m, rows, cols", [(2, 4, 7, 12), (2, 4, 33, 100), (4, 8, 5, 40), (1, 4, 3, 20),
-                                              (3, 8, 9, 72), (2, 3, 4, 33), (5, 16, 6, 48), (2, 4, 1, 4)])
+@pytest.mark.parametrize(
+    "n, m, rows, cols",
+    [
+        (2, 4, 7, 12),
+        (2, 4, 33, 100),
+        (4, 8, 5, 40),
+        (1, 4, 3, 20),
+        (3, 8, 9, 72),
+        (2, 3, 4, 33),
+        (5, 16, 6, 48),
+        (2, 4, 1, 4),
+    ],
+)
 def test_matches_dense_linear(isa, dtype, n, m, rows, cols):
     weight = random_nm(rows, cols, n, m, dtype, seed=rows * cols)
     values, bitmask = compress(weight, Pattern(n, m))
@@ -61,7 +70,9 @@ def test_decompress_is_bit_exact(isa, dtype):
         values, bitmask = compress(weight, Pattern(n, m))
         dense = nm_decompress(values, bitmask, cols, isa=isa)
         assert dense.dtype == dtype
-        assert torch.equal(dense.view(BITS[dtype]), decompress(values, bitmask, (rows, cols), Pattern(n, m)).view(BITS[dtype]))
+        assert torch.equal(
+            dense.view(BITS[dtype]), decompress(values, bitmask, (rows, cols), Pattern(n, m)).view(BITS[dtype])
+        )
 
 
 def test_threads_split_rows_without_changing_a_bit():

@@ -146,7 +146,9 @@ def test_sparse_modules_keep_only_the_compact_bytes(packed):
     assert compact_bytes / dense_bytes == pytest.approx(0.5625)  # bf16 2:4: 1/2 + 1/16
     ids = torch.randint(2, 300, (1, 4), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(sparse(ids).logits, load_compact(folder, torch.bfloat16)(ids).logits, atol=0.05, rtol=0.05)
+        torch.testing.assert_close(
+            sparse(ids).logits, load_compact(folder, torch.bfloat16)(ids).logits, atol=0.05, rtol=0.05
+        )
 
 
 def test_copies_and_reloads_never_reuse_stale_pointers(tmp_path):

@@ -49,7 +49,12 @@ def test_each_type_is_registered_once():
 
 def test_methods_compose_stages_from_their_config():
     eggs = build_method(EggsConfig(rule="matching", b=2, tile_height=8), TWO_FOUR)
-    assert (eggs.score.name, eggs.selector.rule, eggs.selector.b, eggs.selector.tile_height) == ("ria", "matching", 2, 8)
+    assert (eggs.score.name, eggs.selector.rule, eggs.selector.b, eggs.selector.tile_height) == (
+        "ria",
+        "matching",
+        2,
+        8,
+    )
     assert build_method(EggsConfig(), TWO_FOUR).selector.tile_height == 64 * 4  # the benchmarked default
     update = build_method(EggsConfig(update=True), TWO_FOUR)
     assert update.score is None and update.update is not None and update.refit is not None
@@ -59,20 +64,23 @@ def test_methods_compose_stages_from_their_config():
     assert not build_method(MagnitudeConfig(), TWO_FOUR).needs_calibration
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda: PruneConfig(method="obs"), "unknown method 'obs'; choose one of"),
-    (lambda: PruneConfig(pattern="3:2"), "0 < N < M"),
-    (lambda: PruneConfig(method="eggs", pattern="0.5"), "needs an N:M pattern"),
-    (lambda: PruneConfig(method=EggsConfig(b=3)), "b must lie in 0..N = 0..2"),
-    (lambda: PruneConfig(method=EggsConfig(tile_height=6)), "multiple of M = 4"),
-    (lambda: EggsConfig(rule="greedy"), "rule must be one of"),
-    (lambda: PruneConfig(nsamples=0), "nsamples must be at least 1"),
-    (lambda: SparseGPTConfig(damping=0), "damping must be positive"),
-    (lambda: RiaConfig(alpha=-1), "alpha must be non-negative"),
-    (lambda: PruneConfig(method="wanda", pattern="2:4", allocation=OwlAllocation()), "needs an unstructured"),
-    (lambda: OwlAllocation(deviation=1.5), "owl lambda must lie in"),
-    (lambda: PruneConfig(method=42), "method must be a method config"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda: PruneConfig(method="obs"), "unknown method 'obs'; choose one of"),
+        (lambda: PruneConfig(pattern="3:2"), "0 < N < M"),
+        (lambda: PruneConfig(method="eggs", pattern="0.5"), "needs an N:M pattern"),
+        (lambda: PruneConfig(method=EggsConfig(b=3)), "b must lie in 0..N = 0..2"),
+        (lambda: PruneConfig(method=EggsConfig(tile_height=6)), "multiple of M = 4"),
+        (lambda: EggsConfig(rule="greedy"), "rule must be one of"),
+        (lambda: PruneConfig(nsamples=0), "nsamples must be at least 1"),
+        (lambda: SparseGPTConfig(damping=0), "damping must be positive"),
+        (lambda: RiaConfig(alpha=-1), "alpha must be non-negative"),
+        (lambda: PruneConfig(method="wanda", pattern="2:4", allocation=OwlAllocation()), "needs an unstructured"),
+        (lambda: OwlAllocation(deviation=1.5), "owl lambda must lie in"),
+        (lambda: PruneConfig(method=42), "method must be a method config"),
+    ],
+)
 def test_config_names_the_bad_setting(make, message):
     with pytest.raises(ValueError, match=message):
         make()
@@ -82,8 +90,12 @@ def test_labels_name_the_settings_that_differ_and_parse_back():
     assert EggsConfig().label == "eggs"
     assert EggsConfig(b=2, rule="diagonal").label == "eggs(b=2, rule=diagonal)"
     assert EggsConfig(update=True, b=2).label == "eggs+update(b=2)"
-    for config in (EggsConfig(b=2, rule="diagonal", tile_height=16), SparseGPTConfig(refit=True, damping=0.1),
-                   RiaConfig(alpha=1.0), EggsConfig(auto=True, update=True)):
+    for config in (
+        EggsConfig(b=2, rule="diagonal", tile_height=16),
+        SparseGPTConfig(refit=True, damping=0.1),
+        RiaConfig(alpha=1.0),
+        EggsConfig(auto=True, update=True),
+    ):
         assert parse_method(config.label) == config
     assert parse_method("eggs(b=1)") == EggsConfig()
     assert parse_method("eggs( b = 2 , rule = 'matching' )") == EggsConfig(b=2, rule="matching")
@@ -94,14 +106,19 @@ def test_labels_name_the_settings_that_differ_and_parse_back():
 
 
 def test_method_lists_split_outside_parentheses():
-    assert split_methods("eggs(b=1, rule=diagonal),ria, eggs+update") == ["eggs(b=1, rule=diagonal)", "ria",
-                                                                          "eggs+update"]
+    assert split_methods("eggs(b=1, rule=diagonal),ria, eggs+update") == [
+        "eggs(b=1, rule=diagonal)",
+        "ria",
+        "eggs+update",
+    ]
 
 
 def test_config_round_trips_and_refuses_foreign_records():
-    for config in (PruneConfig(method="ria", pattern="4:8", include=("*.mlp.*",)),
-                   PruneConfig(method=EggsConfig(b=2, update=True, tile_height=8), permute=True),
-                   PruneConfig(method="wanda", pattern="0.5", allocation=OwlAllocation(0.1, 4.0))):
+    for config in (
+        PruneConfig(method="ria", pattern="4:8", include=("*.mlp.*",)),
+        PruneConfig(method=EggsConfig(b=2, update=True, tile_height=8), permute=True),
+        PruneConfig(method="wanda", pattern="0.5", allocation=OwlAllocation(0.1, 4.0)),
+    ):
         record = config.to_dict()
         assert record["schema_version"] == 2 and record["method"]["name"] == config.method.name
         assert PruneConfig.from_dict(record) == config
@@ -112,13 +129,33 @@ def test_config_round_trips_and_refuses_foreign_records():
 
 
 def test_version_1_records_load_with_their_method_settings():
-    flat = {"type": "PruneConfig", "schema_version": 1, "method": "eggs+update", "pattern": "4:8", "b": 2,
-            "rule": "diagonal", "tile_height": 16, "alpha": 0.5, "nsamples": 8, "seqlen": 64, "seed": 3,
-            "calib": "wiki", "include": [], "exclude": ["*.lm_head"], "damping": 0.05, "blocksize": 64,
-            "auto": False, "permute": True, "allocation": "uniform", "owl_lambda": 0.08, "owl_threshold": 5.0}
+    flat = {
+        "type": "PruneConfig",
+        "schema_version": 1,
+        "method": "eggs+update",
+        "pattern": "4:8",
+        "b": 2,
+        "rule": "diagonal",
+        "tile_height": 16,
+        "alpha": 0.5,
+        "nsamples": 8,
+        "seqlen": 64,
+        "seed": 3,
+        "calib": "wiki",
+        "include": [],
+        "exclude": ["*.lm_head"],
+        "damping": 0.05,
+        "blocksize": 64,
+        "auto": False,
+        "permute": True,
+        "allocation": "uniform",
+        "owl_lambda": 0.08,
+        "owl_threshold": 5.0,
+    }
     config = PruneConfig.from_dict(flat)
     assert config.method == EggsConfig(b=2, rule="diagonal", tile_height=16, update=True, damping=0.05, blocksize=64)
     assert (config.pattern, config.seed, config.exclude, config.permute) == ("4:8", 3, ("*.lm_head",), True)
-    owl = PruneConfig.from_dict({**flat, "method": "wanda", "pattern": "0.5", "permute": False, "allocation": "owl",
-                                 "owl_lambda": 0.1})
+    owl = PruneConfig.from_dict(
+        {**flat, "method": "wanda", "pattern": "0.5", "permute": False, "allocation": "owl", "owl_lambda": 0.1}
+    )
     assert owl.method == WandaConfig() and owl.allocation == OwlAllocation(0.1, 5.0)

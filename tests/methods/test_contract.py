@@ -61,7 +61,9 @@ def test_same_seed_gives_identical_masks(method):
 
 @pytest.mark.parametrize("method", [m for m in method_names() if not config_type(m).structured_only])
 def test_unstructured_sparsity_per_row(method):
-    model, report = prune(tiny_model("qwen2"), None, config_for(method, "0.5"), calibration=random_calibration(), run=QUIET)
+    model, report = prune(
+        tiny_model("qwen2"), None, config_for(method, "0.5"), calibration=random_calibration(), run=QUIET
+    )
     for name, weight in linear_weights(model).items():
         assert ((weight != 0).sum(1) <= weight.shape[1] // 2).all(), name
 

@@ -23,8 +23,13 @@ def test_a_file_is_not_a_model_folder(tiny_llama_dir):
 
 def test_unreachable_hub_id_is_one_line_in_a_real_process():
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "eggs_ptp", "eval", "no-such-org/no-such-model", "-q"],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "eggs_ptp", "eval", "no-such-org/no-such-model", "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "no-such-org/no-such-model" in errors[0] and "hub" in errors[0]

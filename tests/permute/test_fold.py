@@ -32,8 +32,10 @@ def block_stats(block, prefix, call, hidden):
     """Calibration statistics (with Hessians) of every linear layer in one block."""
     layers = find_linears(block, prefix)
     stats = {layer.name: LayerStats(layer.in_features, with_hessian=True) for layer in layers}
-    handles = [layer.module.register_forward_hook(lambda module, inputs, output, s=stats[layer.name]: s.add(inputs[0]))
-               for layer in layers]
+    handles = [
+        layer.module.register_forward_hook(lambda module, inputs, output, s=stats[layer.name]: s.add(inputs[0]))
+        for layer in layers
+    ]
     with torch.no_grad():
         for state in hidden:
             call(block, state)
@@ -55,8 +57,16 @@ def permute_dense(model, method="magnitude", pattern="2:4"):
     for index, block in enumerate(blocks):
         name = f"{prefix}.{index}"
         stats.append(block_stats(block, name, calls[index], hidden) if method != "magnitude" else {})
-        found = permute_block(block, name, find_linears(block, name), stats[-1], build_method(config.method, config.parsed_pattern),
-                              config.parsed_pattern, calls[index], hidden[0])
+        found = permute_block(
+            block,
+            name,
+            find_linears(block, name),
+            stats[-1],
+            build_method(config.method, config.parsed_pattern),
+            config.parsed_pattern,
+            calls[index],
+            hidden[0],
+        )
         records.append({key[len(name) + 1 :]: value for key, value in found.items()})
         with torch.no_grad():
             hidden = [calls[index](block, state) for state in hidden]

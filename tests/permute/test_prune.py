@@ -37,8 +37,9 @@ def block0_kept_score(dense, pruned, local, method):
 @pytest.mark.parametrize("method", ["eggs", "wanda"])
 def test_permuted_prune_verifies_and_keeps_more_score(tmp_path, family, method):
     plain, _ = prune(tiny_model(family), None, config(method), calibration=random_calibration(nsamples=2), run=QUIET)
-    model, report = prune(tiny_model(family), None, config(method, permute=True),
-                          calibration=random_calibration(nsamples=2), run=QUIET)
+    model, report = prune(
+        tiny_model(family), None, config(method, permute=True), calibration=random_calibration(nsamples=2), run=QUIET
+    )
     folder = save_pruned(model, None, report, tmp_path / "out")
     assert verify_checkpoint(folder) == len(report.pruned_layers)
 
@@ -59,8 +60,13 @@ def test_permuted_prune_verifies_and_keeps_more_score(tmp_path, family, method):
 
 
 def test_a_method_without_a_score_permutes_on_a_proxy(tmp_path):
-    model, report = prune(tiny_model("llama"), None, config("sparsegpt", permute=True),
-                          calibration=random_calibration(nsamples=2), run=QUIET)
+    model, report = prune(
+        tiny_model("llama"),
+        None,
+        config("sparsegpt", permute=True),
+        calibration=random_calibration(nsamples=2),
+        run=QUIET,
+    )
     assert verify_checkpoint(save_pruned(model, None, report, tmp_path / "out")) == len(report.pruned_layers)
     down = next(layer for layer in report.layers if layer.name.endswith("0.mlp.down_proj"))
     assert down.permutation["applied"] and down.permutation["score"] == "wanda (proxy: sparsegpt has no score)"

@@ -91,5 +91,3 @@ def test_offload_dir_on_a_read_only_path_is_one_clear_line(model_dir, calib, tmp
     line = one_error_line(run_cli(*prune_args(model_dir, tmp_path / "o", calib, "--offload-dir", offload)))
     assert f"cannot write activations to {offload}" in line and "--offload-dir" in line
     assert not (tmp_path / "o").exists() and not (tmp_path / ".o.progress").exists()
-
-

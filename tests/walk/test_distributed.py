@@ -14,8 +14,11 @@ from helpers import assert_same_weights, checkpoint_weights, prune_args, python,
 def test_two_gloo_processes_equal_one(model_dir, calib, tmp_path, method, extra):
     single, double = tmp_path / "single", tmp_path / "double"
     assert run_cli(*prune_args(model_dir, single, calib, "--method", method, "--nsamples", 6, *extra)).exit_code == 0
-    finished = python("-m", "eggs_ptp", *prune_args(model_dir, double, calib, "--method", method, "--nsamples", 6,
-                                                    "--nproc", 2, *extra))
+    finished = python(
+        "-m",
+        "eggs_ptp",
+        *prune_args(model_dir, double, calib, "--method", method, "--nsamples", 6, "--nproc", 2, *extra),
+    )
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert finished.stdout.count("saved to") == 1  # only rank 0 writes and reports
     left, right = checkpoint_weights(single), checkpoint_weights(double)
@@ -53,8 +56,15 @@ def test_two_gloo_processes_resume_where_they_were_killed(model_dir, calib, tmp_
 
     finished = python("-m", "eggs_ptp", *prune_args(model_dir, reference, calib, *args, "--nproc", 2))
     assert finished.returncode == 0, finished.stderr[-3000:]
-    killed = python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", 2, killer,
-                    *prune_args(model_dir, resumed, calib, *args))
+    killed = python(
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        2,
+        killer,
+        *prune_args(model_dir, resumed, calib, *args),
+    )
     assert killed.returncode != 0 and not resumed.exists()
     progress = tmp_path / ".resumed.progress"
     assert completed_blocks(progress) == 2
@@ -64,5 +74,3 @@ def test_two_gloo_processes_resume_where_they_were_killed(model_dir, calib, tmp_
     assert "resumed at block 2" in finished.stdout
     assert_same_weights(reference, resumed)
     assert not progress.exists()
-
-

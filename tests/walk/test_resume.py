@@ -25,9 +25,12 @@ def test_kill_and_resume_equals_an_uninterrupted_run(model_dir, calib, tmp_path,
     assert result.exit_code == 0, result.output
     assert "resumed at block 2" in result.output
     assert_same_weights(reference, resumed)
+
     def layers(folder):
-        return [{k: v for k, v in layer.items() if k != "seconds"}
-                for layer in json.loads((folder / "sparsity.json").read_text())["layers"]]
+        return [
+            {k: v for k, v in layer.items() if k != "seconds"}
+            for layer in json.loads((folder / "sparsity.json").read_text())["layers"]
+        ]
 
     assert layers(resumed) == layers(reference) and len(layers(resumed)) == 28
     assert not (tmp_path / ".resumed.progress").exists()
@@ -38,7 +41,9 @@ def test_resume_with_a_changed_pattern_is_refused(model_dir, calib, tmp_path, mo
     with monkeypatch.context() as patch:
         kill_after_block(patch, 0)
         assert isinstance(run_cli(*prune_args(model_dir, out, calib, "--method", "wanda")).exception, Killed)
-    line = one_error_line(run_cli(*prune_args(model_dir, out, calib, "--method", "wanda", "--pattern", "4:8", "--resume")))
+    line = one_error_line(
+        run_cli(*prune_args(model_dir, out, calib, "--method", "wanda", "--pattern", "4:8", "--resume"))
+    )
     assert "cannot resume" in line and "config.pattern was '2:4', now '4:8'" in line
 
 
@@ -54,5 +59,3 @@ def test_ctrl_c_after_a_block_says_how_to_resume(model_dir, calib, tmp_path, mon
     assert result.exit_code == 130
     assert "interrupted after 1 blocks" in result.stderr and "--resume" in result.stderr
     assert (tmp_path / ".o.progress" / "state.json").is_file()
-
-

@@ -24,6 +24,7 @@ def record_inputs(blocks):
         def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             seen.setdefault(index, []).append(hidden.detach().clone())
+
         return hook
 
     return seen, [b.register_forward_pre_hook(make(i), with_kwargs=True) for i, b in enumerate(blocks)]
@@ -78,11 +79,19 @@ def test_capture_records_one_call_per_block_and_one_state_per_window():
 
 def test_reconstruction_error_is_measured_against_dense_weights():
     model = tiny_model("llama")
-    _, report = prune(model, None, PruneConfig(method="magnitude", nsamples=3, seqlen=SEQLEN), calibration=windows(), run=QUIET)
+    _, report = prune(
+        model, None, PruneConfig(method="magnitude", nsamples=3, seqlen=SEQLEN), calibration=windows(), run=QUIET
+    )
     errors = [layer.recon_error for layer in report.layers]
     assert all(0 < e < 1.5 for e in errors)
     # 2:4 with SparseGPT's weight update reconstructs better than magnitude on the same layers
-    _, obs = prune(tiny_model("llama"), None, PruneConfig(method="sparsegpt", nsamples=3, seqlen=SEQLEN), calibration=windows(), run=QUIET)
+    _, obs = prune(
+        tiny_model("llama"),
+        None,
+        PruneConfig(method="sparsegpt", nsamples=3, seqlen=SEQLEN),
+        calibration=windows(),
+        run=QUIET,
+    )
     assert obs.layers[0].recon_error < report.layers[0].recon_error
 
 

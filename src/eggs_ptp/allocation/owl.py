@@ -41,9 +41,7 @@ def owl_sparsities(ratios: Sequence[float], target: float, lam: float) -> list[f
     if not 0 <= target < 1:
         raise ValueError(f"target sparsity must lie in [0, 1), got {target}")
     if not (0 <= target - lam and target + lam < 1):
-        raise ValueError(
-            f"OWL band {target} +/- {lam} leaves [0, 1); use a smaller --owl-lambda"
-        )
+        raise ValueError(f"OWL band {target} +/- {lam} leaves [0, 1); use a smaller --owl-lambda")
     values = torch.tensor(list(ratios), dtype=torch.float64)
     if values.numel() == 0:
         return []

@@ -30,13 +30,37 @@ def _seeds(text: str) -> tuple[int, ...]:
 
 def command_line(model: str, output: Path, spec: CompareSpec, dtype: str) -> str:
     """The full command that reruns this grid, every setting spelled out."""
-    parts = ["eggs-ptp", "compare", model, "-o", str(output), "--methods", ",".join(spec.methods),
-             "--patterns", ",".join(spec.patterns), "--seeds", ",".join(map(str, spec.seeds)),
-             "--nsamples", str(spec.nsamples), "--seqlen", str(spec.seqlen), "--calib", spec.calib,
-             "--eval-text", spec.eval_text, "--eval-seqlen", str(spec.eval_seqlen),
-             "--eval-windows", str(spec.eval_windows or 0), "--dtype", dtype]
+    parts = [
+        "eggs-ptp",
+        "compare",
+        model,
+        "-o",
+        str(output),
+        "--methods",
+        ",".join(spec.methods),
+        "--patterns",
+        ",".join(spec.patterns),
+        "--seeds",
+        ",".join(map(str, spec.seeds)),
+        "--nsamples",
+        str(spec.nsamples),
+        "--seqlen",
+        str(spec.seqlen),
+        "--calib",
+        spec.calib,
+        "--eval-text",
+        spec.eval_text,
+        "--eval-seqlen",
+        str(spec.eval_seqlen),
+        "--eval-windows",
+        str(spec.eval_windows or 0),
+        "--dtype",
+        dtype,
+    ]
     if spec.task:
-        parts += ["--batch-size", str(spec.batch_size)] + (["--task-limit", str(spec.task_limit)] if spec.task_limit else [])
+        parts += ["--batch-size", str(spec.batch_size)] + (
+            ["--task-limit", str(spec.task_limit)] if spec.task_limit else []
+        )
     else:
         parts.append("--no-task")
     return shlex.join(parts)
@@ -48,9 +72,11 @@ def _check(path: Path, model: str | None, cell: str | None, tolerance: float, as
     result = check_results(path, cell, model=model, tolerance=tolerance)
     masks = "identical" if result.masks_match else "DIFFERENT"
     verdict = "reproduces" if result.reproduced else "does NOT reproduce"
-    click.echo(f"{result.key}: masks {masks}; perplexity recorded {result.recorded_perplexity:.4f}, now "
-               f"{result.measured_perplexity:.4f} (relative difference {result.relative_difference:.2e}, "
-               f"tolerance {result.tolerance:.0e}): {verdict}")
+    click.echo(
+        f"{result.key}: masks {masks}; perplexity recorded {result.recorded_perplexity:.4f}, now "
+        f"{result.measured_perplexity:.4f} (relative difference {result.relative_difference:.2e}, "
+        f"tolerance {result.tolerance:.0e}): {verdict}"
+    )
     emit_json(as_json, {"results": str(path), **result.to_dict()})
     if not result.reproduced:
         sys.exit(1)
@@ -58,47 +84,129 @@ def _check(path: Path, model: str | None, cell: str | None, tolerance: float, as
 
 @click.command(name="compare")
 @click.argument("model", required=False, default=None)
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Folder for results.json, results.md, the PNG figures and report.html.")
-@click.option("--methods", default=",".join(_DEFAULTS["methods"].default), show_default=True,
-              help="Comma-separated methods: names, or names with settings, e.g. 'eggs(b=1),eggs(b=2),eggs+update'.")
-@click.option("--patterns", default=",".join(_DEFAULTS["patterns"].default), show_default=True,
-              help="Comma-separated N:M patterns or unstructured sparsities, e.g. 2:4,4:8,0.5.")
-@click.option("--seeds", default=",".join(map(str, _DEFAULTS["seeds"].default)), show_default=True,
-              help="Comma-separated calibration seeds; perplexity is reported as mean ± std over them.")
-@click.option("--nsamples", type=int, default=_DEFAULTS["nsamples"].default, show_default=True,
-              help="Calibration windows per cell.")
-@click.option("--seqlen", type=int, default=_DEFAULTS["seqlen"].default, show_default=True,
-              help="Tokens per calibration window (capped by the model's context).")
-@click.option("--calib", default=DEFAULT_TEXT, show_default=True,
-              help="Calibration text: 'wiki' (embedded), a .txt/.jsonl file, or hf:DATASET.")
-@click.option("--eval-text", default=DEFAULT_TEXT, show_default=True,
-              help="Perplexity text ('wiki' = the held-out split).")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for results.json, results.md, the PNG figures and report.html.",
+)
+@click.option(
+    "--methods",
+    default=",".join(_DEFAULTS["methods"].default),
+    show_default=True,
+    help="Comma-separated methods: names, or names with settings, e.g. 'eggs(b=1),eggs(b=2),eggs+update'.",
+)
+@click.option(
+    "--patterns",
+    default=",".join(_DEFAULTS["patterns"].default),
+    show_default=True,
+    help="Comma-separated N:M patterns or unstructured sparsities, e.g. 2:4,4:8,0.5.",
+)
+@click.option(
+    "--seeds",
+    default=",".join(map(str, _DEFAULTS["seeds"].default)),
+    show_default=True,
+    help="Comma-separated calibration seeds; perplexity is reported as mean ± std over them.",
+)
+@click.option(
+    "--nsamples",
+    type=int,
+    default=_DEFAULTS["nsamples"].default,
+    show_default=True,
+    help="Calibration windows per cell.",
+)
+@click.option(
+    "--seqlen",
+    type=int,
+    default=_DEFAULTS["seqlen"].default,
+    show_default=True,
+    help="Tokens per calibration window (capped by the model's context).",
+)
+@click.option(
+    "--calib",
+    default=DEFAULT_TEXT,
+    show_default=True,
+    help="Calibration text: 'wiki' (embedded), a .txt/.jsonl file, or hf:DATASET.",
+)
+@click.option(
+    "--eval-text", default=DEFAULT_TEXT, show_default=True, help="Perplexity text ('wiki' = the held-out split)."
+)
 @click.option("--eval-seqlen", type=int, default=None, help="Perplexity context length [default: --seqlen].")
-@click.option("--eval-windows", type=int, default=_DEFAULTS["eval_windows"].default, show_default=True,
-              help="Perplexity windows (0 = all of the text).")
-@click.option("--task/--no-task", default=True, show_default=True,
-              help="Also score the offline zero-shot task eggs_wiki_lastword (needs eggs-ptp[eval]).")
+@click.option(
+    "--eval-windows",
+    type=int,
+    default=_DEFAULTS["eval_windows"].default,
+    show_default=True,
+    help="Perplexity windows (0 = all of the text).",
+)
+@click.option(
+    "--task/--no-task",
+    default=True,
+    show_default=True,
+    help="Also score the offline zero-shot task eggs_wiki_lastword (needs eggs-ptp[eval]).",
+)
 @click.option("--task-limit", type=int, default=None, help="Score only the task's first N passages [default: all].")
-@click.option("--batch-size", type=int, default=_DEFAULTS["batch_size"].default, show_default=True,
-              help="Task: requests per forward pass.")
-@click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True,
-              help="Dtype to load and prune the model in.")
+@click.option(
+    "--batch-size",
+    type=int,
+    default=_DEFAULTS["batch_size"].default,
+    show_default=True,
+    help="Task: requests per forward pass.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(list(DTYPES)),
+    default="float32",
+    show_default=True,
+    help="Dtype to load and prune the model in.",
+)
 @click.option("--resume", is_flag=True, help="Continue the grid in OUTPUT: run only the cells its results.json lacks.")
 @click.option("--overwrite", is_flag=True, help="Start over in a non-empty OUTPUT, replacing its report files.")
-@click.option("--check", "check", type=click.Path(path_type=Path), default=None,
-              help="Re-run one cell of this results.json and report whether it reproduces (exit 1 if not).")
-@click.option("--cell", default=None,
-              help="With --check: the cell key, e.g. 'wanda|2:4|seed1' [default: the first cell].")
-@click.option("--tolerance", type=float, default=1e-3, show_default=True,
-              help="With --check: largest relative perplexity difference that still reproduces.")
+@click.option(
+    "--check",
+    "check",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Re-run one cell of this results.json and report whether it reproduces (exit 1 if not).",
+)
+@click.option(
+    "--cell", default=None, help="With --check: the cell key, e.g. 'wanda|2:4|seed1' [default: the first cell]."
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=1e-3,
+    show_default=True,
+    help="With --check: largest relative perplexity difference that still reproduces.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def compare_command(model: str | None, output: Path | None, methods: str, patterns: str, seeds: str, nsamples: int,
-                    seqlen: int, calib: str, eval_text: str, eval_seqlen: int | None, eval_windows: int, task: bool,
-                    task_limit: int | None, batch_size: int, dtype: str, resume: bool, overwrite: bool,
-                    check: Path | None, cell: str | None, tolerance: float, as_json: bool, quiet: bool) -> None:
+def compare_command(
+    model: str | None,
+    output: Path | None,
+    methods: str,
+    patterns: str,
+    seeds: str,
+    nsamples: int,
+    seqlen: int,
+    calib: str,
+    eval_text: str,
+    eval_seqlen: int | None,
+    eval_windows: int,
+    task: bool,
+    task_limit: int | None,
+    batch_size: int,
+    dtype: str,
+    resume: bool,
+    overwrite: bool,
+    check: Path | None,
+    cell: str | None,
+    tolerance: float,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Prune MODEL with every method x pattern x calibration seed and compare them in one report.
 
     The dense baseline and the tokenised texts are computed once and shared by every cell. Per
@@ -120,9 +228,20 @@ def compare_command(model: str | None, output: Path | None, methods: str, patter
         return
     if output is None:
         raise click.UsageError("give the output folder with -o OUTPUT (or --check RESULTS to re-run a cell)")
-    spec = CompareSpec(methods=tuple(split_methods(methods)), patterns=_split(patterns), seeds=_seeds(seeds), nsamples=nsamples,
-                       seqlen=seqlen, calib=calib, eval_text=eval_text, eval_seqlen=eval_seqlen or seqlen,
-                       eval_windows=eval_windows or None, task=task, task_limit=task_limit, batch_size=batch_size)
+    spec = CompareSpec(
+        methods=tuple(split_methods(methods)),
+        patterns=_split(patterns),
+        seeds=_seeds(seeds),
+        nsamples=nsamples,
+        seqlen=seqlen,
+        calib=calib,
+        eval_text=eval_text,
+        eval_seqlen=eval_seqlen or seqlen,
+        eval_windows=eval_windows or None,
+        task=task,
+        task_limit=task_limit,
+        batch_size=batch_size,
+    )
     if spec.task:
         from eggs_ptp.eval.harness import HarnessError, require_harness
 
@@ -133,8 +252,9 @@ def compare_command(model: str | None, output: Path | None, methods: str, patter
     _run(model or DEFAULT_MODEL, output, spec, dtype, resume, overwrite, as_json, quiet)
 
 
-def _run(model: str, output: Path, spec: CompareSpec, dtype: str, resume: bool, overwrite: bool, as_json: bool,
-         quiet: bool) -> None:
+def _run(
+    model: str, output: Path, spec: CompareSpec, dtype: str, resume: bool, overwrite: bool, as_json: bool, quiet: bool
+) -> None:
     from dataclasses import asdict
 
     from eggs_ptp.cli.main import load_quietly
@@ -150,8 +270,15 @@ def _run(model: str, output: Path, spec: CompareSpec, dtype: str, resume: bool, 
         check_settings(existing, spec, output)
     loaded = load_quietly(model, dtype, quiet)
     try:
-        record = run_compare(loaded, spec, output, resume=resume, overwrite=overwrite, progress=not quiet,
-                             command=command_line(model, output, spec, dtype))
+        record = run_compare(
+            loaded,
+            spec,
+            output,
+            resume=resume,
+            overwrite=overwrite,
+            progress=not quiet,
+            command=command_line(model, output, spec, dtype),
+        )
     except KeyboardInterrupt:
         click.echo(f"interrupted; finished cells are in {output / RESULTS_FILE}: rerun with --resume", err=True)
         sys.exit(130)
@@ -159,8 +286,15 @@ def _run(model: str, output: Path, spec: CompareSpec, dtype: str, resume: bool, 
     for cells, best in [(SUMMARY_HEAD, False), *summary_rows(record)]:
         click.echo("  ".join(c.ljust(w) for c, w in zip(cells, widths)) + ("  <- best" if best else ""))
     click.echo(f"wrote {output}: results.json, results.md, perplexity.png, perplexity_vs_time.png, report.html")
-    emit_json(as_json, {"output": str(output), "cells": len(record["cells"]), "dense": record["dense"],
-                        "groups": [asdict(g) for g in groups(record)]})
+    emit_json(
+        as_json,
+        {
+            "output": str(output),
+            "cells": len(record["cells"]),
+            "dense": record["dense"],
+            "groups": [asdict(g) for g in groups(record)],
+        },
+    )
 
 
 __all__ = ["command_line", "compare_command"]

@@ -41,7 +41,9 @@ def _tile_pattern(explicit: str | None, recorded: str | None) -> tuple[int, int]
 
 def _table(rows: list[dict[str, Any]], b: int, tiles: bool) -> list[str]:
     width = max([len("layer")] + [len(row["name"]) for row in rows])
-    header = f"{'layer':<{width}}  {'shape':>11}  {'kept':>5}  {'in-min':>6}  {'in-mean':>8}  {'zero-in':>7}  {f'in<{b}':>6}"
+    header = (
+        f"{'layer':<{width}}  {'shape':>11}  {'kept':>5}  {'in-min':>6}  {'in-mean':>8}  {'zero-in':>7}  {f'in<{b}':>6}"
+    )
     header += f"  {f'tile<{b}':>7}" * tiles + f"  {'gap':>6}  {'expansion*':>10}"
     lines = [header]
     for row in rows:
@@ -78,18 +80,53 @@ def _plots(name: str, rows: list[dict[str, Any]], metrics: list[LayerGraphMetric
 
 @click.command(name="inspect")
 @click.argument("source", metavar="CHECKPOINT_OR_MODEL")
-@click.option("--layers", "layers", multiple=True, help="Only these layers: an exact name or a glob such as '*.mlp.*' (repeatable).")
-@click.option("--b", "b", type=int, default=1, show_default=True, help="Also count inputs (and tile columns) keeping fewer than B weights.")
-@click.option("--pattern", default=None, help="N:M for the per-tile counts [default: the checkpoint's, else inferred from its zeros].")
+@click.option(
+    "--layers",
+    "layers",
+    multiple=True,
+    help="Only these layers: an exact name or a glob such as '*.mlp.*' (repeatable).",
+)
+@click.option(
+    "--b",
+    "b",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Also count inputs (and tile columns) keeping fewer than B weights.",
+)
+@click.option(
+    "--pattern",
+    default=None,
+    help="N:M for the per-tile counts [default: the checkpoint's, else inferred from its zeros].",
+)
 @click.option("--tile-height", type=int, default=None, help="Rows per tile for the per-tile counts [default: M].")
 @click.option("--plot", is_flag=True, help="Also write PNG figures: heat map, degree histogram, connectivity vs error.")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for inspect.json and figures [default: ./inspect-NAME].")
-@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out (replaces inspect.json and figures, deletes nothing).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for inspect.json and figures [default: ./inspect-NAME].",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Write into a non-empty --out (replaces inspect.json and figures, deletes nothing).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
-def inspect_command(source: str, layers: tuple[str, ...], b: int, pattern: str | None, tile_height: int | None,
-                    plot: bool, out: Path | None, overwrite: bool, as_json: bool, quiet: bool) -> None:
+def inspect_command(
+    source: str,
+    layers: tuple[str, ...],
+    b: int,
+    pattern: str | None,
+    tile_height: int | None,
+    plot: bool,
+    out: Path | None,
+    overwrite: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Connectivity of every pruned layer of CHECKPOINT_OR_MODEL seen as a bipartite graph.
 
     Per layer: kept fraction, input-degree minimum and mean, inputs with no kept weight (and fewer
@@ -119,25 +156,50 @@ def inspect_command(source: str, layers: tuple[str, ...], b: int, pattern: str |
     if tile_height is not None and tiles is None:
         raise ValueError(f"--tile-height needs an N:M pattern, and {masks.name} records none; pass --pattern N:M")
     record: dict[str, Any] = {
-        "type": INSPECT_TYPE, "schema_version": INSPECT_VERSION, "source": source, "name": masks.name,
-        "has_report": masks.has_report, "method": masks.method, "pattern": masks.pattern,
-        "pattern_inferred": masks.pattern_inferred, "b": b,
+        "type": INSPECT_TYPE,
+        "schema_version": INSPECT_VERSION,
+        "source": source,
+        "name": masks.name,
+        "has_report": masks.has_report,
+        "method": masks.method,
+        "pattern": masks.pattern,
+        "pattern_inferred": masks.pattern_inferred,
+        "b": b,
         "tiles": {"n": tiles[0], "m": tiles[1], "height": tile_height or tiles[1]} if tiles else None,
-        "dense": masks.dense, "skipped_layers": masks.skipped,
+        "dense": masks.dense,
+        "skipped_layers": masks.skipped,
     }
-    described = f"{masks.method or 'unknown method'}, pattern {masks.pattern or 'unknown'}" + " (inferred)" * masks.pattern_inferred
-    click.echo(f"{masks.name}: {described} | B={b}" + (f" | tiles {tiles[0]}:{tiles[1]} x {tile_height or tiles[1]} rows" if tiles else ""))
+    described = (
+        f"{masks.method or 'unknown method'}, pattern {masks.pattern or 'unknown'}"
+        + " (inferred)" * masks.pattern_inferred
+    )
+    click.echo(
+        f"{masks.name}: {described} | B={b}"
+        + (f" | tiles {tiles[0]}:{tiles[1]} x {tile_height or tiles[1]} rows" if tiles else "")
+    )
     rows, metrics = [], []
     if masks.dense:
-        click.echo(f"dense / not pruned: none of the {len(masks.layers) + len(masks.skipped)} selected layers has a zero weight")
+        click.echo(
+            f"dense / not pruned: none of the {len(masks.layers) + len(masks.skipped)} selected layers has a "
+            "zero weight"
+        )
     else:
         for layer in tqdm(masks.masks(), total=len(masks.layers), desc="inspect layers", disable=quiet, leave=False):
             result = layer_metrics(layer.mask, b=b, pattern=tiles, tile_height=tile_height)
             metrics.append(result)
-            rows.append({"name": layer.name, "transposed": layer.transposed, "recon_error": layer.recon_error, **result.to_dict()})
+            rows.append(
+                {
+                    "name": layer.name,
+                    "transposed": layer.transposed,
+                    "recon_error": layer.recon_error,
+                    **result.to_dict(),
+                }
+            )
         for line in _table(rows, b, tiles is not None):
             click.echo(line)
-        click.echo("* expansion: min |Gamma(T)|/|T| over random and greedy sets T of inputs; an estimate, not a certificate")
+        click.echo(
+            "* expansion: min |Gamma(T)|/|T| over random and greedy sets T of inputs; an estimate, not a certificate"
+        )
     for name, reason in masks.skipped.items():
         click.echo(f"skipped {name}: {reason}")
     summary = summarise(metrics)
@@ -148,7 +210,11 @@ def inspect_command(source: str, layers: tuple[str, ...], b: int, pattern: str |
     write_json_atomic(out / INSPECT_FILE, {**record, "summary": summary, "figures": figures, "layers": rows})
     click.echo(f"wrote {out / INSPECT_FILE}" + "".join(f", {out / name}" for name in figures))
     if as_json:
-        click.echo(json.dumps({"source": source, "out": str(out), "dense": masks.dense, "summary": summary, "figures": figures}))
+        click.echo(
+            json.dumps(
+                {"source": source, "out": str(out), "dense": masks.dense, "summary": summary, "figures": figures}
+            )
+        )
 
 
 __all__ = ["INSPECT_FILE", "INSPECT_TYPE", "INSPECT_VERSION", "inspect_command"]

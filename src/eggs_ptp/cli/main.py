@@ -76,7 +76,9 @@ def main(verbose: bool) -> None:
 
     MODEL is the embedded default's short name (smollm2-135m), a hub id, or a local folder.
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def load_quietly(model: str, dtype: str, quiet: bool, device_map: str | None = None):
@@ -95,28 +97,60 @@ def _prune_options() -> list[click.Parameter]:
     method = "Method"
     shared = "Pattern, calibration and layers"
     return [
-        GroupedOption(["--method"], type=click.Choice(method_names()), default="eggs", show_default=True,
-                      help=_methods_help(), group=method),
+        GroupedOption(
+            ["--method"],
+            type=click.Choice(method_names()),
+            default="eggs",
+            show_default=True,
+            help=_methods_help(),
+            group=method,
+        ),
         *method_options(declared),
         *options_for(PruneConfig, shared, declared),
-        GroupedOption(["--sparsity"], type=float, default=None, group=shared,
-                      help="Unstructured: prune this fraction of each output row instead of N:M (same as "
-                           "--pattern 0.5)."),
-        GroupedOption(["--allocation"], type=click.Choice(ALLOCATIONS), default="uniform", show_default=True,
-                      group="Allocation", help="Unstructured: per-layer sparsity, uniform or outlier-weighted "
-                                               "(OWL), same mean."),
+        GroupedOption(
+            ["--sparsity"],
+            type=float,
+            default=None,
+            group=shared,
+            help="Unstructured: prune this fraction of each output row instead of N:M (same as --pattern 0.5).",
+        ),
+        GroupedOption(
+            ["--allocation"],
+            type=click.Choice(ALLOCATIONS),
+            default="uniform",
+            show_default=True,
+            group="Allocation",
+            help="Unstructured: per-layer sparsity, uniform or outlier-weighted (OWL), same mean.",
+        ),
         *options_for(OwlAllocation, "Allocation", declared),
         *options_for(RunOptions, "How to run", declared),
-        GroupedOption(["--nproc"], type=int, default=1, show_default=True, group="How to run",
-                      help="Split calibration over this many processes (torch.distributed; gloo on CPU, NCCL on "
-                           "GPU), launched by torchrun."),
-        GroupedOption(["--eval/--no-eval", "evaluate"], default=False, show_default=True, group="Evaluation",
-                      help="Measure dense and pruned perplexity side by side."),
+        GroupedOption(
+            ["--nproc"],
+            type=int,
+            default=1,
+            show_default=True,
+            group="How to run",
+            help="Split calibration over this many processes (torch.distributed; gloo on CPU, NCCL on "
+            "GPU), launched by torchrun.",
+        ),
+        GroupedOption(
+            ["--eval/--no-eval", "evaluate"],
+            default=False,
+            show_default=True,
+            group="Evaluation",
+            help="Measure dense and pruned perplexity side by side.",
+        ),
         *options_for(Evaluation, "Evaluation", declared),
-        GroupedOption(["-o", "--output", "output"], type=click.Path(path_type=Path), required=True,
-                      help="Folder for the pruned checkpoint.", group="Output"),
-        GroupedOption(["--json", "as_json"], is_flag=True, help="Print one JSON object as the last line.",
-                      group="Output"),
+        GroupedOption(
+            ["-o", "--output", "output"],
+            type=click.Path(path_type=Path),
+            required=True,
+            help="Folder for the pruned checkpoint.",
+            group="Output",
+        ),
+        GroupedOption(
+            ["--json", "as_json"], is_flag=True, help="Print one JSON object as the last line.", group="Output"
+        ),
         GroupedOption(["-q", "--quiet"], is_flag=True, help="No progress bars.", group="Output"),
     ]
 
@@ -160,11 +194,14 @@ def prune(ctx: click.Context, model: str, **values: Any) -> None:
     if writer:
         shared = {k: v for k, v in config.to_dict().items() if k not in ("type", "schema_version", "method")}
         settings = ", ".join(f"{k}={v}" for k, v in {"method": config.method.label, **shared}.items())
-        stages = " ".join(f"{k}={v}" for k, v in build_method(config.method, config.parsed_pattern).describe().items()
-                          if v)
+        stages = " ".join(
+            f"{k}={v}" for k, v in build_method(config.method, config.parsed_pattern).describe().items() if v
+        )
         processes = f" processes={ranks.world}" if ranks else ""
-        click.echo(f"model={model} dtype={run.dtype} device={run.device_map or resolve_device(run.device)}"
-                   f"{processes} | {settings}\nstages: {stages}")
+        click.echo(
+            f"model={model} dtype={run.dtype} device={run.device_map or resolve_device(run.device)}"
+            f"{processes} | {settings}\nstages: {stages}"
+        )
     with _resume_hint(output):
         report = prune_to_folder(model, output, config, run, evaluation=evaluation)
     if writer:
@@ -185,16 +222,20 @@ def _print_prune(report, output: Path, as_json: bool) -> None:
     payload: dict[str, Any] = {}
     if report.evaluation:
         dense, pruned = report.evaluation["perplexity"]["dense"], report.evaluation["perplexity"]["pruned"]
-        payload["perplexity"] = {"dense": dense["perplexity"], "pruned": pruned["perplexity"],
-                                 **{k: pruned[k] for k in ("seqlen", "windows", "tokens", "text")}}
+        payload["perplexity"] = {
+            "dense": dense["perplexity"],
+            "pruned": pruned["perplexity"],
+            **{k: pruned[k] for k in ("seqlen", "windows", "tokens", "text")},
+        }
         click.echo(
             f"perplexity  dense {dense['perplexity']:.2f}  ->  {config.method.label} {config.pattern} "
             f"{pruned['perplexity']:.2f}   ({pruned['windows']} windows x {pruned['seqlen']} tokens = "
             f"{pruned['tokens']} tokens of {pruned['text']})"
         )
     click.echo(f"saved to {output}")
-    emit_json(as_json, {"output": str(output), "method": config.method.label, "pattern": config.pattern, **summary,
-                        **payload})
+    emit_json(
+        as_json, {"output": str(output), "method": config.method.label, "pattern": config.pattern, **summary, **payload}
+    )
 
 
 def _launch(nproc: int) -> None:
@@ -229,25 +270,50 @@ def _resume_hint(output: Path) -> Iterator[None]:
         done = completed_blocks(folder)
         if not done:
             raise
-        click.echo(f"interrupted after {done} blocks; their progress is kept in {folder}: rerun the same "
-                   "command with --resume to continue", err=True)
+        click.echo(
+            f"interrupted after {done} blocks; their progress is kept in {folder}: rerun the same "
+            "command with --resume to continue",
+            err=True,
+        )
         sys.exit(130)
 
 
 @main.command(name="eval")
 @click.argument("model", default=DEFAULT_MODEL)
-@click.option("--text", default=DEFAULT_TEXT, show_default=True, help="Evaluation text: 'wiki' (held-out split), a .txt/.jsonl file, or hf:DATASET.")
+@click.option(
+    "--text",
+    default=DEFAULT_TEXT,
+    show_default=True,
+    help="Evaluation text: 'wiki' (held-out split), a .txt/.jsonl file, or hf:DATASET.",
+)
 @click.option("--windows", type=int, default=None, help="Number of non-overlapping windows [default: all].")
-@click.option("--seqlen", type=int, default=2048, show_default=True, help="Context length per window (capped by the model's).")
-@click.option("--tasks", default=None, help="Instead of perplexity, run these lm-evaluation-harness tasks zero-shot (comma-separated), e.g. boolq,hellaswag, or the offline eggs_wiki_lastword.")
+@click.option(
+    "--seqlen", type=int, default=2048, show_default=True, help="Context length per window (capped by the model's)."
+)
+@click.option(
+    "--tasks",
+    default=None,
+    help="Instead of perplexity, run these lm-evaluation-harness tasks zero-shot (comma-separated), e.g. "
+    "boolq,hellaswag, or the offline eggs_wiki_lastword.",
+)
 @click.option("--limit", type=int, default=None, help="Tasks: score only the first N documents of each (quick checks).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Tasks: requests per forward pass.")
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @user_errors
-def eval_command(model: str, text: str, windows: int | None, seqlen: int, tasks: str | None, limit: int | None,
-                 batch_size: int, dtype: str, as_json: bool, quiet: bool) -> None:
+def eval_command(
+    model: str,
+    text: str,
+    windows: int | None,
+    seqlen: int,
+    tasks: str | None,
+    limit: int | None,
+    batch_size: int,
+    dtype: str,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Perplexity of MODEL (dense, pruned, or packed compact) on held-out text, in non-overlapping
     windows; or, with --tasks, its zero-shot scores from lm-evaluation-harness.
 
@@ -280,28 +346,32 @@ def _load_evaluable(model: str, dtype: str, quiet: bool):
     return load_evaluable(model, DTYPES[dtype])
 
 
-def _eval_tasks(model: str, names: list[str], limit: int | None, batch_size: int, dtype: str, as_json: bool,
-                quiet: bool) -> None:
+def _eval_tasks(
+    model: str, names: list[str], limit: int | None, batch_size: int, dtype: str, as_json: bool, quiet: bool
+) -> None:
     """Harness tasks load (and fetch their data) before the model, so a missing dataset fails fast."""
     from eggs_ptp.eval.harness import evaluate_tasks, load_tasks, quiet_harness_logs
 
     quiet_harness_logs()
     task_set = load_tasks(names)
     loaded = _load_evaluable(model, dtype, quiet)
-    result = evaluate_tasks(loaded.model, loaded.tokenizer, task_set, limit=limit, batch_size=batch_size,
-                            progress=not quiet)
+    result = evaluate_tasks(
+        loaded.model, loaded.tokenizer, task_set, limit=limit, batch_size=batch_size, progress=not quiet
+    )
     for name, scores in {**result["tasks"], **result["groups"]}.items():
         shown = "  ".join(
-            f"{metric} {value:.4f}" + (f" ± {scores[metric + '_stderr']:.4f}"
-                                       if isinstance(scores.get(metric + "_stderr"), float) else "")
+            f"{metric} {value:.4f}"
+            + (f" ± {scores[metric + '_stderr']:.4f}" if isinstance(scores.get(metric + "_stderr"), float) else "")
             for metric, value in scores.items()
             if isinstance(value, float) and not metric.endswith("_stderr") and metric != "version"
         )
         counts = f"  ({scores['samples']} documents, {scores['n_shot']}-shot)" if "samples" in scores else ""
         click.echo(f"{name}  {shown}{counts}")
     settings = result["settings"]
-    click.echo(f"{settings['harness']}, batch {settings['batch_size']}, context {settings['max_length']} tokens"
-               + (f", first {limit} documents per task" if limit else ""))
+    click.echo(
+        f"{settings['harness']}, batch {settings['batch_size']}, context {settings['max_length']} tokens"
+        + (f", first {limit} documents per task" if limit else "")
+    )
     emit_json(as_json, {"model": model, **result})
 
 

@@ -55,16 +55,28 @@ def _settings(kind: type) -> list[dataclasses.Field]:
 def _option(field: dataclasses.Field, group: str) -> GroupedOption:
     kind, default, help = str(field.type), field.default, field.metadata["help"]
     if field.metadata.get("choices"):
-        return GroupedOption([_flag(field), _dest(field)], type=click.Choice(field.metadata["choices"]),
-                             default=default, show_default=default is not None, help=help, group=group)
+        return GroupedOption(
+            [_flag(field), _dest(field)],
+            type=click.Choice(field.metadata["choices"]),
+            default=default,
+            show_default=default is not None,
+            help=help,
+            group=group,
+        )
     if kind == "bool":
         return GroupedOption([_flag(field), _dest(field)], is_flag=True, default=default, help=help, group=group)
     if kind.startswith("tuple"):
         return GroupedOption([_flag(field), _dest(field)], multiple=True, help=help, group=group)
     types = {"int": int, "float": float, "str": str, "Path": click.Path(path_type=Path)}
     base = kind.split("|")[0].strip()
-    return GroupedOption([_flag(field), _dest(field)], type=types[base], default=default,
-                         show_default=default is not None, help=help, group=group)
+    return GroupedOption(
+        [_flag(field), _dest(field)],
+        type=types[base],
+        default=default,
+        show_default=default is not None,
+        help=help,
+        group=group,
+    )
 
 
 def options_for(kind: type, group: str, declared: set[str]) -> list[GroupedOption]:
@@ -101,8 +113,9 @@ def method_from_options(name: str, values: dict[str, Any], ctx: click.Context) -
         for field in _settings(other):
             given = ctx.get_parameter_source(_dest(field)) is ParameterSource.COMMANDLINE
             if given and _dest(field) not in own:
-                raise click.UsageError(f"{_flag(field)} is a setting of {other.family}; --method {name} does not "
-                                       "use it")
+                raise click.UsageError(
+                    f"{_flag(field)} is a setting of {other.family}; --method {name} does not use it"
+                )
     return method_config(name, **values_for(kind, values))
 
 

@@ -20,7 +20,9 @@ def _size(count: int) -> str:
 @click.command(name="pack")
 @click.argument("folder", metavar="DIR", type=click.Path(path_type=Path))
 @click.argument("out", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty OUT (only once the packed checkpoint is complete).")
+@click.option(
+    "--overwrite", is_flag=True, help="Replace a non-empty OUT (only once the packed checkpoint is complete)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @user_errors
 def pack_command(folder: Path, out: Path, overwrite: bool, as_json: bool) -> None:
@@ -38,10 +40,14 @@ def pack_command(folder: Path, out: Path, overwrite: bool, as_json: bool) -> Non
 
     result = pack_checkpoint(folder, out, overwrite)
     click.echo(f"pattern {result.pattern} | {result.layers} pruned layers")
-    click.echo(f"pruned layers: dense {_size(result.pruned_dense_bytes)} -> compact "
-               f"{_size(result.pruned_compact_bytes)} ({result.pruned_ratio:.4f}x)")
-    click.echo(f"checkpoint:    dense {_size(result.file_dense_bytes)} -> compact "
-               f"{_size(result.file_compact_bytes)} ({result.file_ratio:.4f}x)")
+    click.echo(
+        f"pruned layers: dense {_size(result.pruned_dense_bytes)} -> compact "
+        f"{_size(result.pruned_compact_bytes)} ({result.pruned_ratio:.4f}x)"
+    )
+    click.echo(
+        f"checkpoint:    dense {_size(result.file_dense_bytes)} -> compact "
+        f"{_size(result.file_compact_bytes)} ({result.file_ratio:.4f}x)"
+    )
     if result.signed_zeros_cleared:
         click.echo(f"{result.signed_zeros_cleared} pruned weights held -0.0 and load back as +0.0 (equal in value)")
     click.echo(f"saved to {out}")

@@ -72,15 +72,24 @@ def check_results(
     if loaded is None:
         loaded = load_model(model or recorded["id"], getattr(torch, recorded["dtype"]))
     if weights_sha256(loaded.model) != recorded["weights_sha256"]:
-        raise ValueError(f"the model loaded from {model or recorded['id']!r} has other weights than the ones "
-                         f"{path} was computed on (sha256 {recorded['weights_sha256'][:12]})")
+        raise ValueError(
+            f"the model loaded from {model or recorded['id']!r} has other weights than the ones "
+            f"{path} was computed on (sha256 {recorded['weights_sha256'][:12]})"
+        )
     spec = CompareSpec.from_dict({**record["settings"], "task": False})
     context = GridContext(loaded, spec, snapshot=False)
-    measured = context.run_cell(Cell(row["method"], row["pattern"], row["seed"]),
-                                config=PruneConfig.from_dict(row["config"]))
+    measured = context.run_cell(
+        Cell(row["method"], row["pattern"], row["seed"]), config=PruneConfig.from_dict(row["config"])
+    )
     difference = abs(measured["perplexity"] - row["perplexity"]) / abs(row["perplexity"])
-    return CheckResult(row["key"], measured["mask_sha256"] == row["mask_sha256"], row["perplexity"],
-                       measured["perplexity"], difference, tolerance)
+    return CheckResult(
+        row["key"],
+        measured["mask_sha256"] == row["mask_sha256"],
+        row["perplexity"],
+        measured["perplexity"],
+        difference,
+        tolerance,
+    )
 
 
 __all__ = ["CheckResult", "DEFAULT_TOLERANCE", "check_results"]

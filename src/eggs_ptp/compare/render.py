@@ -25,10 +25,21 @@ MARKDOWN_FILE = "results.md"
 HTML_FILE = "report.html"
 FIGURES = {"perplexity": "perplexity.png", "time": "perplexity_vs_time.png"}
 SUMMARY_HEAD = ["pattern", "method", "seeds", "perplexity", "last-word acc", "word log-lik", "prune s", "peak RSS MB"]
-LEGEND = ("Mean ± standard deviation over calibration seeds. **Bold**: the lowest mean perplexity at each pattern. "
-          "Prune seconds: median over seeds; peak RSS: the largest.")
-CELL_HEAD = ["pattern", "method", "seed", "perplexity", "last-word acc", "word log-lik", "prune s", "peak RSS MB",
-             "mask sha256"]
+LEGEND = (
+    "Mean ± standard deviation over calibration seeds. **Bold**: the lowest mean perplexity at each pattern. "
+    "Prune seconds: median over seeds; peak RSS: the largest."
+)
+CELL_HEAD = [
+    "pattern",
+    "method",
+    "seed",
+    "perplexity",
+    "last-word acc",
+    "word log-lik",
+    "prune s",
+    "peak RSS MB",
+    "mask sha256",
+]
 
 
 def _pm(mean: float | None, std: float | None, digits: int) -> str:
@@ -48,20 +59,55 @@ def _task(row: dict[str, Any], key: str, digits: int) -> str:
 def summary_rows(record: dict[str, Any]) -> list[tuple[list[str], bool]]:
     """(cells, bold) per row: the dense baseline, then every method at every pattern."""
     dense = record["dense"] or {}
-    rows = [(["dense", "–", "–", _num(dense.get("perplexity"), 2), _task(dense, "acc", 4),
-              _task(dense, "loglikelihood", 3), "–", "–"], False)]
+    rows = [
+        (
+            [
+                "dense",
+                "–",
+                "–",
+                _num(dense.get("perplexity"), 2),
+                _task(dense, "acc", 4),
+                _task(dense, "loglikelihood", 3),
+                "–",
+                "–",
+            ],
+            False,
+        )
+    ]
     for group in groups(record):
-        rows.append(([group.pattern, group.method, str(len(group.seeds)),
-                      _pm(group.perplexity, group.perplexity_std, 2), _pm(group.accuracy, group.accuracy_std, 4),
-                      _num(group.loglikelihood, 3), f"{group.prune_seconds:.1f}", _num(group.peak_rss_mb, 0)],
-                     group.best))
+        rows.append(
+            (
+                [
+                    group.pattern,
+                    group.method,
+                    str(len(group.seeds)),
+                    _pm(group.perplexity, group.perplexity_std, 2),
+                    _pm(group.accuracy, group.accuracy_std, 4),
+                    _num(group.loglikelihood, 3),
+                    f"{group.prune_seconds:.1f}",
+                    _num(group.peak_rss_mb, 0),
+                ],
+                group.best,
+            )
+        )
     return rows
 
 
 def cell_rows(record: dict[str, Any]) -> list[list[str]]:
-    return [[row["pattern"], row["method"], str(row["seed"]), f"{row['perplexity']:.2f}", _task(row, "acc", 4),
-             _task(row, "loglikelihood", 3), f"{row['prune_seconds']:.1f}", _num(row.get("peak_rss_mb"), 0),
-             row["mask_sha256"][:12]] for row in record["cells"]]
+    return [
+        [
+            row["pattern"],
+            row["method"],
+            str(row["seed"]),
+            f"{row['perplexity']:.2f}",
+            _task(row, "acc", 4),
+            _task(row, "loglikelihood", 3),
+            f"{row['prune_seconds']:.1f}",
+            _num(row.get("peak_rss_mb"), 0),
+            row["mask_sha256"][:12],
+        ]
+        for row in record["cells"]
+    ]
 
 
 def describe_setup(record: dict[str, Any]) -> list[str]:
@@ -70,22 +116,31 @@ def describe_setup(record: dict[str, Any]) -> list[str]:
     session = record["sessions"][-1]
     machine = session["hardware"]
     lines = [
-        (f"Model: {model['id']} ({model['class']}, {model['parameters']:,} parameters, {model['dtype']}, "
-         f"revision {model['revision'] or '–'}, weights sha256 {model['weights_sha256'][:16]})."),
-        (f"Calibration: {calib['nsamples']} windows x {calib['seqlen']} tokens, seeds "
-         f"{', '.join(map(str, calib['seeds']))}, from {calib['source']}."),
-        (f"Perplexity: first {evaluation['windows']} non-overlapping windows x {evaluation['seqlen']} tokens "
-         f"({evaluation['tokens']} tokens) of {evaluation['text']}."),
+        (
+            f"Model: {model['id']} ({model['class']}, {model['parameters']:,} parameters, {model['dtype']}, "
+            f"revision {model['revision'] or '–'}, weights sha256 {model['weights_sha256'][:16]})."
+        ),
+        (
+            f"Calibration: {calib['nsamples']} windows x {calib['seqlen']} tokens, seeds "
+            f"{', '.join(map(str, calib['seeds']))}, from {calib['source']}."
+        ),
+        (
+            f"Perplexity: first {evaluation['windows']} non-overlapping windows x {evaluation['seqlen']} tokens "
+            f"({evaluation['tokens']} tokens) of {evaluation['text']}."
+        ),
     ]
     if task:
         limit = f", first {task['limit']}" if task.get("limit") else ""
         harness = (task.get("harness") or {}).get("harness", "lm-evaluation-harness")
-        lines.append(f"Zero-shot: {task['task']} ({task['passages']} passages{limit}; {task['recipe']}), "
-                     f"scored by {harness}: accuracy and the word's mean log-likelihood in nats."
-                     + _sampling_error(record))
-    lines.append(f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, {machine['torch_threads']} torch threads"
-                 + (f", {machine['accelerator']}" if machine.get("accelerator") else "")
-                 + f"; torch {session['versions'].get('torch')}, transformers {session['versions'].get('transformers')}.")
+        lines.append(
+            f"Zero-shot: {task['task']} ({task['passages']} passages{limit}; {task['recipe']}), "
+            f"scored by {harness}: accuracy and the word's mean log-likelihood in nats." + _sampling_error(record)
+        )
+    lines.append(
+        f"Machine: {machine['cpu']}, {machine['cpu_cores']} cores, {machine['torch_threads']} torch threads"
+        + (f", {machine['accelerator']}" if machine.get("accelerator") else "")
+        + f"; torch {session['versions'].get('torch')}, transformers {session['versions'].get('transformers')}."
+    )
     return lines
 
 
@@ -94,8 +149,10 @@ def _sampling_error(record: dict[str, Any]) -> str:
     dense = (record.get("dense") or {}).get("task") or {}
     if dense.get("acc_stderr") is None:
         return ""
-    return (f" One accuracy on these passages has a sampling standard error of ±{dense['acc_stderr']:.3f} "
-            f"(the harness's, at the dense {dense['acc']:.3f}); the ± over seeds does not include it.")
+    return (
+        f" One accuracy on these passages has a sampling standard error of ±{dense['acc_stderr']:.3f} "
+        f"(the harness's, at the dense {dense['acc']:.3f}); the ± over seeds does not include it."
+    )
 
 
 def not_run(record: dict[str, Any]) -> str:
@@ -110,8 +167,16 @@ def markdown(record: dict[str, Any]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(cells) + " |"
 
-    out = [f"# Pruning comparison: {record['model']['id']}", "", *describe_setup(record), "", LEGEND, "",
-           line(SUMMARY_HEAD), line(["---"] * len(SUMMARY_HEAD))]
+    out = [
+        f"# Pruning comparison: {record['model']['id']}",
+        "",
+        *describe_setup(record),
+        "",
+        LEGEND,
+        "",
+        line(SUMMARY_HEAD),
+        line(["---"] * len(SUMMARY_HEAD)),
+    ]
     for cells, bold in summary_rows(record):
         out.append(line([f"**{c}**" for c in cells] if bold else cells))
     if not_run(record):
@@ -153,8 +218,15 @@ def perplexity_figure(record: dict[str, Any], found: list[Group]) -> bytes:
     for index, pattern in enumerate(patterns):
         chosen = [g for g in found if g.pattern == pattern]
         x = [methods.index(g.method) + (index - (len(patterns) - 1) / 2) * width for g in chosen]
-        bars = axes.bar(x, [g.perplexity for g in chosen], width, yerr=[g.perplexity_std or 0 for g in chosen],
-                        capsize=3, label=pattern, color=f"C{index}")
+        bars = axes.bar(
+            x,
+            [g.perplexity for g in chosen],
+            width,
+            yerr=[g.perplexity_std or 0 for g in chosen],
+            capsize=3,
+            label=pattern,
+            color=f"C{index}",
+        )
         for bar, group in zip(bars, chosen):
             bar.set_edgecolor("black" if group.best else "none")
             bar.set_linewidth(1.5 if group.best else 0)
@@ -177,14 +249,25 @@ def time_figure(record: dict[str, Any], found: list[Group]) -> bytes:
     figure = Figure(figsize=(6.5, 4.2), layout="constrained")
     axes = figure.add_subplot()
     for row in record["cells"]:
-        axes.scatter(row["prune_seconds"], row["perplexity"], s=12, alpha=0.35,
-                     color=f"C{methods.index(row['method']) % 10}",
-                     marker=markers[patterns.index(row["pattern"]) % len(markers)])
+        axes.scatter(
+            row["prune_seconds"],
+            row["perplexity"],
+            s=12,
+            alpha=0.35,
+            color=f"C{methods.index(row['method']) % 10}",
+            marker=markers[patterns.index(row["pattern"]) % len(markers)],
+        )
     for group in found:
-        axes.errorbar(group.prune_seconds, group.perplexity, yerr=group.perplexity_std or 0, capsize=3,
-                      color=f"C{methods.index(group.method) % 10}",
-                      marker=markers[patterns.index(group.pattern) % len(markers)], markersize=7,
-                      label=f"{group.method} {group.pattern}")
+        axes.errorbar(
+            group.prune_seconds,
+            group.perplexity,
+            yerr=group.perplexity_std or 0,
+            capsize=3,
+            color=f"C{methods.index(group.method) % 10}",
+            marker=markers[patterns.index(group.pattern) % len(markers)],
+            markersize=7,
+            label=f"{group.method} {group.pattern}",
+        )
     _dense_line(axes, record)
     if _log_scale_wanted(record, [r["perplexity"] for r in record["cells"]]):
         axes.set_yscale("log")

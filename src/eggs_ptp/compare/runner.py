@@ -57,8 +57,10 @@ class GridContext:
         available = self.eval_tokens.numel() // self.eval_seqlen
         self.eval_windows = available if spec.eval_windows is None else spec.eval_windows
         if not 0 < self.eval_windows <= available:
-            raise DataError(f"the evaluation text holds {available} windows of {self.eval_seqlen} tokens, "
-                            f"not {self.eval_windows}; lower --eval-windows or --eval-seqlen")
+            raise DataError(
+                f"the evaluation text holds {available} windows of {self.eval_seqlen} tokens, "
+                f"not {self.eval_windows}; lower --eval-windows or --eval-seqlen"
+            )
         self.tasks = None
         self.harness: dict[str, Any] | None = None  # the harness's settings, once it has run
         if spec.task:
@@ -74,25 +76,44 @@ class GridContext:
         if spec.task:
             from eggs_ptp.eval.lastword import describe
 
-            task = {**describe(), "limit": spec.task_limit, "metric": "acc: every token of the word is the "
-                    "greedy choice; loglikelihood: the word's log-likelihood in nats"}
+            task = {
+                **describe(),
+                "limit": spec.task_limit,
+                "metric": "acc: every token of the word is the "
+                "greedy choice; loglikelihood: the word's log-likelihood in nats",
+            }
         whole = "the whole source (a file or hub split is used as given)"
         return {
-            "calibration": {"source": self.calib_source.description,
-                            "split": "calibration" if spec.calib == DEFAULT_TEXT else whole, "nsamples": spec.nsamples,
-                            "seqlen": self.seqlen, "seeds": list(spec.seeds), "sampling": SAMPLING,
-                            "text_tokens": self.calib_tokens.numel()},
-            "evaluation": {"text": self.eval_source.description,
-                           "split": "evaluation" if spec.eval_text == DEFAULT_TEXT else whole, "seqlen": self.eval_seqlen,
-                           "windows": self.eval_windows, "tokens": self.eval_windows * self.eval_seqlen,
-                           "protocol": "first non-overlapping windows, each scored on its own"},
+            "calibration": {
+                "source": self.calib_source.description,
+                "split": "calibration" if spec.calib == DEFAULT_TEXT else whole,
+                "nsamples": spec.nsamples,
+                "seqlen": self.seqlen,
+                "seeds": list(spec.seeds),
+                "sampling": SAMPLING,
+                "text_tokens": self.calib_tokens.numel(),
+            },
+            "evaluation": {
+                "text": self.eval_source.description,
+                "split": "evaluation" if spec.eval_text == DEFAULT_TEXT else whole,
+                "seqlen": self.eval_seqlen,
+                "windows": self.eval_windows,
+                "tokens": self.eval_windows * self.eval_seqlen,
+                "protocol": "first non-overlapping windows, each scored on its own",
+            },
             "task": task,
         }
 
     def evaluate(self) -> dict[str, Any]:
         """Perplexity (and task scores) of the model as it is now."""
-        result = perplexity(self.loaded.model, self.eval_tokens, self.eval_seqlen, self.eval_windows,
-                            self.eval_source.description, progress=False)
+        result = perplexity(
+            self.loaded.model,
+            self.eval_tokens,
+            self.eval_seqlen,
+            self.eval_windows,
+            self.eval_source.description,
+            progress=False,
+        )
         return {"perplexity": result.perplexity, "mean_loss": result.mean_loss, "task": self.task_scores()}
 
     def task_scores(self) -> dict[str, Any] | None:
@@ -100,13 +121,20 @@ class GridContext:
             return None
         from eggs_ptp.eval.harness import OFFLINE_TASK, evaluate_tasks
 
-        result = evaluate_tasks(self.loaded.model, self.loaded.tokenizer, self.tasks, limit=self.spec.task_limit,
-                                batch_size=self.spec.batch_size, progress=False)
+        result = evaluate_tasks(
+            self.loaded.model,
+            self.loaded.tokenizer,
+            self.tasks,
+            limit=self.spec.task_limit,
+            batch_size=self.spec.batch_size,
+            progress=False,
+        )
         self.harness = result["settings"]
         return result["tasks"][OFFLINE_TASK]
 
-    def run_cell(self, cell: Cell, status: Callable[[str], None] = lambda _: None,
-                 config: PruneConfig | None = None) -> dict[str, Any]:
+    def run_cell(
+        self, cell: Cell, status: Callable[[str], None] = lambda _: None, config: PruneConfig | None = None
+    ) -> dict[str, Any]:
         """Prune a fresh copy of the dense weights as ``cell`` says and score it.
 
         Args:
@@ -117,8 +145,9 @@ class GridContext:
         config = config or self.spec.config(cell)
         if self._dense is not None:
             model.load_state_dict(self._dense)
-        calibration = sample_windows(self.calib_tokens, self.spec.nsamples, self.seqlen, cell.seed,
-                                     self.calib_source.description)
+        calibration = sample_windows(
+            self.calib_tokens, self.spec.nsamples, self.seqlen, cell.seed, self.calib_source.description
+        )
         status("pruning")
         with PeakRss() as peak:
             started = time.perf_counter()
@@ -128,7 +157,10 @@ class GridContext:
         scores = self.evaluate()
         summary = report.summary()
         return {
-            "key": cell.key, "method": cell.method, "pattern": cell.pattern, "seed": cell.seed,
+            "key": cell.key,
+            "method": cell.method,
+            "pattern": cell.pattern,
+            "seed": cell.seed,
             **scores,
             "prune_seconds": seconds,
             "peak_rss_mb": peak.mb,
@@ -142,8 +174,12 @@ class GridContext:
 
 
 def _session(context: GridContext, command: str | None) -> dict[str, Any]:
-    return {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
-            "versions": versions(), "hardware": hardware(next(context.loaded.model.parameters()).device)}
+    return {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "versions": versions(),
+        "hardware": hardware(next(context.loaded.model.parameters()).device),
+    }
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -158,7 +194,9 @@ def read_results(path: Path) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get("type") != RECORD_TYPE:
         raise ValueError(f"{path} is not a compare results file (no type {RECORD_TYPE!r})")
     if record.get("schema_version") != RECORD_VERSION:
-        raise ValueError(f"{path} has schema version {record.get('schema_version')}, this eggs-ptp reads {RECORD_VERSION}")
+        raise ValueError(
+            f"{path} has schema version {record.get('schema_version')}, this eggs-ptp reads {RECORD_VERSION}"
+        )
     return record
 
 
@@ -175,8 +213,10 @@ def existing_record(out: Path, resume: bool, overwrite: bool) -> dict[str, Any] 
     if not out.is_dir() or not any(out.iterdir()) or overwrite:
         return None
     if not resume:
-        raise ValueError(f"output folder {out} exists and is not empty; pass --resume to continue its grid "
-                         "or --overwrite to start over")
+        raise ValueError(
+            f"output folder {out} exists and is not empty; pass --resume to continue its grid "
+            "or --overwrite to start over"
+        )
     return read_results(out / RESULTS_FILE)
 
 
@@ -185,22 +225,27 @@ def check_settings(record: dict[str, Any], spec: CompareSpec, out: Path) -> None
     recorded = CompareSpec.from_dict(record["settings"]).shared()
     for name, value in spec.shared().items():
         if recorded.get(name) != value:
-            raise ValueError(f"{out / RESULTS_FILE} was run with {name}={recorded.get(name)!r}, not {value!r}; "
-                             "resume with the same settings or use another output folder")
+            raise ValueError(
+                f"{out / RESULTS_FILE} was run with {name}={recorded.get(name)!r}, not {value!r}; "
+                "resume with the same settings or use another output folder"
+            )
 
 
 def _check_resumable(record: dict[str, Any], spec: CompareSpec, identity: dict[str, Any], out: Path) -> None:
     check_settings(record, spec, out)
     if record["model"]["weights_sha256"] != identity["weights_sha256"]:
-        raise ValueError(f"{out / RESULTS_FILE} was computed on other weights ({record['model']['id']}, sha256 "
-                         f"{record['model']['weights_sha256'][:12]}), not these; use another output folder")
+        raise ValueError(
+            f"{out / RESULTS_FILE} was computed on other weights ({record['model']['id']}, sha256 "
+            f"{record['model']['weights_sha256'][:12]}), not these; use another output folder"
+        )
 
 
 def _merged_spec(record: dict[str, Any], spec: CompareSpec) -> CompareSpec:
     """The recorded grid extended by this run's methods, patterns and seeds (order kept)."""
     old = CompareSpec.from_dict(record["settings"])
-    return replace(spec, methods=old.methods + spec.methods, patterns=old.patterns + spec.patterns,
-                   seeds=old.seeds + spec.seeds)
+    return replace(
+        spec, methods=old.methods + spec.methods, patterns=old.patterns + spec.patterns, seeds=old.seeds + spec.seeds
+    )
 
 
 def _seed_independent_twin(rows: list[dict[str, Any]], cell: Cell, spec: CompareSpec) -> dict[str, Any] | None:
@@ -209,8 +254,14 @@ def _seed_independent_twin(rows: list[dict[str, Any]], cell: Cell, spec: Compare
     config = spec.config(cell)
     if build_method(config.method, config.parsed_pattern).needs_calibration:
         return None
-    return next((row for row in rows if row["method"] == cell.method and row["pattern"] == cell.pattern
-                 and "same_as" not in row), None)
+    return next(
+        (
+            row
+            for row in rows
+            if row["method"] == cell.method and row["pattern"] == cell.pattern and "same_as" not in row
+        ),
+        None,
+    )
 
 
 def run_compare(
@@ -243,16 +294,29 @@ def run_compare(
     context = GridContext(loaded, spec, snapshot=len(todo) > 1)
     session = _session(context, command)
     if record is None:
-        record = {"type": RECORD_TYPE, "schema_version": RECORD_VERSION, "model": identity,
-                  "settings": spec.to_dict(), **context.provenance(), "sessions": [], "dense": None, "cells": []}
+        record = {
+            "type": RECORD_TYPE,
+            "schema_version": RECORD_VERSION,
+            "model": identity,
+            "settings": spec.to_dict(),
+            **context.provenance(),
+            "sessions": [],
+            "dense": None,
+            "cells": [],
+        }
     else:
         record["settings"] = _merged_spec(record, spec).to_dict()
         record["calibration"]["seeds"] = record["settings"]["seeds"]
     record["sessions"].append(session)
     out.mkdir(parents=True, exist_ok=True)
     path = out / RESULTS_FILE
-    grid = tqdm(total=len(spec.cells()), initial=len(spec.cells()) - len(todo), desc="compare", unit="cell",
-                disable=not progress)
+    grid = tqdm(
+        total=len(spec.cells()),
+        initial=len(spec.cells()) - len(todo),
+        desc="compare",
+        unit="cell",
+        disable=not progress,
+    )
     try:
         if record["dense"] is None:
             grid.set_postfix_str("dense baseline")

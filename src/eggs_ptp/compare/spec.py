@@ -79,23 +79,34 @@ class CompareSpec:
         for cell in self.cells():
             self.config(cell)
         if not self.cells():
-            raise ValueError(f"no cell to run: {', '.join(self.methods)} need N:M patterns, and only "
-                             f"{', '.join(self.patterns)} were given")
+            raise ValueError(
+                f"no cell to run: {', '.join(self.methods)} need N:M patterns, and only "
+                f"{', '.join(self.patterns)} were given"
+            )
 
     def cells(self) -> list[Cell]:
         """Pattern-major, then seed, then method: a half-done grid has whole seeds to compare.
         Pairs listed by :meth:`skipped` are left out."""
-        return [Cell(m, p, s) for p in self.patterns for s in self.seeds for m in self.methods
-                if _applies(m, p)]
+        return [Cell(m, p, s) for p in self.patterns for s in self.seeds for m in self.methods if _applies(m, p)]
 
     def skipped(self) -> list[dict[str, str]]:
         """Method x pattern pairs the grid cannot run (N:M-only methods at unstructured sparsity)."""
-        return [{"method": m, "pattern": p, "reason": "the method needs an N:M pattern"}
-                for p in self.patterns for m in self.methods if not _applies(m, p)]
+        return [
+            {"method": m, "pattern": p, "reason": "the method needs an N:M pattern"}
+            for p in self.patterns
+            for m in self.methods
+            if not _applies(m, p)
+        ]
 
     def config(self, cell: Cell) -> PruneConfig:
-        return PruneConfig(method=parse_method(cell.method), pattern=cell.pattern, nsamples=self.nsamples, seqlen=self.seqlen,
-                           seed=cell.seed, calib=self.calib)
+        return PruneConfig(
+            method=parse_method(cell.method),
+            pattern=cell.pattern,
+            nsamples=self.nsamples,
+            seqlen=self.seqlen,
+            seed=cell.seed,
+            calib=self.calib,
+        )
 
     def shared(self) -> dict[str, Any]:
         """Settings every cell of one results file must share (all but the grid axes)."""

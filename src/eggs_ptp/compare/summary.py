@@ -43,11 +43,20 @@ def groups(record: dict[str, Any]) -> list[Group]:
         tasks = [r["task"] for r in rows if r.get("task")]
         acc, acc_std = _spread([t["acc"] for t in tasks]) if tasks else (None, None)
         peaks = [r["peak_rss_mb"] for r in rows if r.get("peak_rss_mb") is not None]
-        found.append(Group(
-            pattern, method, [r["seed"] for r in rows], ppl, ppl_std, acc, acc_std,
-            statistics.mean(t["loglikelihood"] for t in tasks) if tasks else None,
-            statistics.median(r["prune_seconds"] for r in rows), max(peaks) if peaks else None,
-        ))
+        found.append(
+            Group(
+                pattern,
+                method,
+                [r["seed"] for r in rows],
+                ppl,
+                ppl_std,
+                acc,
+                acc_std,
+                statistics.mean(t["loglikelihood"] for t in tasks) if tasks else None,
+                statistics.median(r["prune_seconds"] for r in rows),
+                max(peaks) if peaks else None,
+            )
+        )
     best = {}
     for group in found:
         if group.pattern not in best or group.perplexity < best[group.pattern].perplexity:

@@ -161,14 +161,22 @@ def evaluate_tasks(
     try:
         with hidden:
             output = simple_evaluate(
-                model=lm, tasks=list(task_set.objects), task_manager=task_set.manager, limit=limit,
-                log_samples=False, bootstrap_iters=BOOTSTRAP_ITERS,
+                model=lm,
+                tasks=list(task_set.objects),
+                task_manager=task_set.manager,
+                limit=limit,
+                log_samples=False,
+                bootstrap_iters=BOOTSTRAP_ITERS,
             )
     finally:
         model.train(was_training)
     scores = {
-        name: {**_metrics(output["results"][name]), "samples": counts["effective"],
-               "n_shot": output["n-shot"].get(name), "version": output["versions"].get(name)}
+        name: {
+            **_metrics(output["results"][name]),
+            "samples": counts["effective"],
+            "n_shot": output["n-shot"].get(name),
+            "version": output["versions"].get(name),
+        }
         for name, counts in output["n-samples"].items()
     }
     return {
@@ -184,5 +192,14 @@ def evaluate_tasks(
     }
 
 
-__all__ = ["INSTALL", "OFFLINE_TASK", "TASKS_DIR", "HarnessError", "TaskSet", "evaluate_tasks", "load_tasks",
-           "quiet_harness_logs", "require_harness"]
+__all__ = [
+    "INSTALL",
+    "OFFLINE_TASK",
+    "TASKS_DIR",
+    "HarnessError",
+    "TaskSet",
+    "evaluate_tasks",
+    "load_tasks",
+    "quiet_harness_logs",
+    "require_harness",
+]

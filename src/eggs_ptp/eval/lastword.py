@@ -100,8 +100,8 @@ def describe(records: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         "context_words_range": [min(context_words), max(context_words)],
         "source": "wiki:evaluation (held-out split: articles sorted by title, index % 10 == 0)",
         "recipe": f"per paragraph, the last sentence-final lower-case word of >= {MIN_TARGET_LETTERS} letters "
-                  f"with {MIN_CONTEXT_WORDS}..{MAX_CONTEXT_WORDS} preceding words; duplicates and passages sharing "
-                  f"{OVERLAP_WORDS} consecutive words with the calibration split dropped",
+        f"with {MIN_CONTEXT_WORDS}..{MAX_CONTEXT_WORDS} preceding words; duplicates and passages sharing "
+        f"{OVERLAP_WORDS} consecutive words with the calibration split dropped",
         "sha256": hashlib.sha256(data.encode("utf-8")).hexdigest(),
     }
 

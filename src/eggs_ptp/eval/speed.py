@@ -34,8 +34,19 @@ from eggs_ptp.report import library_versions
 BENCH_TYPE = "eggs-ptp/bench"
 BENCH_VERSION = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-_CPU_FEATURES = ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "avx512_vnni",
-                 "amx_bf16", "asimd", "sve")
+_CPU_FEATURES = (
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_bf16",
+    "avx512_vnni",
+    "amx_bf16",
+    "asimd",
+    "sve",
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,9 @@ class BenchSettings:
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.prompt_tokens < 1 or self.new_tokens < 2:
-            raise ValueError(f"need prompt_tokens >= 1 and new_tokens >= 2, got {self.prompt_tokens} and {self.new_tokens}")
+            raise ValueError(
+                f"need prompt_tokens >= 1 and new_tokens >= 2, got {self.prompt_tokens} and {self.new_tokens}"
+            )
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
 
@@ -91,10 +104,15 @@ def machine() -> dict[str, Any]:
                 flags = set(value.split())
     except OSError:
         pass
-    return {"cpu": model, "cpu_features": [f for f in _CPU_FEATURES if f in flags], "logical_cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "kernel": kernel_info(),
-            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-            "versions": library_versions()}
+    return {
+        "cpu": model,
+        "cpu_features": [f for f in _CPU_FEATURES if f in flags],
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "kernel": kernel_info(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": library_versions(),
+    }
 
 
 def _prepare(folder: Path, work: Path) -> tuple[Path, Path]:
@@ -113,20 +131,27 @@ def _storage_bytes(tensors: list[torch.Tensor]) -> int:
     return sum(storages.values())
 
 
-def _sizes(dense_dir: Path, compact_dir: Path, record: dict[str, Any], dense: torch.nn.Module,
-           sparse: torch.nn.Module) -> dict[str, Any]:
+def _sizes(
+    dense_dir: Path, compact_dir: Path, record: dict[str, Any], dense: torch.nn.Module, sparse: torch.nn.Module
+) -> dict[str, Any]:
     names = [layer["name"] for layer in record["layers"]]
     dense_layers = [dense.get_submodule(name).weight for name in names]
-    sparse_layers = [t for name in names for t in (sparse.get_submodule(name).values, sparse.get_submodule(name).bitmask)]
+    sparse_layers = [
+        t for name in names for t in (sparse.get_submodule(name).values, sparse.get_submodule(name).bitmask)
+    ]
 
     def pair(d: int, s: int) -> dict[str, float]:
         return {"dense": d, "sparse": s, "ratio": s / d}
 
     return {
-        "disk_weight_files": pair(sum(p.stat().st_size for p in tensor_files(dense_dir)),
-                                  sum(p.stat().st_size for p in tensor_files(compact_dir))),
-        "resident_model": pair(_storage_bytes([*dense.parameters(), *dense.buffers()]),
-                               _storage_bytes([*sparse.parameters(), *sparse.buffers()])),
+        "disk_weight_files": pair(
+            sum(p.stat().st_size for p in tensor_files(dense_dir)),
+            sum(p.stat().st_size for p in tensor_files(compact_dir)),
+        ),
+        "resident_model": pair(
+            _storage_bytes([*dense.parameters(), *dense.buffers()]),
+            _storage_bytes([*sparse.parameters(), *sparse.buffers()]),
+        ),
         "resident_pruned_layers": pair(_storage_bytes(dense_layers), _storage_bytes(sparse_layers)),
     }
 
@@ -186,8 +211,14 @@ def _call_all(modules: list[torch.nn.Module], x: torch.Tensor) -> None:
         module(x)
 
 
-def _layers(dense: torch.nn.Module, sparse: torch.nn.Module, record: dict[str, Any], settings: BenchSettings,
-            dtype: torch.dtype, bar: tqdm) -> list[dict[str, Any]]:
+def _layers(
+    dense: torch.nn.Module,
+    sparse: torch.nn.Module,
+    record: dict[str, Any],
+    settings: BenchSettings,
+    dtype: torch.dtype,
+    bar: tqdm,
+) -> list[dict[str, Any]]:
     """Per distinct layer shape and token count: one pass over all layers of that shape, per layer.
 
     Cycling through every layer of a shape (instead of one layer in a loop) keeps the weights
@@ -201,12 +232,23 @@ def _layers(dense: torch.nn.Module, sparse: torch.nn.Module, record: dict[str, A
             bar.set_postfix_str(f"{out_features}x{in_features}, {tokens} tokens")
             x = torch.randn(tokens, in_features, generator=generator).to(dtype)
             with torch.inference_mode():
-                timing = paired_times(partial(_call_all, dense_modules, x), partial(_call_all, sparse_modules, x),
-                                      settings.repeats)
-            per_layer = {side: {k: v / len(names) * 1e6 for k, v in timing[side].items()} for side in ("dense", "sparse")}
-            rows.append({"shape": [out_features, in_features], "layers": len(names), "tokens": tokens,
-                         "sparse_path": sparse_modules[0].path(tokens), "dense_us": per_layer["dense"],
-                         "sparse_us": per_layer["sparse"], "ratio": timing["ratio"]})
+                timing = paired_times(
+                    partial(_call_all, dense_modules, x), partial(_call_all, sparse_modules, x), settings.repeats
+                )
+            per_layer = {
+                side: {k: v / len(names) * 1e6 for k, v in timing[side].items()} for side in ("dense", "sparse")
+            }
+            rows.append(
+                {
+                    "shape": [out_features, in_features],
+                    "layers": len(names),
+                    "tokens": tokens,
+                    "sparse_path": sparse_modules[0].path(tokens),
+                    "dense_us": per_layer["dense"],
+                    "sparse_us": per_layer["sparse"],
+                    "ratio": timing["ratio"],
+                }
+            )
             bar.update()
     return rows
 
@@ -223,11 +265,15 @@ def _totals(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return totals
 
 
-def _generation(dense: torch.nn.Module, sparse: torch.nn.Module, prompt: torch.Tensor, settings: BenchSettings,
-                bar: tqdm) -> dict[str, Any]:
+def _generation(
+    dense: torch.nn.Module, sparse: torch.nn.Module, prompt: torch.Tensor, settings: BenchSettings, bar: tqdm
+) -> dict[str, Any]:
     """Prefill time and greedy decode tokens/s, interleaved per repeat, after one untimed run each."""
     bar.set_postfix_str("greedy decode")
-    outputs = {name: greedy_decode(model, prompt, settings.new_tokens)[2] for name, model in (("dense", dense), ("sparse", sparse))}
+    outputs = {
+        name: greedy_decode(model, prompt, settings.new_tokens)[2]
+        for name, model in (("dense", dense), ("sparse", sparse))
+    }
     bar.update()
     prefill: dict[str, list[float]] = {"dense": [], "sparse": []}
     speed: dict[str, list[float]] = {"dense": [], "sparse": []}
@@ -239,12 +285,20 @@ def _generation(dense: torch.nn.Module, sparse: torch.nn.Module, prompt: torch.T
         bar.update()
     first_difference = next((i for i, (a, b) in enumerate(zip(outputs["dense"], outputs["sparse"])) if a != b), None)
     return {
-        "prefill_s": {**{name: spread(v) for name, v in prefill.items()},
-                      "ratio": spread([s / d for s, d in zip(prefill["sparse"], prefill["dense"])])},
-        "decode_tokens_per_s": {**{name: spread(v) for name, v in speed.items()},
-                                "ratio": spread([s / d for s, d in zip(speed["sparse"], speed["dense"])])},
-        "greedy": {"identical": first_difference is None, "first_difference": first_difference,
-                   "dense_ids": outputs["dense"], "sparse_ids": outputs["sparse"]},
+        "prefill_s": {
+            **{name: spread(v) for name, v in prefill.items()},
+            "ratio": spread([s / d for s, d in zip(prefill["sparse"], prefill["dense"])]),
+        },
+        "decode_tokens_per_s": {
+            **{name: spread(v) for name, v in speed.items()},
+            "ratio": spread([s / d for s, d in zip(speed["sparse"], speed["dense"])]),
+        },
+        "greedy": {
+            "identical": first_difference is None,
+            "first_difference": first_difference,
+            "dense_ids": outputs["dense"],
+            "sparse_ids": outputs["sparse"],
+        },
     }
 
 
@@ -265,18 +319,29 @@ def run_bench(folder: Path, settings: BenchSettings = BenchSettings(), progress:
         model_dtype = next(dense.parameters()).dtype
         positions = getattr(dense.config, "max_position_embeddings", None)
         if positions is not None and settings.prompt_tokens + settings.new_tokens > positions:
-            raise ValueError(f"prompt_tokens + new_tokens = {settings.prompt_tokens + settings.new_tokens} exceeds "
-                             f"the model's {positions} positions; pass smaller --prompt-tokens/--new-tokens")
+            raise ValueError(
+                f"prompt_tokens + new_tokens = {settings.prompt_tokens + settings.new_tokens} exceeds "
+                f"the model's {positions} positions; pass smaller --prompt-tokens/--new-tokens"
+            )
         prompt, prompt_source = _prompt(compact_dir, settings.prompt_tokens, dense.config.vocab_size, settings.seed)
         total = len(_shape_groups(record)) * len(settings.tokens) + 1 + settings.repeats
         with tqdm(total=total, desc="bench", disable=not progress, leave=False) as bar:
             layers = _layers(dense, sparse, record, settings, model_dtype, bar)
             generation = _generation(dense, sparse, prompt, settings, bar)
     return {
-        "type": BENCH_TYPE, "schema_version": BENCH_VERSION, "source": str(folder), "pattern": record["pattern"],
-        "dtype": str(model_dtype).removeprefix("torch."), "pruned_layers": len(record["layers"]),
-        "settings": asdict(settings), "prompt": prompt_source, "machine": machine(), "sizes": sizes,
-        "layers": layers, "pruned_layers_total": _totals(layers), **generation,
+        "type": BENCH_TYPE,
+        "schema_version": BENCH_VERSION,
+        "source": str(folder),
+        "pattern": record["pattern"],
+        "dtype": str(model_dtype).removeprefix("torch."),
+        "pruned_layers": len(record["layers"]),
+        "settings": asdict(settings),
+        "prompt": prompt_source,
+        "machine": machine(),
+        "sizes": sizes,
+        "layers": layers,
+        "pruned_layers_total": _totals(layers),
+        **generation,
     }
 
 
@@ -303,19 +368,33 @@ def render_markdown(result: dict[str, Any]) -> str:
         "| size | dense | compact sparse | ratio |",
         "|---|---|---|---|",
     ]
-    for name, label in (("disk_weight_files", "weight files on disk"), ("resident_model", "resident, whole model"),
-                        ("resident_pruned_layers", "resident, pruned layers")):
+    for name, label in (
+        ("disk_weight_files", "weight files on disk"),
+        ("resident_model", "resident, whole model"),
+        ("resident_pruned_layers", "resident, pruned layers"),
+    ):
         entry = result["sizes"][name]
         lines.append(f"| {label} | {_mib(entry['dense'])} | {_mib(entry['sparse'])} | {entry['ratio']:.4f} |")
-    lines += ["", "| layer shape (out x in) | layers | tokens | sparse path | dense µs/layer | sparse µs/layer | time ratio |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| layer shape (out x in) | layers | tokens | sparse path | dense µs/layer | sparse µs/layer | time ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for row in result["layers"]:
-        lines.append(f"| {row['shape'][0]} x {row['shape'][1]} | {row['layers']} | {row['tokens']} | {row['sparse_path']} | "
-                     f"{row['dense_us']['median']:.1f} | {row['sparse_us']['median']:.1f} | {_ratio(row['ratio'])} |")
-    lines += ["", "| all pruned layers, one forward | dense ms | sparse ms | time ratio | speed-up |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {row['shape'][0]} x {row['shape'][1]} | {row['layers']} | {row['tokens']} | {row['sparse_path']} | "
+            f"{row['dense_us']['median']:.1f} | {row['sparse_us']['median']:.1f} | {_ratio(row['ratio'])} |"
+        )
+    lines += [
+        "",
+        "| all pruned layers, one forward | dense ms | sparse ms | time ratio | speed-up |",
+        "|---|---|---|---|---|",
+    ]
     for tokens, entry in result["pruned_layers_total"].items():
-        lines.append(f"| {tokens} tokens | {entry['dense_us'] / 1e3:.2f} | {entry['sparse_us'] / 1e3:.2f} | "
-                     f"{entry['ratio']:.3f} | {1 / entry['ratio']:.2f}x |")
+        lines.append(
+            f"| {tokens} tokens | {entry['dense_us'] / 1e3:.2f} | {entry['sparse_us'] / 1e3:.2f} | "
+            f"{entry['ratio']:.3f} | {1 / entry['ratio']:.2f}x |"
+        )
     prefill, decode, greedy = result["prefill_s"], result["decode_tokens_per_s"], result["greedy"]
     settings = result["settings"]
     lines += [
@@ -328,8 +407,11 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"{_ratio(decode['ratio'])} (speed) |",
         "",
         f"Prompt: {result['prompt']}; decode speed over the {settings['new_tokens'] - 1} one-token steps after it. "
-        + (f"Greedy outputs identical for all {settings['new_tokens']} tokens." if greedy["identical"] else
-           f"Greedy outputs first differ at token {greedy['first_difference']} of {settings['new_tokens']}."),
+        + (
+            f"Greedy outputs identical for all {settings['new_tokens']} tokens."
+            if greedy["identical"]
+            else f"Greedy outputs first differ at token {greedy['first_difference']} of {settings['new_tokens']}."
+        ),
         "",
     ]
     return "\n".join(lines)

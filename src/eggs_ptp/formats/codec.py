@@ -59,8 +59,9 @@ def compress(weight: torch.Tensor, pattern: Pattern) -> tuple[torch.Tensor, torc
     return values, pack_bits(stored)
 
 
-def check_compact(values: torch.Tensor, bitmask: torch.Tensor, shape: tuple[int, int] | list[int],
-                  pattern: Pattern) -> torch.Tensor:
+def check_compact(
+    values: torch.Tensor, bitmask: torch.Tensor, shape: tuple[int, int] | list[int], pattern: Pattern
+) -> torch.Tensor:
     """Check that ``values`` and ``bitmask`` describe an (out, in) weight at ``pattern``.
 
     Returns the unpacked (out, in) bool mask of stored positions; raises ValueError otherwise.
@@ -68,7 +69,9 @@ def check_compact(values: torch.Tensor, bitmask: torch.Tensor, shape: tuple[int,
     rows, cols = shape
     n, m = _check_pattern(pattern, cols)
     if list(values.shape) != [rows, cols // m * n]:
-        raise ValueError(f"values shape {list(values.shape)} is not [{rows}, {cols // m * n}] for {rows}x{cols} at {pattern}")
+        raise ValueError(
+            f"values shape {list(values.shape)} is not [{rows}, {cols // m * n}] for {rows}x{cols} at {pattern}"
+        )
     if bitmask.dtype != torch.uint8 or list(bitmask.shape) != [rows, -(-cols // 8)]:
         raise ValueError(f"bitmask must be uint8 [{rows}, {-(-cols // 8)}], got {bitmask.dtype} {list(bitmask.shape)}")
     stored = unpack_bits(bitmask, cols)  # (out, in)
@@ -77,8 +80,9 @@ def check_compact(values: torch.Tensor, bitmask: torch.Tensor, shape: tuple[int,
     return stored
 
 
-def decompress(values: torch.Tensor, bitmask: torch.Tensor, shape: tuple[int, int] | list[int],
-               pattern: Pattern) -> torch.Tensor:
+def decompress(
+    values: torch.Tensor, bitmask: torch.Tensor, shape: tuple[int, int] | list[int], pattern: Pattern
+) -> torch.Tensor:
     """Rebuild the dense (out, in) weight, bit for bit, with +0.0 at positions not stored."""
     return scatter_stored(values, check_compact(values, bitmask, shape, pattern))
 

@@ -71,11 +71,18 @@ class PackResult:
         return self.file_compact_bytes / self.file_dense_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"out": str(self.out), "pattern": self.pattern, "layers": self.layers,
-                "pruned_dense_bytes": self.pruned_dense_bytes, "pruned_compact_bytes": self.pruned_compact_bytes,
-                "pruned_ratio": self.pruned_ratio, "file_dense_bytes": self.file_dense_bytes,
-                "file_compact_bytes": self.file_compact_bytes, "file_ratio": self.file_ratio,
-                "signed_zeros_cleared": self.signed_zeros_cleared}
+        return {
+            "out": str(self.out),
+            "pattern": self.pattern,
+            "layers": self.layers,
+            "pruned_dense_bytes": self.pruned_dense_bytes,
+            "pruned_compact_bytes": self.pruned_compact_bytes,
+            "pruned_ratio": self.pruned_ratio,
+            "file_dense_bytes": self.file_dense_bytes,
+            "file_compact_bytes": self.file_compact_bytes,
+            "file_ratio": self.file_ratio,
+            "signed_zeros_cleared": self.signed_zeros_cleared,
+        }
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -116,10 +123,21 @@ def pack_checkpoint(src: Path, out: Path, overwrite: bool = False) -> PackResult
         pruned_dense += _nbytes(stored)
         pruned_compact += _nbytes(values) + _nbytes(bitmask)
         cleared += int(negative_zeros(weight).sum() - negative_zeros(values).sum())
-        layers.append({"name": name, "shape": list(layer["shape"]), "transposed": layer["transposed"],
-                       "dtype": str(stored.dtype).removeprefix("torch.")})
-    record = {"type": COMPACT_TYPE, "schema_version": COMPACT_VERSION, "pattern": str(pattern),
-              "layers": layers, "bitmask_bit_order": "little"}
+        layers.append(
+            {
+                "name": name,
+                "shape": list(layer["shape"]),
+                "transposed": layer["transposed"],
+                "dtype": str(stored.dtype).removeprefix("torch."),
+            }
+        )
+    record = {
+        "type": COMPACT_TYPE,
+        "schema_version": COMPACT_VERSION,
+        "pattern": str(pattern),
+        "layers": layers,
+        "bitmask_bit_order": "little",
+    }
     with staged_folder(out) as staging:
         save_file(tensors, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         for path in src.iterdir():  # config, generation config, tokenizer files, sparsity.json
@@ -127,8 +145,16 @@ def pack_checkpoint(src: Path, out: Path, overwrite: bool = False) -> PackResult
                 shutil.copy2(path, staging / path.name)
         write_json_atomic(staging / COMPACT_FILE, record)
         file_compact = (staging / WEIGHTS_FILE).stat().st_size
-    return PackResult(out, str(pattern), len(layers), pruned_dense, pruned_compact,
-                      sum(path.stat().st_size for path in files), file_compact, cleared)
+    return PackResult(
+        out,
+        str(pattern),
+        len(layers),
+        pruned_dense,
+        pruned_compact,
+        sum(path.stat().st_size for path in files),
+        file_compact,
+        cleared,
+    )
 
 
 def read_compact(folder: Path) -> dict[str, Any]:
@@ -166,8 +192,12 @@ def load_compact_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def model_from_state(folder: Path, state: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
-                     prepare: Callable[[PreTrainedModel], None] | None = None) -> PreTrainedModel:
+def model_from_state(
+    folder: Path,
+    state: dict[str, torch.Tensor],
+    dtype: torch.dtype | None = None,
+    prepare: Callable[[PreTrainedModel], None] | None = None,
+) -> PreTrainedModel:
     """The causal LM of ``folder``'s config with ``state`` loaded strictly (eval mode); ``prepare``
     may first replace modules (and rename their keys in ``state``)."""
     config = AutoConfig.from_pretrained(folder)
@@ -178,8 +208,11 @@ def model_from_state(folder: Path, state: dict[str, torch.Tensor], dtype: torch.
     # save_pretrained leaves out weights tied to another (GPT-2's lm_head is its wte); fill them
     # from the tensor they share storage with, so strict loading still checks everything else.
     present = {expected[key].data_ptr(): key for key in state if key in expected}
-    tied = {key: present[expected[key].data_ptr()] for key in expected.keys() - state.keys()
-            if expected[key].data_ptr() in present}
+    tied = {
+        key: present[expected[key].data_ptr()]
+        for key in expected.keys() - state.keys()
+        if expected[key].data_ptr() in present
+    }
     missing = sorted(expected.keys() - state.keys() - tied.keys())
     unexpected = sorted(state.keys() - expected.keys())
     if missing or unexpected:

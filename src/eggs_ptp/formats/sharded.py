@@ -78,8 +78,11 @@ def write_sharded(folder: Path, lazy: LazyModel, block_files: list[Path], progre
         number += 1
         name = _shard_name(number, total)
         tensors = {key: lazy.checkpoint.read(key) for key in group}
-        save_file({key: t.to(lazy.dtype) if t.is_floating_point() else t for key, t in tensors.items()},
-                  str(folder / name), metadata=_METADATA)
+        save_file(
+            {key: t.to(lazy.dtype) if t.is_floating_point() else t for key, t in tensors.items()},
+            str(folder / name),
+            metadata=_METADATA,
+        )
         weight_map.update({key: name for key in group})
     size = sum((folder / name).stat().st_size for name in set(weight_map.values()))
     index = {"metadata": {"total_size": size}, "weight_map": dict(sorted(weight_map.items()))}

@@ -131,8 +131,15 @@ def _from_report(folder: Path, wanted: Sequence[str]) -> MaskSource:
     ]
     skipped = {name: records[name]["skipped"] for name in chosen if records[name]["skipped"] is not None}
     return MaskSource(
-        name=source_name(folder), has_report=True, method=report.get("method"), pattern=report.get("pattern"),
-        pattern_inferred=False, layers=layers, skipped=skipped, dense=not layers, _read=read,
+        name=source_name(folder),
+        has_report=True,
+        method=report.get("method"),
+        pattern=report.get("pattern"),
+        pattern_inferred=False,
+        layers=layers,
+        skipped=skipped,
+        dense=not layers,
+        _read=read,
     )
 
 
@@ -157,10 +164,14 @@ def _from_model(spec: str, wanted: Sequence[str]) -> MaskSource:
     inferred = infer_nm(first_pruned.weight != 0) if first_pruned is not None else None
     log.info("%s has no %s; masks are its zero weights", spec, REPORT_FILE)
     return MaskSource(
-        name=source_name(spec), has_report=False, method=None,
-        pattern=f"{inferred[0]}:{inferred[1]}" if inferred else None, pattern_inferred=inferred is not None,
+        name=source_name(spec),
+        has_report=False,
+        method=None,
+        pattern=f"{inferred[0]}:{inferred[1]}" if inferred else None,
+        pattern_inferred=inferred is not None,
         layers=[LayerInfo(layer.name, tuple(layer.weight.shape), layer.transposed, None) for layer in chosen],
-        dense=first_pruned is None, _read=lambda info: linears[info.name].weight != 0,
+        dense=first_pruned is None,
+        _read=lambda info: linears[info.name].weight != 0,
     )
 
 

@@ -106,7 +106,9 @@ def _tile_stats(weights: torch.Tensor, n: int, m: int, tile_height: int | None, 
     kept = weights[:rows, :cols].reshape(rows // height, height, cols).sum(dim=1)  # (tiles down, cols)
     total = kept.numel()
     zero, below = int((kept == 0).sum()), int((kept < b).sum())
-    return TileStats(n, m, height, b, total, zero, zero / total if total else 0.0, below, below / total if total else 0.0)
+    return TileStats(
+        n, m, height, b, total, zero, zero / total if total else 0.0, below, below / total if total else 0.0
+    )
 
 
 def tile_stats(mask: torch.Tensor, n: int, m: int, tile_height: int | None = None, b: int = 1) -> TileStats:
@@ -202,8 +204,13 @@ def _rows_total(weights: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 
 def _expansion(
-    mask: torch.Tensor, weights: torch.Tensor, in_degree: torch.Tensor,
-    fraction: float, random_sets: int, greedy_starts: int, seed: int,
+    mask: torch.Tensor,
+    weights: torch.Tensor,
+    in_degree: torch.Tensor,
+    fraction: float,
+    random_sets: int,
+    greedy_starts: int,
+    seed: int,
 ) -> tuple[ExpansionPoint, ...]:
     if random_sets < 1 or greedy_starts < 1:
         raise ValueError(f"expansion needs random_sets >= 1 and greedy_starts >= 1, got {random_sets}, {greedy_starts}")

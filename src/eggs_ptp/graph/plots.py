@@ -116,7 +116,9 @@ def connectivity_vs_error(
     """Scatter of a per-layer connectivity number against reconstruction error; None when no error is known."""
     if metric not in CONNECTIVITY:
         raise ValueError(f"unknown connectivity metric {metric!r}; choose one of {', '.join(CONNECTIVITY)}")
-    known = {label: [(CONNECTIVITY[metric](m), e) for m, e in points if e is not None] for label, points in methods.items()}
+    known = {
+        label: [(CONNECTIVITY[metric](m), e) for m, e in points if e is not None] for label, points in methods.items()
+    }
     if not any(known.values()):
         return None
     figure = Figure(figsize=(6, 4.5), layout="constrained")

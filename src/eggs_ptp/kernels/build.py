@@ -50,8 +50,9 @@ def library_path(cache: Path | None = None) -> Path:
 def _compile(compiler: str, flags: tuple[str, ...], target: Path) -> str | None:
     """Run the compiler; return None on success, else the first line of its complaint."""
     try:
-        done = subprocess.run([compiler, *flags, "-o", str(target), str(SOURCE)],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            [compiler, *flags, "-o", str(target), str(SOURCE)], capture_output=True, text=True, timeout=300
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         return str(error)
     if done.returncode == 0:
@@ -93,8 +94,10 @@ def main() -> int:
     try:
         path = build()
     except KernelBuildError as error:
-        print(f"eggs-ptp: CPU kernel not built: {error}; sparse layers will use the slower pure-torch path",
-              file=sys.stderr)
+        print(
+            f"eggs-ptp: CPU kernel not built: {error}; sparse layers will use the slower pure-torch path",
+            file=sys.stderr,
+        )
         return 1
     info = kernel_info()
     print(f"eggs-ptp CPU kernel: {path} ({info['isa']}, {'OpenMP' if info['openmp'] else 'one thread'})")

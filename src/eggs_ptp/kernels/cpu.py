@@ -20,8 +20,11 @@ from eggs_ptp.kernels.build import KernelBuildError, build
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 ISAS = {"auto": 0, "generic": 1, "avx2": 2, "avx512": 3}
 _ISA_NAMES = {code: name for name, code in ISAS.items()}
-_ERRORS = {-1: "this CPU cannot run the requested code path", -2: "unsupported weight dtype",
-           -3: "a row of the bitmask does not mark exactly as many columns as it has stored values"}
+_ERRORS = {
+    -1: "this CPU cannot run the requested code path",
+    -2: "unsupported weight dtype",
+    -3: "a row of the bitmask does not mark exactly as many columns as it has stored values",
+}
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
@@ -32,8 +35,11 @@ def library() -> ctypes.CDLL | None:
     try:
         lib = ctypes.CDLL(str(build()))
     except (KernelBuildError, OSError) as error:
-        warnings.warn(f"eggs-ptp: CPU sparse kernel unavailable ({error}); using the slower pure-torch path",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"eggs-ptp: CPU sparse kernel unavailable ({error}); using the slower pure-torch path",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return None
     lib.eggs_nm_linear.argtypes = [_P, _I64, _P, _INT, _P, _I64, _I64, _I64, _P, _P, _INT, _INT]
     lib.eggs_nm_decompress.argtypes = [_P, _INT, _P, _I64, _I64, _I64, _P, _INT, _INT]
@@ -47,8 +53,12 @@ def kernel_info() -> dict[str, Any]:
     if lib is None:
         return {"available": False, "isa": "torch", "openmp": False, "isas": []}
     isas = [name for name, code in ISAS.items() if code and lib.eggs_nm_isa(code) > 0]
-    return {"available": True, "isa": _ISA_NAMES[lib.eggs_nm_isa(0)], "openmp": bool(lib.eggs_nm_openmp()),
-            "isas": isas}
+    return {
+        "available": True,
+        "isa": _ISA_NAMES[lib.eggs_nm_isa(0)],
+        "openmp": bool(lib.eggs_nm_openmp()),
+        "isas": isas,
+    }
 
 
 def _check(values: torch.Tensor, bitmask: torch.Tensor, cols: int) -> None:
@@ -60,9 +70,15 @@ def _check(values: torch.Tensor, bitmask: torch.Tensor, cols: int) -> None:
         raise ValueError("the CPU kernel needs CPU tensors; move the layer with .cpu() or use the CUDA path")
     if values.dim() != 2 or not values.is_contiguous():
         raise ValueError(f"values must be a contiguous (out, kept) tensor, got shape {list(values.shape)}")
-    if bitmask.dtype != torch.uint8 or not bitmask.is_contiguous() or list(bitmask.shape) != [values.shape[0], -(-cols // 8)]:
-        raise ValueError(f"bitmask must be contiguous uint8 [{values.shape[0]}, {-(-cols // 8)}], "
-                         f"got {bitmask.dtype} {list(bitmask.shape)}")
+    if (
+        bitmask.dtype != torch.uint8
+        or not bitmask.is_contiguous()
+        or list(bitmask.shape) != [values.shape[0], -(-cols // 8)]
+    ):
+        raise ValueError(
+            f"bitmask must be contiguous uint8 [{values.shape[0]}, {-(-cols // 8)}], "
+            f"got {bitmask.dtype} {list(bitmask.shape)}"
+        )
 
 
 def _isa_code(isa: str) -> int:
@@ -90,7 +106,9 @@ class CompactLayer:
     Holds references to the tensors it points into; rebuild it when they are replaced or moved.
     """
 
-    def __init__(self, values: torch.Tensor, bitmask: torch.Tensor, cols: int, bias: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, values: torch.Tensor, bitmask: torch.Tensor, cols: int, bias: torch.Tensor | None = None
+    ) -> None:
         self._kernel = _library().eggs_nm_linear
         _check(values, bitmask, cols)
         if bias is not None and list(bias.shape) != [values.shape[0]]:
@@ -98,8 +116,15 @@ class CompactLayer:
         self.values, self.bitmask, self.cols, self.rows = values, bitmask, cols, values.shape[0]
         self.bias = None if bias is None else bias.to(torch.float32).contiguous()
         # The constant middle of eggs_nm_linear's arguments: values, dtype, bitmask, rows, cols, kept, bias.
-        self._arguments = (values.data_ptr(), DTYPE_CODES[values.dtype], bitmask.data_ptr(), self.rows, cols,
-                           values.shape[1], None if self.bias is None else self.bias.data_ptr())
+        self._arguments = (
+            values.data_ptr(),
+            DTYPE_CODES[values.dtype],
+            bitmask.data_ptr(),
+            self.rows,
+            cols,
+            values.shape[1],
+            None if self.bias is None else self.bias.data_ptr(),
+        )
 
     def linear(self, x: torch.Tensor, isa: str = "auto", threads: int | None = None) -> torch.Tensor:
         """(..., cols) inputs, any float dtype (read as fp32) -> (..., out) fp32."""
@@ -108,15 +133,28 @@ class CompactLayer:
         if x.dtype != torch.float32 or not x.is_contiguous():
             x = x.to(torch.float32).contiguous()
         out = torch.empty(x.shape[:-1] + (self.rows,), dtype=torch.float32)
-        code = self._kernel(x.data_ptr(), x.numel() // self.cols, *self._arguments, out.data_ptr(),
-                            threads or torch.get_num_threads(), _isa_code(isa))
+        code = self._kernel(
+            x.data_ptr(),
+            x.numel() // self.cols,
+            *self._arguments,
+            out.data_ptr(),
+            threads or torch.get_num_threads(),
+            _isa_code(isa),
+        )
         if code < 0:
             _raise_on(code, isa)
         return out
 
 
-def nm_linear(x: torch.Tensor, values: torch.Tensor, bitmask: torch.Tensor, cols: int,
-              bias: torch.Tensor | None = None, isa: str = "auto", threads: int | None = None) -> torch.Tensor:
+def nm_linear(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    bitmask: torch.Tensor,
+    cols: int,
+    bias: torch.Tensor | None = None,
+    isa: str = "auto",
+    threads: int | None = None,
+) -> torch.Tensor:
     """``x @ W.T + bias`` in fp32 from the compact form of W, on ``threads`` (default torch's) threads.
 
     Args:
@@ -130,15 +168,24 @@ def nm_linear(x: torch.Tensor, values: torch.Tensor, bitmask: torch.Tensor, cols
     return CompactLayer(values, bitmask, cols, bias).linear(x, isa, threads)
 
 
-def nm_decompress(values: torch.Tensor, bitmask: torch.Tensor, cols: int, isa: str = "auto",
-                  threads: int | None = None) -> torch.Tensor:
+def nm_decompress(
+    values: torch.Tensor, bitmask: torch.Tensor, cols: int, isa: str = "auto", threads: int | None = None
+) -> torch.Tensor:
     """The dense (out, cols) weight in the values' dtype, zeros where nothing is stored."""
     lib = _library()
     _check(values, bitmask, cols)
     dense = torch.empty((values.shape[0], cols), dtype=values.dtype)
-    code = lib.eggs_nm_decompress(values.data_ptr(), DTYPE_CODES[values.dtype], bitmask.data_ptr(),
-                                  values.shape[0], cols, values.shape[1], dense.data_ptr(),
-                                  threads or torch.get_num_threads(), _isa_code(isa))
+    code = lib.eggs_nm_decompress(
+        values.data_ptr(),
+        DTYPE_CODES[values.dtype],
+        bitmask.data_ptr(),
+        values.shape[0],
+        cols,
+        values.shape[1],
+        dense.data_ptr(),
+        threads or torch.get_num_threads(),
+        _isa_code(isa),
+    )
     _raise_on(code, isa)
     return dense
 

@@ -50,11 +50,16 @@ class SemiStructuredWeight:
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         if not weight.is_cuda or weight.dtype not in DTYPES:
-            raise ValueError(f"semi-structured sparsity needs a CUDA fp16/bf16 weight, got {weight.device} {weight.dtype}")
+            raise ValueError(
+                f"semi-structured sparsity needs a CUDA fp16/bf16 weight, got {weight.device} {weight.dtype}"
+            )
         backend = _backend()
         tile = backend._DTYPE_SHAPE_CONSTRAINTS[weight.dtype]
         self.out_features, self.in_features = weight.shape
-        self.pad_rows, self.pad_cols = -self.out_features % tile.sparse_min_rows, -self.in_features % tile.sparse_min_cols
+        self.pad_rows, self.pad_cols = (
+            -self.out_features % tile.sparse_min_rows,
+            -self.in_features % tile.sparse_min_cols,
+        )
         self.weight = backend.from_dense(F.pad(weight, (0, self.pad_cols, 0, self.pad_rows)).contiguous())
         self.bias = None if bias is None else F.pad(bias, (0, self.pad_rows))
 

@@ -48,9 +48,16 @@ class SparseNMLinear(nn.Module):
             [default: :data:`eggs_ptp.kernels.gpu.SPARSE_FROM_TOKENS`].
     """
 
-    def __init__(self, values: torch.Tensor, bitmask: torch.Tensor, in_features: int, pattern: Pattern | str,
-                 bias: torch.Tensor | None = None, dense_above_tokens: int | None = None,
-                 sparse_from_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        values: torch.Tensor,
+        bitmask: torch.Tensor,
+        in_features: int,
+        pattern: Pattern | str,
+        bias: torch.Tensor | None = None,
+        dense_above_tokens: int | None = None,
+        sparse_from_tokens: int | None = None,
+    ) -> None:
         super().__init__()
         pattern = Pattern.parse(pattern) if isinstance(pattern, str) else pattern
         if not values.is_floating_point():
@@ -67,8 +74,9 @@ class SparseNMLinear(nn.Module):
         self._forget()
 
     @classmethod
-    def from_dense(cls, weight: torch.Tensor, pattern: Pattern | str, bias: torch.Tensor | None = None,
-                   **options: Any) -> SparseNMLinear:
+    def from_dense(
+        cls, weight: torch.Tensor, pattern: Pattern | str, bias: torch.Tensor | None = None, **options: Any
+    ) -> SparseNMLinear:
         """From a dense-with-zeros (out, in) weight; raises ValueError if it breaks ``pattern``."""
         pattern = Pattern.parse(pattern) if isinstance(pattern, str) else pattern
         values, bitmask = compress(weight.detach(), pattern)
@@ -125,8 +133,11 @@ class SparseNMLinear(nn.Module):
         tokens = x.numel() // self.in_features
         # Decode calls every layer once per token: this branch touches no buffer and no registry.
         layer = self._layer if self._prepared else self._prepare()
-        if (layer is not None and tokens <= self._kernel_limit(layer.values.dtype)
-                and not (torch.is_grad_enabled() and x.requires_grad)):
+        if (
+            layer is not None
+            and tokens <= self._kernel_limit(layer.values.dtype)
+            and not (torch.is_grad_enabled() and x.requires_grad)
+        ):
             out = layer.linear(x)
             return out if out.dtype == x.dtype else out.to(x.dtype)
         if self.path(tokens) == "semi-structured":
@@ -155,8 +166,10 @@ class SparseNMLinear(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.pattern.n}:"
-                f"{self.pattern.m}, bias={self.bias is not None}, dtype={str(self.values.dtype).removeprefix('torch.')}")
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.pattern.n}:"
+            f"{self.pattern.m}, bias={self.bias is not None}, dtype={str(self.values.dtype).removeprefix('torch.')}"
+        )
 
 
 __all__ = ["DENSE_ABOVE_TOKENS", "SparseNMLinear"]

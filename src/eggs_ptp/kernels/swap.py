@@ -17,8 +17,13 @@ from eggs_ptp.kernels.linear import SparseNMLinear
 from eggs_ptp.pattern import Pattern
 
 
-def swap_in_sparse(model: PreTrainedModel, record: dict[str, Any], pattern: Pattern,
-                    state: dict[str, torch.Tensor], dtype: torch.dtype | None) -> None:
+def swap_in_sparse(
+    model: PreTrainedModel,
+    record: dict[str, Any],
+    pattern: Pattern,
+    state: dict[str, torch.Tensor],
+    dtype: torch.dtype | None,
+) -> None:
     """Replace each packed layer of ``model`` by a SparseNMLinear holding its compact tensors, and
     rename their keys in ``state`` to the new module's buffers (same tensors, so loading copies nothing)."""
     for layer in record["layers"]:

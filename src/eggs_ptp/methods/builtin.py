@@ -29,8 +29,12 @@ def ria(config: RiaConfig, pattern: Pattern) -> Method:
 
 @register_method(SparseGPTConfig)
 def sparsegpt(config: SparseGPTConfig, pattern: Pattern) -> Method:
-    return Method(config.name, TopKSelector(), update=ObsUpdate(config.damping, config.blocksize),
-                  refit=LeastSquaresRefit(config.damping) if config.refit else None)
+    return Method(
+        config.name,
+        TopKSelector(),
+        update=ObsUpdate(config.damping, config.blocksize),
+        refit=LeastSquaresRefit(config.damping) if config.refit else None,
+    )
 
 
 @register_method(EggsConfig)
@@ -40,8 +44,13 @@ def eggs(config: EggsConfig, pattern: Pattern) -> Method:
     selector = EggsSelector(rule=config.rule, b=config.b, tile_height=config.tile_height_for(pattern))
     search = EggsSettingSearch(selector) if config.auto else None
     if config.update:
-        return Method(config.name, selector, update=ObsUpdate(config.damping, config.blocksize),
-                      refit=LeastSquaresRefit(config.damping), search=search)
+        return Method(
+            config.name,
+            selector,
+            update=ObsUpdate(config.damping, config.blocksize),
+            refit=LeastSquaresRefit(config.damping),
+            search=search,
+        )
     return Method(config.name, selector, score=RiaScore(config.alpha), search=search)
 
 

@@ -66,8 +66,11 @@ class MethodConfig:
     def label(self) -> str:
         """``name`` plus the settings that differ from that name's defaults: ``eggs(b=2)``."""
         base = method_config(self.name)
-        changed = [f"{f.name}={_written(getattr(self, f.name))}" for f in fields(self)
-                   if getattr(self, f.name) != getattr(base, f.name)]
+        changed = [
+            f"{f.name}={_written(getattr(self, f.name))}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(base, f.name)
+        ]
         return f"{self.name}({', '.join(changed)})" if changed else self.name
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,8 +132,11 @@ class SparseGPTConfig(MethodConfig):
     title: ClassVar[str] = "SparseGPT"
     names: ClassVar[tuple[MethodName, ...]] = (
         MethodName("sparsegpt", "OBS saliency with weight update (Frantar & Alistarh, 2023)", {}),
-        MethodName("sparsegpt+refit",
-                   "SparseGPT, then a least-squares re-fit of the kept weights to the dense outputs", {"refit": True}),
+        MethodName(
+            "sparsegpt+refit",
+            "SparseGPT, then a least-squares re-fit of the kept weights to the dense outputs",
+            {"refit": True},
+        ),
     )
 
     damping: float = setting(0.01, DAMPING_HELP)
@@ -147,9 +153,11 @@ class EggsConfig(MethodConfig):
     title: ClassVar[str] = "EGGS"
     names: ClassVar[tuple[MethodName, ...]] = (
         MethodName("eggs", "RIA score + expander guarantee: every input keeps >= B per tile (EGGS-PTP)", {}),
-        MethodName("eggs+update",
-                   "EGGS guarantee on the OBS saliency inside SparseGPT's sweep, then a least-squares re-fit",
-                   {"update": True}),
+        MethodName(
+            "eggs+update",
+            "EGGS guarantee on the OBS saliency inside SparseGPT's sweep, then a least-squares re-fit",
+            {"update": True},
+        ),
     )
     structured_only: ClassVar[bool] = True
 

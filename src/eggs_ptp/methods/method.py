@@ -49,8 +49,13 @@ class Method:
 
     def describe(self) -> dict[str, str | None]:
         """The resolved stages, e.g. ``EggsSelector(rule='repair', b=1, tile_height=256)``."""
-        stages = {"score": self.score, "selector": self.selector, "update": self.update, "refit": self.refit,
-                  "search": self.search}
+        stages = {
+            "score": self.score,
+            "selector": self.selector,
+            "update": self.update,
+            "refit": self.refit,
+            "search": self.search,
+        }
         return {name: repr(stage) if stage else None for name, stage in stages.items()}
 
     @property
@@ -74,9 +79,14 @@ class Method:
             if error < best_error:
                 best, best_error, chosen = result, error, selector
         reference = float(output_error(weight.float(), stats.hessian).sum()) or 1.0
-        best.settings = {"rule": chosen.rule, "b": chosen.b, "tile_height": chosen.tile_height,
-                         "recon_error": (best_error / reference) ** 0.5,
-                         "default_recon_error": (default_error / reference) ** 0.5, "candidates": len(candidates)}
+        best.settings = {
+            "rule": chosen.rule,
+            "b": chosen.b,
+            "tile_height": chosen.tile_height,
+            "recon_error": (best_error / reference) ** 0.5,
+            "default_recon_error": (default_error / reference) ** 0.5,
+            "candidates": len(candidates),
+        }
         return best
 
     def _prune_with(

@@ -30,8 +30,9 @@ def build_method(config: MethodConfig, pattern: Pattern) -> Method:
     """The stages ``config`` stands for at ``pattern`` (checked against it first)."""
     factory = _FACTORIES.get(type(config))
     if factory is None:
-        raise ValueError(f"no method is registered for {type(config).__name__}; decorate its factory with "
-                         "@register_method")
+        raise ValueError(
+            f"no method is registered for {type(config).__name__}; decorate its factory with @register_method"
+        )
     config.check(pattern)
     return factory(config, pattern)
 

@@ -62,7 +62,7 @@ class LazyCheckpoint:
         (GPT-2's) name parameters without the ``base_prefix.`` the causal-LM wrapper adds."""
         candidates = [name]
         if base_prefix and name.startswith(base_prefix + "."):
-            candidates.append(name[len(base_prefix) + 1:])
+            candidates.append(name[len(base_prefix) + 1 :])
         return next((key for key in candidates if key in self.weight_map), None)
 
 

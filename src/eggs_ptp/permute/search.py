@@ -141,9 +141,7 @@ def search_permutation(
     out_features, in_features = scores.shape
     block = block or in_features
     if in_features % block or block % pattern.m:
-        raise ValueError(
-            f"block {block} must divide in = {in_features} and be a multiple of M = {pattern.m}"
-        )
+        raise ValueError(f"block {block} must divide in = {in_features} and be a multiple of M = {pattern.m}")
     blocks = in_features // block
     ties = torch.arange(blocks) if ties is None else torch.as_tensor(ties).cpu()
     if ties.shape != (blocks,):

@@ -88,7 +88,9 @@ def _value_rows(heads: int, kv_heads: int, size: int, offset: int) -> torch.Tens
     return offset + head // (heads // kv_heads) * size + torch.arange(size).repeat(heads)
 
 
-def _attention_folds(consumer: PrunableLinear, siblings: dict[str, PrunableLinear], size: int, m: int) -> list[Fold] | str:
+def _attention_folds(
+    consumer: PrunableLinear, siblings: dict[str, PrunableLinear], size: int, m: int
+) -> list[Fold] | str:
     heads, rest = divmod(consumer.in_features, size)
     if rest:
         return f"input dimension {consumer.in_features} is not a whole number of heads of {size}"
@@ -112,10 +114,7 @@ def _attention_folds(consumer: PrunableLinear, siblings: dict[str, PrunableLinea
             folds.append((layer, interleaved + torch.arange(size).repeat(heads), 1))
     if not folds:
         return "no value projection beside it to fold the permutation into"
-    return [
-        Fold(consumer, ((layer, rows[None]),), size, torch.arange(heads) // group)
-        for layer, rows, group in folds
-    ]
+    return [Fold(consumer, ((layer, rows[None]),), size, torch.arange(heads) // group) for layer, rows, group in folds]
 
 
 def _mlp_folds(consumer: PrunableLinear, siblings: dict[str, PrunableLinear]) -> list[Fold] | str:

@@ -26,8 +26,9 @@ class Selector(Protocol):
 CHUNK_ELEMENTS = 2**22
 
 
-def select_in_chunks(selector: Selector, scores: torch.Tensor, pattern: Pattern,
-                     chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+def select_in_chunks(
+    selector: Selector, scores: torch.Tensor, pattern: Pattern, chunk_elements: int = CHUNK_ELEMENTS
+) -> torch.Tensor:
     """``selector.select(scores, pattern)``, computed on blocks of whole row groups.
 
     Selection never couples rows of different groups, so the mask is identical; a 28672 x 8192

@@ -163,7 +163,11 @@ def _matching_scipy(scores: torch.Tensor, b: int) -> torch.Tensor:
             forced[tile, row_ind, col_ind // reps] = True
     logger.info(
         "matching: Hungarian fallback solved %d tiles x %d rounds (H=%d, M=%d) in %.3f s",
-        tiles, b, h, m, time.perf_counter() - start,
+        tiles,
+        b,
+        h,
+        m,
+        time.perf_counter() - start,
     )
     return torch.from_numpy(forced).to(scores.device)
 

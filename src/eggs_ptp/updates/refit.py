@@ -40,9 +40,7 @@ class LeastSquaresRefit:
         if self.iterations < 1:
             raise ValueError(f"iterations must be at least 1, got {self.iterations}")
 
-    def apply(
-        self, dense: torch.Tensor, start: torch.Tensor, mask: torch.Tensor, stats: LayerStats
-    ) -> torch.Tensor:
+    def apply(self, dense: torch.Tensor, start: torch.Tensor, mask: torch.Tensor, stats: LayerStats) -> torch.Tensor:
         """Re-fit the kept weights of ``start`` (out, in) towards the outputs of ``dense``.
 
         Returns the re-fitted weight (fp32, +0.0 where pruned). A row whose calibration output

@@ -107,7 +107,11 @@ def block_placement(block: nn.Module) -> tuple[torch.device, torch.dtype]:
 
 
 def run_block(
-    block: nn.Module, call: BlockCall, hidden: Iterable[torch.Tensor], index: int, stage: str,
+    block: nn.Module,
+    call: BlockCall,
+    hidden: Iterable[torch.Tensor],
+    index: int,
+    stage: str,
     out: ActivationStore | None = None,
 ) -> ActivationStore | None:
     """Run ``block`` on each window, one at a time on the block's device and in its dtype, and

@@ -108,8 +108,13 @@ class RunProgress:
             self._check_fingerprint()
             state = json.loads(state_path.read_text(encoding="utf-8"))
             inputs = restore(self.folder / state["inputs"] / f"rank-{self._rank}", dtype, offload)
-            return Resumed(state["next_block"], [_layer_report(r) for r in state["layers"]], state["allocation"],
-                           state["seconds"], inputs)
+            return Resumed(
+                state["next_block"],
+                [_layer_report(r) for r in state["layers"]],
+                state["allocation"],
+                state["seconds"],
+                inputs,
+            )
         self._sync()
         if self._writer:
             shutil.rmtree(self.folder, ignore_errors=True)  # progress from before the first block: nothing kept
@@ -148,13 +153,21 @@ class RunProgress:
         name = f"inputs-{index + 1:05d}"
         if self._writer:
             with atomic_path(self.block_file(index)) as temporary:
-                save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()},
-                          str(temporary), metadata={"format": "pt"})
+                save_file(
+                    {key: value.detach().cpu().contiguous() for key, value in tensors.items()},
+                    str(temporary),
+                    metadata={"format": "pt"},
+                )
         persist(inputs, self.folder / name / f"rank-{self._rank}")
         self._sync()
         if self._writer:
-            state = {"next_block": index + 1, "inputs": name, "layers": [layer.to_dict() for layer in layers],
-                     "allocation": allocation, "seconds": seconds}
+            state = {
+                "next_block": index + 1,
+                "inputs": name,
+                "layers": [layer.to_dict() for layer in layers],
+                "allocation": allocation,
+                "seconds": seconds,
+            }
             write_atomic(self.folder / STATE_FILE, json.dumps(state) + "\n")
             for stale in self.folder.glob("inputs-*"):
                 if stale.name != name:

@@ -3,8 +3,9 @@
 Per block: one forward collects every prunable layer's input statistics (skipped when the method
 needs none); the method prunes each layer; a second forward through the pruned block produces the
 next block's inputs and measures each layer's reconstruction error ``||WX - W'X|| / ||WX||`` on
-the inputs it sees inside the pruned model (the first ``ERROR_WINDOWS`` windows). With ``permute``, layers whose input permutation folds
-exactly into their producers are permuted between the statistics pass and pruning
+the inputs it sees inside the pruned model (the first ``ERROR_WINDOWS`` windows). With ``permute``,
+layers whose input permutation folds exactly into their producers are permuted between the
+statistics pass and pruning
 (:mod:`eggs_ptp.permute`). The walk knows nothing about methods beyond
 :class:`~eggs_ptp.methods.Method`'s ``prune`` and its needs.
 """
@@ -67,10 +68,7 @@ def _prune_block(
     ranks: Ranks | None = None,
 ) -> tuple[ActivationStore, list[LayerReport]]:
     layers = find_linears(block, prefix, include, exclude)
-    reports = {
-        layer.name: LayerReport(layer.name, tuple(layer.weight.shape), layer.transposed)
-        for layer in layers
-    }
+    reports = {layer.name: LayerReport(layer.name, tuple(layer.weight.shape), layer.transposed) for layer in layers}
     targets = []
     for layer in layers:
         reason = _skip_reason(layer, pattern)
@@ -87,9 +85,7 @@ def _prune_block(
         for layer in targets:
             stats[layer.name] = layer_stats = LayerStats(layer.in_features, method.needs_hessian).to(device)
             handles.append(
-                layer.module.register_forward_hook(
-                    lambda module, inputs, output, s=layer_stats: s.add(inputs[0])
-                )
+                layer.module.register_forward_hook(lambda module, inputs, output, s=layer_stats: s.add(inputs[0]))
             )
         try:
             run_block(block, call, hidden, index, "calibration")
@@ -126,14 +122,24 @@ def _prune_block(
 
 
 def _prune_layers(
-    block: nn.Module, prefix: str, targets: list[PrunableLinear], stats: dict[str, LayerStats], method: Method,
-    pattern: Pattern, call: BlockCall, hidden: ActivationStore, permute: bool, reports: dict[str, LayerReport],
+    block: nn.Module,
+    prefix: str,
+    targets: list[PrunableLinear],
+    stats: dict[str, LayerStats],
+    method: Method,
+    pattern: Pattern,
+    call: BlockCall,
+    hidden: ActivationStore,
+    permute: bool,
+    reports: dict[str, LayerReport],
     references: dict[str, torch.Tensor],
 ) -> None:
     if permute and targets:  # after calibration, before pruning: the error meter sees permuted weights
         device, dtype = block_placement(block)
         window = hidden[0].to(device=device, dtype=dtype)
-        for name, record in permute_block(block, prefix, targets, stats, method, pattern, call.to(device), window).items():
+        for name, record in permute_block(
+            block, prefix, targets, stats, method, pattern, call.to(device), window
+        ).items():
             reports[name].permutation = record
     for layer in targets:
         started = time.perf_counter()
@@ -188,13 +194,27 @@ def walk_and_prune(
     if len(per_block) != len(blocks):
         raise ValueError(f"got {len(per_block)} block patterns for {len(blocks)} blocks")
     label = pattern if isinstance(pattern, Pattern) else "per-block"
-    bar = tqdm(range(start, len(blocks)), desc=f"prune {method.name} {label}", disable=not progress,
-               initial=start, total=len(blocks))
+    bar = tqdm(
+        range(start, len(blocks)),
+        desc=f"prune {method.name} {label}",
+        disable=not progress,
+        initial=start,
+        total=len(blocks),
+    )
     for index in bar:
         access.load(index)
         outputs, block_reports = _prune_block(
-            blocks[index], index, f"{prefix}.{index}", calls[index], hidden, method, per_block[index],
-            include, exclude, permute, ranks,
+            blocks[index],
+            index,
+            f"{prefix}.{index}",
+            calls[index],
+            hidden,
+            method,
+            per_block[index],
+            include,
+            exclude,
+            permute,
+            ranks,
         )
         hidden.release()
         hidden = outputs
