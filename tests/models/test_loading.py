@@ -54,3 +54,22 @@ def test_a_model_without_blocks_is_refused():
 
     with pytest.raises(BlockDiscoveryError, match="no list of decoder blocks"):
         find_blocks(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_two_first_uses_at_once_convert_the_default_once(tmp_path):
+    """Parallel test workers (or two shells) meeting an empty cache: one converts, the other waits."""
+    code = "from eggs_ptp.models.loading import default_model_folder; print(default_model_folder())"
+    environment = {**os.environ, "EGGS_PTP_CACHE": str(tmp_path / "cache")}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [worker.communicate(timeout=600) for worker in workers]
+    assert [worker.returncode for worker in workers] == [0, 0], [err[-2000:] for _, err in results]
+    target = tmp_path / "cache" / "smollm2-135m-instruct"
+    assert {out.strip() for out, _ in results} == {str(target)}
+    assert (target / "model.safetensors").is_file()
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name.startswith(".") and "tmp" in p.name] == []

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -66,8 +67,21 @@ def _gguf_folder() -> Path:
 def default_model_folder() -> Path:
     """The cached safetensors copy of the embedded default, converted from GGUF on first use."""
     target = cache_dir() / "smollm2-135m-instruct"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _converted(target):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Parallel first uses (test workers, two shells) convert once: the others wait, then find it.
+    with FileLock(str(target.parent / f".{target.name}.lock")):
+        if not _converted(target):
+            _convert(target)
+    return target
+
+
+def _converted(target: Path) -> bool:
+    return (target / "config.json").exists() and (target / "model.safetensors").exists()
+
+
+def _convert(target: Path) -> None:
     source = _gguf_folder()
     log.info("converting %s to safetensors in %s (once)", _GGUF_FILE, target)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
@@ -76,7 +90,6 @@ def default_model_folder() -> Path:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         model.save_pretrained(staging)
@@ -87,7 +100,6 @@ def default_model_folder() -> Path:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return target
 
 
 def _looks_like_path(spec: str) -> bool:
