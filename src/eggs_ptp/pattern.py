@@ -1,10 +1,16 @@
-"""Sparsity patterns: N:M along the input dimension, or unstructured per output row."""
+"""Sparsity patterns: N:M along the input dimension, or unstructured per output row.
+
+A weight counts as kept when it is non-zero; ``-0.0 == 0`` in IEEE arithmetic, so negative zeros
+count as pruned.
+"""
 
 from __future__ import annotations
 
 import math
 import re
 from dataclasses import dataclass
+
+import torch
 
 _NM = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
@@ -62,4 +68,26 @@ class Pattern:
         return f"{self.n}:{self.m}" if self.structured else f"{self.sparsity:g}"
 
 
-__all__ = ["Pattern"]
+@dataclass(frozen=True)
+class Violation:
+    """Where a weight first breaks its pattern, and how often."""
+
+    count: int  # offending groups (N:M) or rows (unstructured)
+    row: int
+    group: int | None
+
+
+def pattern_violations(weight: torch.Tensor, pattern: Pattern) -> Violation | None:
+    """First place where ``weight`` (out, in) keeps more than the pattern allows, or None."""
+    kept = weight != 0
+    if pattern.structured:
+        over = kept.reshape(kept.shape[0], -1, pattern.m).sum(dim=-1) > pattern.n  # (out, groups)
+    else:
+        over = (kept.sum(dim=1) > pattern.kept_per_row(weight.shape[1])).unsqueeze(1)  # (out, 1)
+    if not over.any():
+        return None
+    row, group = (int(i) for i in over.nonzero()[0])
+    return Violation(int(over.sum()), row, group if pattern.structured else None)
+
+
+__all__ = ["Pattern", "Violation", "pattern_violations"]

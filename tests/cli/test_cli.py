@@ -151,6 +151,8 @@ def test_verify_failure_exits_one_naming_the_layer(tiny_llama_dir, tmp_path, tex
 def test_an_option_of_another_method_family_is_refused(tiny_llama_dir, tmp_path, text_file):
     result = run(*prune_args(tiny_llama_dir, tmp_path / "o", text_file, "--method", "ria", "--b", 2))
     assert result.exit_code == 2 and "--b is a setting of eggs; --method ria does not use it" in result.stderr
+    result = run(*prune_args(tiny_llama_dir, tmp_path / "o", text_file, "--method", "magnitude", "--alpha", 0.3))
+    assert result.exit_code == 2 and "--alpha is a setting of ria and eggs; --method magnitude" in result.stderr
     result = run(*prune_args(tiny_llama_dir, tmp_path / "o", text_file, "--owl-lambda", 0.1))
     assert result.exit_code == 2 and "add --allocation owl" in result.stderr
 

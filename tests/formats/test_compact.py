@@ -1,6 +1,8 @@
 """The compact N:M format: exact layout, bit-exact round trips, refusals, and tiny models end to end."""
 
+import ast
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,7 +10,7 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from eggs_ptp.formats import save_pruned
+from eggs_ptp.formats import codec, save_pruned
 from eggs_ptp.formats.codec import compress, decompress
 from eggs_ptp.formats.compact import load_compact, pack_checkpoint
 from eggs_ptp.pattern import Pattern
@@ -88,6 +90,14 @@ def test_decompress_refuses_a_bitmask_that_breaks_the_pattern():
     values, bitmask = compress(torch.ones(1, 8) * torch.tensor([1, 1, 0, 0, 1, 0, 1, 0]), Pattern(2, 4))
     with pytest.raises(ValueError, match="exactly 2 of every 4"):
         decompress(values, bitmask | 0b100, (1, 8), Pattern(2, 4))
+
+
+def test_the_codec_builds_on_the_pattern_alone():
+    """The file format and the sparse kernels both import the codec, so it must import neither."""
+    tree = ast.parse(Path(codec.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert {name for name in imported if name.startswith("eggs_ptp")} == {"eggs_ptp.pattern"}
 
 
 @pytest.fixture(scope="module", params=["llama", "gpt2"])

@@ -109,13 +109,14 @@ def method_from_options(name: str, values: dict[str, Any], ctx: click.Context) -
     another family is a usage error, not silently ignored."""
     kind = config_type(name)
     own = {_dest(f) for f in _settings(kind)}
+    owners: dict[str, list[str]] = {}
     for other in CONFIG_TYPES:
         for field in _settings(other):
-            given = ctx.get_parameter_source(_dest(field)) is ParameterSource.COMMANDLINE
-            if given and _dest(field) not in own:
-                raise click.UsageError(
-                    f"{_flag(field)} is a setting of {other.family}; --method {name} does not use it"
-                )
+            owners.setdefault(_flag(field), []).append(other.family)
+    for flag, families in owners.items():
+        dest = flag.removeprefix("--").replace("-", "_")
+        if dest not in own and ctx.get_parameter_source(dest) is ParameterSource.COMMANDLINE:
+            raise click.UsageError(f"{flag} is a setting of {' and '.join(families)}; --method {name} does not use it")
     return method_config(name, **values_for(kind, values))
 
 

@@ -46,7 +46,7 @@ def quiet_harness_logs() -> None:
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def offline_only(tasks: Sequence[str]) -> bool:
+def _offline_only(tasks: Sequence[str]) -> bool:
     """True when every task ships with this package (indexing the harness's own takes ~10 s)."""
     return all(name == OFFLINE_TASK for name in tasks)
 
@@ -54,7 +54,7 @@ def offline_only(tasks: Sequence[str]) -> bool:
 def _task_manager(tasks: Sequence[str]) -> Any:
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=not offline_only(tasks))
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=not _offline_only(tasks))
 
 
 @dataclass(frozen=True)

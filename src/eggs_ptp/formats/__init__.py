@@ -7,7 +7,8 @@ from eggs_ptp.formats.checkpoint import (
     save_pruned,
     write_json_atomic,
 )
-from eggs_ptp.formats.verify import VerifyError, pattern_violations, verify_checkpoint
+from eggs_ptp.formats.verify import VerifyError, verify_checkpoint
+from eggs_ptp.pattern import pattern_violations
 
 __all__ = [
     "OutputExistsError",

@@ -91,8 +91,8 @@ def read_report(folder: Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "OutputExistsError",
     "REPORT_FILE",
+    "OutputExistsError",
     "check_output_target",
     "read_report",
     "save_pruned",

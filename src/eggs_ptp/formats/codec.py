@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from eggs_ptp.formats.verify import pattern_violations
-from eggs_ptp.pattern import Pattern
+from eggs_ptp.pattern import Pattern, pattern_violations
 
 
 def _check_pattern(pattern: Pattern, in_features: int) -> tuple[int, int]:

@@ -1,43 +1,20 @@
 """Check a saved checkpoint against the pattern its ``sparsity.json`` records.
 
-Reads the safetensors files directly, so it needs no model class. A weight counts as kept when it
-is non-zero; ``-0.0 == 0`` in IEEE arithmetic, so negative zeros count as pruned.
+Reads the safetensors files directly, so it needs no model class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 
 from eggs_ptp.formats.checkpoint import read_report
-from eggs_ptp.pattern import Pattern
+from eggs_ptp.pattern import Pattern, pattern_violations
 
 
 class VerifyError(ValueError):
     """A pruned layer breaks its recorded pattern, or is missing."""
-
-
-@dataclass(frozen=True)
-class Violation:
-    count: int  # offending groups (N:M) or rows (unstructured)
-    row: int
-    group: int | None
-
-
-def pattern_violations(weight: torch.Tensor, pattern: Pattern) -> Violation | None:
-    """First place where ``weight`` (out, in) keeps more than the pattern allows, or None."""
-    kept = weight != 0
-    if pattern.structured:
-        over = kept.reshape(kept.shape[0], -1, pattern.m).sum(dim=-1) > pattern.n  # (out, groups)
-    else:
-        over = (kept.sum(dim=1) > pattern.kept_per_row(weight.shape[1])).unsqueeze(1)  # (out, 1)
-    if not over.any():
-        return None
-    row, group = (int(i) for i in over.nonzero()[0])
-    return Violation(int(over.sum()), row, group if pattern.structured else None)
 
 
 def tensor_files(folder: Path) -> list[Path]:
@@ -76,4 +53,4 @@ def verify_checkpoint(folder: Path) -> int:
     return len(wanted)
 
 
-__all__ = ["VerifyError", "Violation", "pattern_violations", "tensor_files", "verify_checkpoint"]
+__all__ = ["VerifyError", "tensor_files", "verify_checkpoint"]

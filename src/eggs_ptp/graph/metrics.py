@@ -349,9 +349,9 @@ def summarise(metrics: list[LayerGraphMetrics]) -> dict[str, Any]:
 
 __all__ = [
     "DENSE_SVD_MAX",
+    "HISTOGRAM_BINS",
     "DegreeHistogram",
     "ExpansionPoint",
-    "HISTOGRAM_BINS",
     "LayerGraphMetrics",
     "TileStats",
     "degree_histogram",

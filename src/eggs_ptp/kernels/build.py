@@ -106,9 +106,9 @@ def main() -> int:
 
 __all__ = [
     "FLAGS",
-    "KernelBuildError",
     "OPENMP_FLAG",
     "SOURCE",
+    "KernelBuildError",
     "build",
     "find_compiler",
     "kernel_cache",

@@ -190,4 +190,4 @@ def nm_decompress(
     return dense
 
 
-__all__ = ["CompactLayer", "DTYPE_CODES", "ISAS", "kernel_info", "library", "nm_decompress", "nm_linear"]
+__all__ = ["DTYPE_CODES", "ISAS", "CompactLayer", "kernel_info", "library", "nm_decompress", "nm_linear"]

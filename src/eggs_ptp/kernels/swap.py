@@ -17,7 +17,7 @@ from eggs_ptp.kernels.linear import SparseNMLinear
 from eggs_ptp.pattern import Pattern
 
 
-def swap_in_sparse(
+def _swap_in_sparse(
     model: PreTrainedModel,
     record: dict[str, Any],
     pattern: Pattern,
@@ -46,7 +46,7 @@ def load_sparse(folder: Path, dtype: torch.dtype | None = None) -> PreTrainedMod
     """A working causal LM (eval mode) from a packed folder, its pruned layers as SparseNMLinear."""
     folder = Path(folder)
     record, pattern, state = read_compact_tensors(folder)
-    return model_from_state(folder, state, dtype, lambda model: swap_in_sparse(model, record, pattern, state, dtype))
+    return model_from_state(folder, state, dtype, lambda model: _swap_in_sparse(model, record, pattern, state, dtype))
 
 
-__all__ = ["load_sparse", "swap_in_sparse"]
+__all__ = ["load_sparse"]

@@ -156,4 +156,4 @@ class LazyBlocks:
         self.lazy.release_outside(self.blocks)
 
 
-__all__ = ["INDEX_FILE", "LazyBlocks", "LazyCheckpoint", "LazyModel", "SINGLE_FILE"]
+__all__ = ["INDEX_FILE", "SINGLE_FILE", "LazyBlocks", "LazyCheckpoint", "LazyModel"]

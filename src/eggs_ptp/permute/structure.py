@@ -157,10 +157,10 @@ def propose_folds(block: nn.Module, prefix: str, layer: PrunableLinear, hidden_s
 
 __all__ = [
     "ATTENTION_OUTPUTS",
-    "Fold",
     "HEAD_DIM_ATTRIBUTES",
     "RESIDUAL",
     "VALUE_PROJECTIONS",
+    "Fold",
     "head_dim",
     "propose_folds",
 ]

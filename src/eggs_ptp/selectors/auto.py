@@ -41,4 +41,4 @@ class EggsSettingSearch:
         return [self.default] + [selector for selector in grid if selector != self.default]
 
 
-__all__ = ["EggsSettingSearch", "TILE_FACTORS"]
+__all__ = ["TILE_FACTORS", "EggsSettingSearch"]

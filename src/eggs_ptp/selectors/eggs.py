@@ -285,4 +285,4 @@ class EggsSelector:
         return mask
 
 
-__all__ = ["ENUMERATE_MAX_M", "EggsSelector", "GuaranteeError", "RULES", "check_guarantee"]
+__all__ = ["ENUMERATE_MAX_M", "RULES", "EggsSelector", "GuaranteeError", "check_guarantee"]
