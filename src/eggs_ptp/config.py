@@ -156,4 +156,4 @@ def upgrade_v1(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-__all__ = ["ALLOCATIONS", "OwlAllocation", "PruneConfig", "READABLE_VERSIONS", "SCHEMA_VERSION", "upgrade_v1"]
+__all__ = ["ALLOCATIONS", "READABLE_VERSIONS", "SCHEMA_VERSION", "OwlAllocation", "PruneConfig", "upgrade_v1"]

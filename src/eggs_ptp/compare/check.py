@@ -92,4 +92,4 @@ def check_results(
     )
 
 
-__all__ = ["CheckResult", "DEFAULT_TOLERANCE", "check_results"]
+__all__ = ["DEFAULT_TOLERANCE", "CheckResult", "check_results"]

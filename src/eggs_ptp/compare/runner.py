@@ -342,11 +342,11 @@ def run_compare(
 
 
 __all__ = [
-    "GridContext",
     "RECORD_TYPE",
     "RECORD_VERSION",
     "RESULTS_FILE",
     "SAMPLING",
+    "GridContext",
     "check_settings",
     "existing_record",
     "read_results",

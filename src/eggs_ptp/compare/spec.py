@@ -126,4 +126,4 @@ class CompareSpec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names})
 
 
-__all__ = ["Cell", "CompareSpec", "SPEC_TYPE"]
+__all__ = ["SPEC_TYPE", "Cell", "CompareSpec"]
