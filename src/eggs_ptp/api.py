@@ -27,13 +27,13 @@ from eggs_ptp.eval import perplexity
 from eggs_ptp.formats.checkpoint import REPORT_FILE, check_output_target, save_pruned, staged_folder, write_json_atomic
 from eggs_ptp.formats.sharded import write_sharded
 from eggs_ptp.methods import build_method
-from eggs_ptp.methods.configs import setting
 from eggs_ptp.models import context_length, find_blocks, load_model
 from eggs_ptp.models.lazy import LazyBlocks, LazyModel
-from eggs_ptp.models.loading import resolve_folder, weights_signature
+from eggs_ptp.models.loading import hide_loading_bars, resolve_folder, weights_signature
 from eggs_ptp.options import RunOptions, resolve_device
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.report import PruneReport, peak_cuda_mb, peak_rss_mb
+from eggs_ptp.settings import setting
 from eggs_ptp.walk import (
     BlockAccess,
     BlockCall,
@@ -122,9 +122,14 @@ def prune(
             "name_or_path": getattr(model.config, "name_or_path", None),
             "parameters": sum(p.numel() for p in model.parameters()),
         }
-        progress = RunProgress(
+        progress = _open_progress(
             Path(run.progress_dir),
-            run_fingerprint(config, calibration, model_info, signature, next(model.parameters()).dtype, run, ranks),
+            config,
+            calibration,
+            model_info,
+            signature,
+            next(model.parameters()).dtype,
+            run,
             ranks,
         )
     pruned, report = _prune_loaded(model, config, run, ranks, calibration, progress, model_info or {})
@@ -158,9 +163,7 @@ def prune_to_folder(
     if writer:
         check_output_target(out, run.overwrite)
     if not run.progress:
-        from transformers.utils import logging as transformers_logging
-
-        transformers_logging.disable_progress_bar()
+        hide_loading_bars()
     if run.low_memory:
         return _prune_lazily(resolve_folder(str(source)), str(source), out, config, run, device, ranks)
     loaded = load_model(str(source), run.torch_dtype, run.device_map)
@@ -168,10 +171,8 @@ def prune_to_folder(
         loaded.model.to(device)
     info = {"source": loaded.source, "location": loaded.location, "revision": loaded.revision}
     calibration = build_calibration(loaded.model, loaded.tokenizer, config)
-    progress = RunProgress(
-        progress_folder(out),
-        run_fingerprint(config, calibration, info, weights_signature(loaded.location), run.torch_dtype, run, ranks),
-        ranks,
+    progress = _open_progress(
+        progress_folder(out), config, calibration, info, weights_signature(loaded.location), run.torch_dtype, run, ranks
     )
     measure = dense = None
     if evaluation is not None and writer:
@@ -232,10 +233,8 @@ def _prune_lazily(
     calibration = build_calibration(model, tokenizer, config)
     prefix, blocks = find_blocks(model)
     info = {"source": source, "location": str(location)}
-    progress = RunProgress(
-        progress_folder(out),
-        run_fingerprint(config, calibration, info, lazy.checkpoint.signature(), run.torch_dtype, run, ranks),
-        ranks,
+    progress = _open_progress(
+        progress_folder(out), config, calibration, info, lazy.checkpoint.signature(), run.torch_dtype, run, ranks
     )
     handles = lazy.materialise_on_call(blocks)
     try:
@@ -400,7 +399,8 @@ def _strip(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Ten
     return {key[len(prefix) :]: value for key, value in tensors.items()}
 
 
-def run_fingerprint(
+def _open_progress(
+    folder: Path,
     config: PruneConfig,
     calibration: CalibrationSet,
     model_info: dict[str, Any] | None,
@@ -408,9 +408,10 @@ def run_fingerprint(
     dtype: torch.dtype,
     run: RunOptions,
     ranks: Ranks | None,
-) -> dict[str, Any]:
-    """What a run's results depend on; a resume must match it exactly."""
-    return {
+) -> RunProgress:
+    """The run's progress in ``folder``, fingerprinted by what its results depend on; a resume must
+    match the fingerprint exactly."""
+    fingerprint = {
         "config": config.to_dict(),
         "model": {"source": (model_info or {}).get("location"), **weights},
         "calibration": calibration.describe(),
@@ -418,6 +419,7 @@ def run_fingerprint(
         "activation_dtype": str(run.torch_activation_dtype or dtype),
         "processes": ranks.world if ranks else 1,
     }
+    return RunProgress(folder, fingerprint, ranks)
 
 
 def _report(
@@ -455,5 +457,4 @@ __all__ = [
     "perplexity_meter",
     "prune",
     "prune_to_folder",
-    "run_fingerprint",
 ]

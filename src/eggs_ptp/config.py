@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from eggs_ptp.methods.configs import EggsConfig, MethodConfig, method_config, method_from_dict, setting
+from eggs_ptp.methods.configs import EggsConfig, MethodConfig, method_config, method_from_dict
 from eggs_ptp.pattern import Pattern
+from eggs_ptp.settings import setting
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)

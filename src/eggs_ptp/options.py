@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from eggs_ptp.methods.configs import setting
+from eggs_ptp.settings import setting
 from eggs_ptp.walk.distributed import Ranks
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from eggs_ptp.cli.main import emit_json, user_errors
+from eggs_ptp.models.loading import hide_loading_bars
 
 
 def _token_counts(text: str) -> tuple[int, ...]:
@@ -72,7 +73,6 @@ def bench_command(
       eggs-ptp bench smollm2-2of4 -o benchmarks/results/bench.json
     """
     import torch
-    from transformers.utils import logging as transformers_logging
 
     from eggs_ptp.atomic import write_atomic
     from eggs_ptp.eval.speed import BenchSettings, render_markdown, run_bench
@@ -98,7 +98,7 @@ def bench_command(
             raise ValueError(f"--threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
     if quiet:
-        transformers_logging.disable_progress_bar()
+        hide_loading_bars()
     output.resolve().parent.mkdir(parents=True, exist_ok=True)
     result = run_bench(folder, settings, progress=not quiet)
     table = render_markdown(result)

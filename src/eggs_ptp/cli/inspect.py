@@ -16,6 +16,7 @@ import click
 from tqdm.auto import tqdm
 
 from eggs_ptp.cli.main import user_errors
+from eggs_ptp.models.loading import hide_loading_bars
 from eggs_ptp.pattern import Pattern
 
 if TYPE_CHECKING:
@@ -137,7 +138,6 @@ def inspect_command(
     Example:
       eggs-ptp inspect smollm2-2of4 --plot --layers '*.mlp.*'
     """
-    from transformers.utils import logging as transformers_logging
 
     from eggs_ptp.formats import check_output_target, write_json_atomic
     from eggs_ptp.graph import layer_metrics, open_masks, source_name, summarise
@@ -150,7 +150,7 @@ def inspect_command(
     out = out if out is not None else Path(f"inspect-{source_name(source)}")
     check_output_target(out, overwrite)
     if quiet:
-        transformers_logging.disable_progress_bar()
+        hide_loading_bars()
     masks = open_masks(source, layers)
     tiles = explicit_tiles or _tile_pattern(None, masks.pattern)
     if tile_height is not None and tiles is None:

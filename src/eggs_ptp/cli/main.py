@@ -82,12 +82,11 @@ def main(verbose: bool) -> None:
 
 
 def load_quietly(model: str, dtype: str, quiet: bool, device_map: str | None = None):
-    from transformers.utils import logging as transformers_logging
-
     from eggs_ptp.models import load_model
+    from eggs_ptp.models.loading import hide_loading_bars
 
     if quiet:
-        transformers_logging.disable_progress_bar()
+        hide_loading_bars()
 
     return load_model(model, DTYPES[dtype], device_map)
 
@@ -186,7 +185,8 @@ def prune(ctx: click.Context, model: str, **values: Any) -> None:
         _launch(values["nproc"])
     config = _prune_config(ctx, values)
     output = values["output"]
-    ranks = Ranks.from_environment(resolve_device(values["device"]))
+    device = resolve_device(values["device"])
+    ranks = Ranks.from_environment(device)
     writer = ranks is None or ranks.is_writer
     quiet = values["quiet"] or not writer
     run = RunOptions(**values_for(RunOptions, values, progress=not quiet, ranks=ranks))
@@ -199,7 +199,7 @@ def prune(ctx: click.Context, model: str, **values: Any) -> None:
         )
         processes = f" processes={ranks.world}" if ranks else ""
         click.echo(
-            f"model={model} dtype={run.dtype} device={run.device_map or resolve_device(run.device)}"
+            f"model={model} dtype={run.dtype} device={run.device_map or device}"
             f"{processes} | {settings}\nstages: {stages}"
         )
     with _resume_hint(output):
@@ -337,12 +337,11 @@ def eval_command(
 
 
 def _load_evaluable(model: str, dtype: str, quiet: bool):
-    from transformers.utils import logging as transformers_logging
-
     from eggs_ptp.eval.loading import load_evaluable
+    from eggs_ptp.models.loading import hide_loading_bars
 
     if quiet:
-        transformers_logging.disable_progress_bar()
+        hide_loading_bars()
     return load_evaluable(model, DTYPES[dtype])
 
 

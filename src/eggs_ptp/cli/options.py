@@ -109,13 +109,13 @@ def method_from_options(name: str, values: dict[str, Any], ctx: click.Context) -
     another family is a usage error, not silently ignored."""
     kind = config_type(name)
     own = {_dest(f) for f in _settings(kind)}
-    owners: dict[str, list[str]] = {}
+    owners: dict[str, list[str]] = {}  # option dest -> families that have it
     for other in CONFIG_TYPES:
         for field in _settings(other):
-            owners.setdefault(_flag(field), []).append(other.family)
-    for flag, families in owners.items():
-        dest = flag.removeprefix("--").replace("-", "_")
+            owners.setdefault(_dest(field), []).append(other.family)
+    for dest, families in owners.items():
         if dest not in own and ctx.get_parameter_source(dest) is ParameterSource.COMMANDLINE:
+            flag = "--" + dest.replace("_", "-")
             raise click.UsageError(f"{flag} is a setting of {' and '.join(families)}; --method {name} does not use it")
     return method_config(name, **values_for(kind, values))
 

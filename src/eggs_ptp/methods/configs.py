@@ -10,21 +10,16 @@ its help text and CLI flag, so the CLI declares nothing twice. A family may have
 from __future__ import annotations
 
 import ast
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
 
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.selectors import RULES
+from eggs_ptp.settings import setting
 
 # EGGS tile height when none is given, in multiples of M: the best EGGS setting in
 # benchmarks/results/prune_grid_64x512.md (repair, B = 1, H = 64M), though not better than RIA beyond noise.
 DEFAULT_TILE_FACTOR = 64
-
-
-def setting(default: Any, help: str, flag: str | None = None, choices: tuple[str, ...] | None = None) -> Any:
-    """A config field with its help text (and CLI flag, ``--NAME`` by default) in its metadata."""
-    metadata = {"help": help, "flag": flag, "choices": choices}
-    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -288,6 +283,5 @@ __all__ = [
     "method_help",
     "method_names",
     "parse_method",
-    "setting",
     "split_methods",
 ]

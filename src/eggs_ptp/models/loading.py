@@ -64,6 +64,13 @@ def _gguf_folder() -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
+def hide_loading_bars() -> None:
+    """Silence transformers' own progress bars (loading weights, writing shards) in a quiet run."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def default_model_folder() -> Path:
     """The cached safetensors copy of the embedded default, converted from GGUF on first use."""
     target = cache_dir() / "smollm2-135m-instruct"
@@ -182,6 +189,7 @@ __all__ = [
     "ModelError",
     "cache_dir",
     "default_model_folder",
+    "hide_loading_bars",
     "load_model",
     "resolve",
     "resolve_folder",
