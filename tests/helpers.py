@@ -145,8 +145,8 @@ def prune_args(model_dir, out, calib, *extra):
     return ["prune", model_dir, "-o", out, "--nsamples", 4, "--seqlen", 16, "--calib", calib, "-q", *extra]
 
 
-class Killed(Exception):
-    """Stands in for the process dying."""
+class Killed(BaseException):
+    """Stands in for the process dying: no ``except Exception`` handler sees it."""
 
 
 def kill_after_block(monkeypatch, block: int) -> None:

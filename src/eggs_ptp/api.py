@@ -11,25 +11,27 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedModel
+from transformers import PreTrainedModel
 
 from eggs_ptp.allocation import block_outlier_ratio, owl_sparsities
 from eggs_ptp.config import PruneConfig
 from eggs_ptp.data import CalibrationSet, load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.eval import perplexity
-from eggs_ptp.formats.checkpoint import REPORT_FILE, check_output_target, save_pruned, staged_folder, write_json_atomic
+from eggs_ptp.formats.checkpoint import REPORT_FILE, save_pruned, staged_folder, write_json_atomic
+from eggs_ptp.formats.output import check_output_target, claim_output
 from eggs_ptp.formats.sharded import write_sharded
 from eggs_ptp.methods import build_method
 from eggs_ptp.models import context_length, find_blocks, load_model
 from eggs_ptp.models.lazy import LazyBlocks, LazyModel
-from eggs_ptp.models.loading import hide_loading_bars, resolve_folder, weights_signature
+from eggs_ptp.models.loading import hide_loading_bars, load_tokenizer, resolve, resolve_folder, weights_signature
 from eggs_ptp.options import RunOptions, resolve_device
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.report import PruneReport, peak_cuda_mb, peak_rss_mb
@@ -40,6 +42,7 @@ from eggs_ptp.walk import (
     InMemory,
     LayerReport,
     capture_block_inputs,
+    prunable_layers,
     survey_blocks,
     walk_and_prune,
 )
@@ -59,6 +62,12 @@ class Evaluation:
     text: str = setting("wiki", "Evaluation text ('wiki' = the held-out split).", "--eval-text")
     windows: int | None = setting(None, "Evaluation windows [default: all of the text].", "--eval-windows")
     seqlen: int | None = setting(None, "Evaluation context length [default: --seqlen].", "--eval-seqlen")
+
+    def __post_init__(self) -> None:
+        if self.windows is not None and self.windows < 1:
+            raise ValueError(f"--eval-windows must be at least 1, got {self.windows}")
+        if self.seqlen is not None and self.seqlen < 1:
+            raise ValueError(f"--eval-seqlen must be at least 1, got {self.seqlen}")
 
 
 def effective_seqlen(model: PreTrainedModel, tokenizer: object, requested: int) -> int:
@@ -114,6 +123,20 @@ def prune(
     if run.resume and run.progress_dir is None:
         raise ValueError("resume continues the progress kept in progress_dir; give RunOptions(progress_dir=...)")
     ranks = run.ranks or Ranks.from_environment(next(model.parameters()).device)
+    lock = claim_output(Path(run.progress_dir)) if run.progress_dir and (ranks is None or ranks.is_writer) else None
+    with lock or nullcontext():
+        return _prune_in_memory(model, tokenizer, config, run, ranks, calibration, model_info)
+
+
+def _prune_in_memory(
+    model: PreTrainedModel,
+    tokenizer: object,
+    config: PruneConfig,
+    run: RunOptions,
+    ranks: Ranks | None,
+    calibration: CalibrationSet | None,
+    model_info: dict[str, Any] | None,
+) -> tuple[PreTrainedModel, PruneReport]:
     calibration = calibration or build_calibration(model, tokenizer, config)
     progress = None
     if run.progress_dir is not None:
@@ -153,6 +176,9 @@ def prune_to_folder(
     identical results. With ``run.low_memory`` peak memory is about one block, the embedding and the
     calibration activations, not the model; the output is then written block by block.
     ``evaluation`` measures dense and pruned perplexity (in memory only).
+
+    Before anything loads, ``out`` is checked (never the input folder or the working folder, never a
+    non-empty folder without ``run.overwrite``) and locked against a second writer until it is in place.
     """
     config, run, out = config or PruneConfig(), run or RunOptions(), Path(out)
     if run.low_memory and evaluation is not None:
@@ -161,12 +187,27 @@ def prune_to_folder(
     ranks = run.ranks or Ranks.from_environment(device)
     writer = ranks is None or ranks.is_writer
     if writer:
-        check_output_target(out, run.overwrite)
+        check_output_target(out, run.overwrite, inputs=[resolve(str(source))])
     if not run.progress:
         hide_loading_bars()
-    if run.low_memory:
-        return _prune_lazily(resolve_folder(str(source)), str(source), out, config, run, device, ranks)
-    loaded = load_model(str(source), run.torch_dtype, run.device_map)
+    with claim_output(out) if writer else nullcontext():
+        if run.low_memory:
+            location = resolve_folder(str(source), run.trust_remote_code)
+            return _prune_lazily(location, str(source), out, config, run, device, ranks)
+        return _prune_to_folder(str(source), out, config, run, device, ranks, evaluation)
+
+
+def _prune_to_folder(
+    source: str,
+    out: Path,
+    config: PruneConfig,
+    run: RunOptions,
+    device: torch.device,
+    ranks: Ranks | None,
+    evaluation: Evaluation | None,
+) -> PruneReport:
+    writer = ranks is None or ranks.is_writer
+    loaded = load_model(source, run.torch_dtype, run.device_map, run.trust_remote_code)
     if not run.device_map:
         loaded.model.to(device)
     info = {"source": loaded.source, "location": loaded.location, "revision": loaded.revision}
@@ -227,9 +268,9 @@ def _prune_lazily(
     ranks: Ranks | None,
 ) -> PruneReport:
     started = time.perf_counter()
-    lazy = LazyModel(location, run.torch_dtype, device)
+    lazy = LazyModel(location, run.torch_dtype, device, run.trust_remote_code)
     model = lazy.model
-    tokenizer = AutoTokenizer.from_pretrained(location)
+    tokenizer = load_tokenizer(location, run.trust_remote_code)
     calibration = build_calibration(model, tokenizer, config)
     prefix, blocks = find_blocks(model)
     info = {"source": source, "location": str(location)}
@@ -294,17 +335,18 @@ class _Walk:
                 f"{len(calibration.windows)} calibration windows cannot be shared by "
                 f"{self.ranks.world} processes; draw at least one per process"
             )
+        config = self.config
+        if not prunable_layers(self.blocks, self.prefix, config.parsed_pattern, config.include, config.exclude):
+            raise ValueError(
+                f"no layer can be pruned: every linear layer is excluded by --include/--exclude or has an input "
+                f"width not divisible by M for pattern {config.pattern}; check them"
+            )
         try:
             layers, allocation, resumed = self._walk(windows)
-        except BaseException:
+        except BaseException as error:
             if self.progress:
-                self.progress.discard_if_empty()
+                self.progress.abandon(error)
             raise
-        if not any(layer.skipped is None for layer in layers):
-            raise ValueError(
-                "no layer was pruned: every linear layer was excluded or skipped; "
-                "check --include/--exclude and the pattern"
-            )
         return _Result(layers, allocation, resumed)
 
     def _walk(self, windows: torch.Tensor) -> tuple[list[LayerReport], dict[str, Any] | None, Resumed | None]:

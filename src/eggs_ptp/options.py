@@ -56,6 +56,7 @@ class RunOptions:
     progress_dir: where ``prune`` keeps progress after every block, for ``resume`` (``prune_to_folder``
         keeps it beside its output).
     overwrite: replace a non-empty output folder, once the new one is complete.
+    trust_remote_code: run the Python code a model ships (``auto_map``); off, such models are refused.
     progress: show progress bars.
     ranks: this process's place in a ``torchrun`` group [default: read from the environment].
     """
@@ -77,6 +78,9 @@ class RunOptions:
     offload_dir: Path | None = setting(None, "Keep calibration activations on disk here instead of in memory.")
     resume: bool = setting(False, "Continue an interrupted run of the same command from its last finished block.")
     overwrite: bool = setting(False, "Replace a non-empty output folder (only once the new checkpoint is complete).")
+    trust_remote_code: bool = setting(
+        False, "Run the Python code a model folder or hub repository ships, if it has any; only for code you trust."
+    )
     progress_dir: Path | None = None
     progress: bool = True
     ranks: Ranks | None = None

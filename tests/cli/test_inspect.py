@@ -5,13 +5,13 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from eggs_ptp.cli.inspect import inspect_command
+from eggs_ptp.cli import main
 
-from helpers import one_error_line, pruned_checkpoint
+from helpers import one_error_line, pruned_checkpoint, run_cli
 
 
 def run(*args):
-    return CliRunner().invoke(inspect_command, [str(a) for a in args])
+    return run_cli("inspect", *args)
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +90,12 @@ def test_checkpoint_from_another_tool_infers_the_pattern(llama_checkpoint, tmp_p
 def test_default_output_folder_and_overwrite(llama_checkpoint):
     runner = CliRunner()
     with runner.isolated_filesystem():
-        first = runner.invoke(inspect_command, [str(llama_checkpoint), "-q", "--layers", "*.0.mlp.*"])
+        first = runner.invoke(main, ["inspect", str(llama_checkpoint), "-q", "--layers", "*.0.mlp.*"])
         assert first.exit_code == 0, first.output
         assert "wrote inspect-llama-2of4/inspect.json" in first.stdout
-        again = runner.invoke(inspect_command, [str(llama_checkpoint), "-q"])
+        again = runner.invoke(main, ["inspect", str(llama_checkpoint), "-q"])
         assert "--overwrite" in one_error_line(again)
-        assert runner.invoke(inspect_command, [str(llama_checkpoint), "-q", "--overwrite"]).exit_code == 0
+        assert runner.invoke(main, ["inspect", str(llama_checkpoint), "-q", "--overwrite"]).exit_code == 0
 
 
 def test_path_that_is_not_a_model(tmp_path):

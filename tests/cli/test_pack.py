@@ -3,15 +3,12 @@
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from eggs_ptp.cli.pack import pack_command
-
-from helpers import one_error_line, pruned_checkpoint
+from helpers import one_error_line, pruned_checkpoint, run_cli
 
 
 def run(*args):
-    return CliRunner().invoke(pack_command, [str(a) for a in args])
+    return run_cli("pack", *args)
 
 
 @pytest.fixture(scope="module")

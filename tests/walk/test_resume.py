@@ -16,8 +16,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(model_dir, calib, tmp_path,
     assert run_cli(*prune_args(model_dir, reference, calib, *extra)).exit_code == 0
     with monkeypatch.context() as patch:
         kill_after_block(patch, 1)
-        result = run_cli(*prune_args(model_dir, resumed, calib, *extra))
-        assert isinstance(result.exception, Killed)
+        with pytest.raises(Killed):
+            run_cli(*prune_args(model_dir, resumed, calib, *extra))
     assert not resumed.exists() and (tmp_path / ".resumed.progress" / "state.json").is_file()
     again = run_cli(*prune_args(model_dir, resumed, calib, *extra))
     assert "--resume" in one_error_line(again)  # progress is never silently thrown away
@@ -40,7 +40,8 @@ def test_resume_with_a_changed_pattern_is_refused(model_dir, calib, tmp_path, mo
     out = tmp_path / "o"
     with monkeypatch.context() as patch:
         kill_after_block(patch, 0)
-        assert isinstance(run_cli(*prune_args(model_dir, out, calib, "--method", "wanda")).exception, Killed)
+        with pytest.raises(Killed):
+            run_cli(*prune_args(model_dir, out, calib, "--method", "wanda"))
     line = one_error_line(
         run_cli(*prune_args(model_dir, out, calib, "--method", "wanda", "--pattern", "4:8", "--resume"))
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from eggs_ptp.cli.main import emit_json, user_errors
+from eggs_ptp.cli.main import emit_json
 from eggs_ptp.models.loading import hide_loading_bars
 
 
@@ -47,7 +47,6 @@ def _token_counts(text: str) -> tuple[int, ...]:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@user_errors
 def bench_command(
     folder: Path,
     output: Path | None,

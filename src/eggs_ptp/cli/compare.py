@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from eggs_ptp.cli.main import DTYPES, emit_json, user_errors
+from eggs_ptp.cli.main import DTYPES, emit_json, trust_remote_code_option
 from eggs_ptp.compare.spec import CompareSpec
 from eggs_ptp.data import DEFAULT_TEXT
 from eggs_ptp.methods import split_methods
@@ -182,7 +182,7 @@ def _check(path: Path, model: str | None, cell: str | None, tolerance: float, as
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@user_errors
+@trust_remote_code_option
 def compare_command(
     model: str | None,
     output: Path | None,
@@ -206,6 +206,7 @@ def compare_command(
     tolerance: float,
     as_json: bool,
     quiet: bool,
+    trust_remote_code: bool,
 ) -> None:
     """Prune MODEL with every method x pattern x calibration seed and compare them in one report.
 
@@ -249,11 +250,19 @@ def compare_command(
             require_harness()
         except HarnessError as error:
             raise HarnessError(f"{error}, or pass --no-task") from None
-    _run(model or DEFAULT_MODEL, output, spec, dtype, resume, overwrite, as_json, quiet)
+    _run(model or DEFAULT_MODEL, output, spec, dtype, resume, overwrite, as_json, quiet, trust_remote_code)
 
 
 def _run(
-    model: str, output: Path, spec: CompareSpec, dtype: str, resume: bool, overwrite: bool, as_json: bool, quiet: bool
+    model: str,
+    output: Path,
+    spec: CompareSpec,
+    dtype: str,
+    resume: bool,
+    overwrite: bool,
+    as_json: bool,
+    quiet: bool,
+    trust_remote_code: bool,
 ) -> None:
     from dataclasses import asdict
 
@@ -262,26 +271,30 @@ def _run(
     from eggs_ptp.compare.render import SUMMARY_HEAD, summary_rows
     from eggs_ptp.compare.runner import check_settings, existing_record
     from eggs_ptp.compare.summary import groups
+    from eggs_ptp.formats.output import check_output_target, claim_output
+    from eggs_ptp.models.loading import resolve
 
     for pair in spec.skipped():
         click.echo(f"not run: {pair['method']} at {pair['pattern']} ({pair['reason']})")
+    check_output_target(output, True, inputs=[resolve(model)])  # emptiness is the record's to judge
     existing = existing_record(output, resume, overwrite)  # refuse before the model loads, not after
     if existing is not None:
         check_settings(existing, spec, output)
-    loaded = load_quietly(model, dtype, quiet)
-    try:
-        record = run_compare(
-            loaded,
-            spec,
-            output,
-            resume=resume,
-            overwrite=overwrite,
-            progress=not quiet,
-            command=command_line(model, output, spec, dtype),
-        )
-    except KeyboardInterrupt:
-        click.echo(f"interrupted; finished cells are in {output / RESULTS_FILE}: rerun with --resume", err=True)
-        sys.exit(130)
+    with claim_output(output):
+        loaded = load_quietly(model, dtype, quiet, trust_remote_code=trust_remote_code)
+        try:
+            record = run_compare(
+                loaded,
+                spec,
+                output,
+                resume=resume,
+                overwrite=overwrite,
+                progress=not quiet,
+                command=command_line(model, output, spec, dtype),
+            )
+        except KeyboardInterrupt:
+            click.echo(f"interrupted; finished cells are in {output / RESULTS_FILE}: rerun with --resume", err=True)
+            sys.exit(130)
     widths = [max(len(h), *(len(cells[i]) for cells, _ in summary_rows(record))) for i, h in enumerate(SUMMARY_HEAD)]
     for cells, best in [(SUMMARY_HEAD, False), *summary_rows(record)]:
         click.echo("  ".join(c.ljust(w) for c, w in zip(cells, widths)) + ("  <- best" if best else ""))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from tqdm.auto import tqdm
 
-from eggs_ptp.cli.main import user_errors
+from eggs_ptp.cli.main import trust_remote_code_option
 from eggs_ptp.models.loading import hide_loading_bars
 from eggs_ptp.pattern import Pattern
 
@@ -115,7 +115,7 @@ def _plots(name: str, rows: list[dict[str, Any]], metrics: list[LayerGraphMetric
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@user_errors
+@trust_remote_code_option
 def inspect_command(
     source: str,
     layers: tuple[str, ...],
@@ -127,6 +127,7 @@ def inspect_command(
     overwrite: bool,
     as_json: bool,
     quiet: bool,
+    trust_remote_code: bool,
 ) -> None:
     """Connectivity of every pruned layer of CHECKPOINT_OR_MODEL seen as a bipartite graph.
 
@@ -151,7 +152,7 @@ def inspect_command(
     check_output_target(out, overwrite)
     if quiet:
         hide_loading_bars()
-    masks = open_masks(source, layers)
+    masks = open_masks(source, layers, trust_remote_code)
     tiles = explicit_tiles or _tile_pattern(None, masks.pattern)
     if tile_height is not None and tiles is None:
         raise ValueError(f"--tile-height needs an N:M pattern, and {masks.name} records none; pass --pattern N:M")

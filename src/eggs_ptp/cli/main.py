@@ -1,23 +1,26 @@
 """``eggs-ptp prune | eval | verify``: thin wrappers over the Python API.
 
-User errors (bad patterns, missing models, short texts, existing outputs, NaN activations) are
-printed as one ``error:`` line and exit with status 2; ``verify`` exits 1 when a layer breaks its
-pattern. Set ``EGGS_PTP_TRACEBACK=1`` to see the full traceback instead.
+Every command runs inside one handler: user errors (bad patterns, missing models, short texts,
+existing or locked outputs, NaN activations) and the failures a user meets (a full disk, a
+read-only folder, a truncated or malicious checkpoint, broken JSON) are printed as one ``error:``
+line and exit with status 2; ``verify`` exits 1 when a checkpoint fails its check. ``--debug`` (or
+``EGGS_PTP_DEBUG=1``) shows the full traceback instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
+import pickle
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
+from safetensors import SafetensorError
 
 from eggs_ptp.api import Evaluation
 from eggs_ptp.cli.options import (
@@ -31,33 +34,43 @@ from eggs_ptp.cli.options import (
 )
 from eggs_ptp.config import ALLOCATIONS, OwlAllocation, PruneConfig
 from eggs_ptp.data import DEFAULT_TEXT
+from eggs_ptp.errors import describe_os_error, describe_read_error
 from eggs_ptp.methods import build_method, method_help, method_names
 from eggs_ptp.models import DEFAULT_MODEL
 from eggs_ptp.options import DTYPES, RunOptions
 from eggs_ptp.walk import NonFiniteActivationError
 
 # By this package's convention every bad-input error is a ValueError subclass with a one-line
-# message; NaN/Inf in activations or in the loss are the user's model's problem, not a bug.
+# message; NaN/Inf in activations or in the loss are the user's model's problem, not a bug. The
+# rest are what the machine or a file can do to any run.
 _USER_ERRORS = (ValueError, NonFiniteActivationError, FloatingPointError)
+_MET_ERRORS = (OSError, SafetensorError, pickle.UnpicklingError, MemoryError)
 
 
-def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the package's user-facing errors into one line on stderr and exit status 2."""
+def one_line(error: BaseException) -> str:
+    """The message a user sees for ``error``: its own for the package's errors, one naming the file
+    for the operating system's and the file formats'."""
+    if isinstance(error, OSError):
+        return describe_os_error(error)
+    if isinstance(error, MemoryError):
+        return "out of memory; try --low-memory, --offload-dir, a smaller --nsamples or --seqlen"
+    return describe_read_error("a model file", error) or " ".join(str(error).split()) or type(error).__name__
 
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+
+class Commands(click.Group):
+    """The command group, with one error handler around every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return command(*args, **kwargs)
-        except _USER_ERRORS as error:
-            if os.environ.get("EGGS_PTP_TRACEBACK"):
+            return super().invoke(ctx)
+        except (*_USER_ERRORS, *_MET_ERRORS) as error:
+            if ctx.params.get("debug") or os.environ.get("EGGS_PTP_DEBUG", "") not in ("", "0"):
                 raise
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {one_line(error)}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted; nothing was written", err=True)
             sys.exit(130)
-
-    return wrapper
 
 
 def emit_json(enabled: bool, payload: dict[str, Any]) -> None:
@@ -69,9 +82,10 @@ def _methods_help() -> str:
     return "; ".join(f"{name}: {method_help(name)}" for name in method_names())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
-def main(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback of a failure (also EGGS_PTP_DEBUG=1).")
+def main(verbose: bool, debug: bool) -> None:
     """Prune Hugging Face causal LMs to N:M sparsity with EGGS-PTP and its baselines.
 
     MODEL is the embedded default's short name (smollm2-135m), a hub id, or a local folder.
@@ -81,14 +95,21 @@ def main(verbose: bool) -> None:
     )
 
 
-def load_quietly(model: str, dtype: str, quiet: bool, device_map: str | None = None):
+def load_quietly(model: str, dtype: str, quiet: bool, device_map: str | None = None, trust_remote_code: bool = False):
     from eggs_ptp.models import load_model
     from eggs_ptp.models.loading import hide_loading_bars
 
     if quiet:
         hide_loading_bars()
 
-    return load_model(model, DTYPES[dtype], device_map)
+    return load_model(model, DTYPES[dtype], device_map, trust_remote_code)
+
+
+trust_remote_code_option = click.option(
+    "--trust-remote-code",
+    is_flag=True,
+    help="Run the Python code a model folder or hub repository ships, if it has any; only for code you trust.",
+)
 
 
 def _prune_options() -> list[click.Parameter]:
@@ -169,7 +190,6 @@ def _prune_config(ctx: click.Context, values: dict[str, Any]) -> PruneConfig:
 @main.command(cls=GroupedCommand, params=_prune_options())
 @click.argument("model", default=DEFAULT_MODEL)
 @click.pass_context
-@user_errors
 def prune(ctx: click.Context, model: str, **values: Any) -> None:
     """Prune MODEL and save it, dense with zeros, with sparsity.json, to OUTPUT.
 
@@ -260,14 +280,16 @@ def _launch(nproc: int) -> None:
 
 @contextlib.contextmanager
 def _resume_hint(output: Path) -> Iterator[None]:
-    """On Ctrl-C after some blocks finished, say where their progress is and how to continue."""
+    """On Ctrl-C, or a full disk, after some blocks finished, say where their progress is and how to
+    continue."""
+    from eggs_ptp.errors import FileError
     from eggs_ptp.walk.resume import completed_blocks, progress_folder
 
+    folder = progress_folder(output)
     try:
         yield
     except KeyboardInterrupt:
-        folder = progress_folder(output)
-        done = completed_blocks(folder)
+        done = completed_blocks(folder) if folder.is_dir() else 0
         if not done:
             raise
         click.echo(
@@ -276,6 +298,14 @@ def _resume_hint(output: Path) -> Iterator[None]:
             err=True,
         )
         sys.exit(130)
+    except OSError as error:
+        done = completed_blocks(folder) if folder.is_dir() else 0
+        if not done:
+            raise
+        raise FileError(
+            f"{describe_os_error(error)}; the {done} finished blocks are kept in {folder}: "
+            "rerun the same command with --resume to continue"
+        ) from error
 
 
 @main.command(name="eval")
@@ -286,9 +316,15 @@ def _resume_hint(output: Path) -> Iterator[None]:
     show_default=True,
     help="Evaluation text: 'wiki' (held-out split), a .txt/.jsonl file, or hf:DATASET.",
 )
-@click.option("--windows", type=int, default=None, help="Number of non-overlapping windows [default: all].")
 @click.option(
-    "--seqlen", type=int, default=2048, show_default=True, help="Context length per window (capped by the model's)."
+    "--windows", type=click.IntRange(min=1), default=None, help="Number of non-overlapping windows [default: all]."
+)
+@click.option(
+    "--seqlen",
+    type=click.IntRange(min=1),
+    default=2048,
+    show_default=True,
+    help="Context length per window (capped by the model's).",
 )
 @click.option(
     "--tasks",
@@ -301,7 +337,7 @@ def _resume_hint(output: Path) -> Iterator[None]:
 @click.option("--dtype", type=click.Choice(list(DTYPES)), default="float32", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-@user_errors
+@trust_remote_code_option
 def eval_command(
     model: str,
     text: str,
@@ -313,6 +349,7 @@ def eval_command(
     dtype: str,
     as_json: bool,
     quiet: bool,
+    trust_remote_code: bool,
 ) -> None:
     """Perplexity of MODEL (dense, pruned, or packed compact) on held-out text, in non-overlapping
     windows; or, with --tasks, its zero-shot scores from lm-evaluation-harness.
@@ -323,11 +360,12 @@ def eval_command(
       eggs-ptp eval smollm2-2of4 --tasks eggs_wiki_lastword
     """
     if tasks is not None:
-        _eval_tasks(model, [t.strip() for t in tasks.split(",") if t.strip()], limit, batch_size, dtype, as_json, quiet)
+        names = [t.strip() for t in tasks.split(",") if t.strip()]
+        _eval_tasks(model, names, limit, batch_size, dtype, as_json, quiet, trust_remote_code)
         return
     from eggs_ptp.api import perplexity_meter
 
-    loaded = _load_evaluable(model, dtype, quiet)
+    loaded = _load_evaluable(model, dtype, quiet, trust_remote_code)
     result = perplexity_meter(loaded.model, loaded.tokenizer, text, windows, seqlen, not quiet)(loaded.model)
     click.echo(
         f"perplexity {result.perplexity:.3f}  ({result.windows} windows x {result.seqlen} tokens = "
@@ -336,24 +374,31 @@ def eval_command(
     emit_json(as_json, {"model": model, **result.to_dict()})
 
 
-def _load_evaluable(model: str, dtype: str, quiet: bool):
+def _load_evaluable(model: str, dtype: str, quiet: bool, trust_remote_code: bool):
     from eggs_ptp.eval.loading import load_evaluable
     from eggs_ptp.models.loading import hide_loading_bars
 
     if quiet:
         hide_loading_bars()
-    return load_evaluable(model, DTYPES[dtype])
+    return load_evaluable(model, DTYPES[dtype], trust_remote_code)
 
 
 def _eval_tasks(
-    model: str, names: list[str], limit: int | None, batch_size: int, dtype: str, as_json: bool, quiet: bool
+    model: str,
+    names: list[str],
+    limit: int | None,
+    batch_size: int,
+    dtype: str,
+    as_json: bool,
+    quiet: bool,
+    trust_remote_code: bool,
 ) -> None:
     """Harness tasks load (and fetch their data) before the model, so a missing dataset fails fast."""
     from eggs_ptp.eval.harness import evaluate_tasks, load_tasks, quiet_harness_logs
 
     quiet_harness_logs()
     task_set = load_tasks(names)
-    loaded = _load_evaluable(model, dtype, quiet)
+    loaded = _load_evaluable(model, dtype, quiet, trust_remote_code)
     result = evaluate_tasks(
         loaded.model, loaded.tokenizer, task_set, limit=limit, batch_size=batch_size, progress=not quiet
     )
@@ -387,11 +432,18 @@ def verify(folder: Path, as_json: bool) -> None:
         click.echo(f"FAIL {error}", err=True)
         emit_json(as_json, {"folder": str(folder), "ok": False, "error": str(error)})
         sys.exit(1)
-    except ValueError as error:
-        click.echo(f"error: {error}", err=True)
-        sys.exit(2)
     click.echo(f"OK {checked} pruned layers obey their pattern")
     emit_json(as_json, {"folder": str(folder), "ok": True, "layers": checked})
 
 
-__all__ = ["emit_json", "eval_command", "load_quietly", "main", "prune", "user_errors", "verify"]
+__all__ = [
+    "Commands",
+    "emit_json",
+    "eval_command",
+    "load_quietly",
+    "main",
+    "one_line",
+    "prune",
+    "trust_remote_code_option",
+    "verify",
+]

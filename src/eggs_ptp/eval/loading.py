@@ -10,18 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
 from eggs_ptp.formats.compact import COMPACT_FILE, load_compact
-from eggs_ptp.models.loading import LoadedModel, load_model
+from eggs_ptp.models.loading import LoadedModel, load_model, load_tokenizer
 
 
-def load_evaluable(spec: str, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """A model and tokenizer from a short name, hub id, checkpoint folder or compact folder."""
+def load_evaluable(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> LoadedModel:
+    """A model and tokenizer from a short name, hub id, checkpoint folder or compact folder (compact
+    folders of models that ship their own code are not supported)."""
     folder = Path(spec).expanduser()
     if (folder / COMPACT_FILE).is_file():
-        return LoadedModel(load_compact(folder, dtype), AutoTokenizer.from_pretrained(folder), spec, str(folder), None)
-    return load_model(spec, dtype)
+        return LoadedModel(load_compact(folder, dtype), load_tokenizer(folder), spec, str(folder), None)
+    return load_model(spec, dtype, trust_remote_code=trust_remote_code)
 
 
 __all__ = ["load_evaluable"]

@@ -40,6 +40,10 @@ def perplexity(
     progress: bool = True,
 ) -> PerplexityResult:
     """Perplexity of ``model`` on the first ``windows`` windows of ``seqlen`` tokens (all when None)."""
+    if windows is not None and windows < 1:
+        raise DataError(f"the number of evaluation windows must be at least 1, got {windows}")
+    if seqlen < 1:
+        raise DataError(f"the evaluation context length must be at least 1 token, got {seqlen}")
     available = tokens.numel() // seqlen
     if available == 0:
         raise DataError(

@@ -166,13 +166,12 @@ def _shape_groups(record: dict[str, Any]) -> dict[tuple[int, int], list[str]]:
 def _prompt(folder: Path, length: int, vocab: int, seed: int) -> tuple[torch.Tensor, str]:
     """The first ``length`` tokens of the held-out text when the folder has a tokenizer and the
     embedded text is installed (a natural prompt, so greedy outputs are comparable), else random ids."""
-    from transformers import AutoTokenizer
-
     from eggs_ptp.data import DataError, load_text
     from eggs_ptp.data.calibration import tokenize
+    from eggs_ptp.models.loading import load_tokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = load_tokenizer(folder)
         ids = tokenize(tokenizer, load_text("wiki", "evaluation").text[: 20 * length])[:length]
         if len(ids) == length:
             return ids[None], f"first {length} tokens of the held-out wiki split"

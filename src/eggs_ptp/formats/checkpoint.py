@@ -17,28 +17,12 @@ from typing import Any, Iterator
 
 from transformers import PreTrainedModel
 
-from eggs_ptp.atomic import write_atomic
+from eggs_ptp.atomic import share_tree, write_atomic
+from eggs_ptp.errors import read_json
+from eggs_ptp.formats.output import check_output_target
 from eggs_ptp.report import PruneReport
 
 REPORT_FILE = "sparsity.json"
-
-
-class OutputExistsError(ValueError):
-    """The output folder exists and holds files, and overwriting was not asked for."""
-
-
-def check_output_target(out: Path, overwrite: bool) -> None:
-    """Fail before any work if ``out`` cannot receive the result."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"output {out} is a file; give a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise OutputExistsError(f"output folder {out} exists and is not empty; pass --overwrite to replace it")
-    parent = out.resolve().parent
-    if not parent.exists():
-        parent.mkdir(parents=True)
-    if not os.access(parent, os.W_OK):
-        raise OutputExistsError(f"cannot write into {parent}; choose another output folder")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -49,11 +33,13 @@ def write_json_atomic(path: Path, data: Any) -> None:
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """Yield a hidden staging folder beside ``out`` (already checked with ``check_output_target``)
-    and rename it into place only when the body succeeds; an existing ``out`` is retired only then."""
+    and rename it into place only when the body succeeds; an existing ``out`` is retired only then.
+    The result gets the modes the umask gives, as files written in place would."""
     out = Path(out)
     staging = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.partial-"))
     try:
         yield staging
+        share_tree(staging)
         if out.exists():
             retired = out.resolve().parent / f".{out.name}.replaced-{os.getpid()}"
             out.rename(retired)
@@ -81,19 +67,22 @@ def save_pruned(
 
 
 def read_report(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / REPORT_FILE
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(
+            f"{folder} does not exist or is not a folder; give a checkpoint folder written by eggs-ptp prune"
+        )
+    path = folder / REPORT_FILE
     if not path.is_file():
         raise ValueError(f"{folder} has no {REPORT_FILE}; is it a checkpoint written by eggs-ptp prune?")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("type") != "eggs-ptp/sparsity":
+    data = read_json(path)
+    if not isinstance(data, dict) or data.get("type") != "eggs-ptp/sparsity":
         raise ValueError(f"{path} is not an eggs-ptp sparsity record")
     return data
 
 
 __all__ = [
     "REPORT_FILE",
-    "OutputExistsError",
-    "check_output_target",
     "read_report",
     "save_pruned",
     "staged_folder",

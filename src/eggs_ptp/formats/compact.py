@@ -20,7 +20,6 @@ negative weight) comes back as +0.0, equal in value, and ``pack_checkpoint`` cou
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,16 +29,14 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from eggs_ptp.formats.checkpoint import (
-    check_output_target,
-    read_report,
-    staged_folder,
-    write_json_atomic,
-)
+from eggs_ptp.errors import read_json, reading
+from eggs_ptp.formats.checkpoint import read_report, staged_folder, write_json_atomic
 from eggs_ptp.formats.codec import compress, decompress, negative_zeros
+from eggs_ptp.formats.output import check_output_target, claim_output
 from eggs_ptp.formats.verify import tensor_files
+from eggs_ptp.models.loading import load_config
 from eggs_ptp.pattern import Pattern
 
 COMPACT_FILE = "compact.json"
@@ -98,13 +95,16 @@ def pack_checkpoint(src: Path, out: Path, overwrite: bool = False) -> PackResult
     pattern = Pattern.parse(report["pattern"])
     if not pattern.structured:
         raise ValueError(f"{src} was pruned unstructured ({pattern}); the compact format is N:M only")
-    if out.resolve() == src.resolve():
-        raise ValueError("the output folder must differ from the checkpoint being packed")
-    check_output_target(out, overwrite)
+    check_output_target(out, overwrite, inputs=[src])
+    with claim_output(out):
+        return _pack(src, out, report, pattern)
+
+
+def _pack(src: Path, out: Path, report: dict[str, Any], pattern: Pattern) -> PackResult:
     files = tensor_files(src)
     tensors: dict[str, torch.Tensor] = {}
     for path in files:
-        with safe_open(str(path), framework="pt") as handle:
+        with reading(path), safe_open(str(path), framework="pt") as handle:
             tensors.update({key: handle.get_tensor(key) for key in handle.keys()})
     layers, pruned_dense, pruned_compact, cleared = [], 0, 0, 0
     for layer in (l for l in report["layers"] if l["skipped"] is None):
@@ -161,8 +161,12 @@ def read_compact(folder: Path) -> dict[str, Any]:
     path = Path(folder) / COMPACT_FILE
     if not path.is_file():
         raise ValueError(f"{folder} has no {COMPACT_FILE}; is it a folder written by eggs-ptp pack?")
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("type") != COMPACT_TYPE or record.get("schema_version") != COMPACT_VERSION:
+    record = read_json(path)
+    if (
+        not isinstance(record, dict)
+        or record.get("type") != COMPACT_TYPE
+        or record.get("schema_version") != COMPACT_VERSION
+    ):
         raise ValueError(f"{path} is not an eggs-ptp compact record of schema version {COMPACT_VERSION}")
     return record
 
@@ -170,7 +174,8 @@ def read_compact(folder: Path) -> dict[str, Any]:
 def read_compact_tensors(folder: Path) -> tuple[dict[str, Any], Pattern, dict[str, torch.Tensor]]:
     """The record, its pattern and the stored tensors of a packed folder, each layer's present."""
     record = read_compact(folder)
-    state = load_file(str(folder / WEIGHTS_FILE))
+    with reading(folder / WEIGHTS_FILE):
+        state = load_file(str(folder / WEIGHTS_FILE))
     for layer in record["layers"]:
         key = f"{layer['name']}.weight"
         if f"{key}.values" not in state or f"{key}.bitmask" not in state:
@@ -200,7 +205,7 @@ def model_from_state(
 ) -> PreTrainedModel:
     """The causal LM of ``folder``'s config with ``state`` loaded strictly (eval mode); ``prepare``
     may first replace modules (and rename their keys in ``state``)."""
-    config = AutoConfig.from_pretrained(folder)
+    config = load_config(folder)
     model = AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype is not None else {}))
     if prepare is not None:
         prepare(model)

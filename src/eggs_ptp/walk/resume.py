@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from eggs_ptp.atomic import atomic_path, write_atomic
+from eggs_ptp.errors import read_json
 from eggs_ptp.walk.activations import ActivationStore, persist, restore
 from eggs_ptp.walk.block import LayerReport
 from eggs_ptp.walk.distributed import Ranks
@@ -29,6 +30,13 @@ STATE_FILE = "state.json"
 
 class ResumeError(ValueError):
     """Progress on disk cannot be continued by this run; the message says why and what to do."""
+
+
+def resumable(error: BaseException) -> bool:
+    """Whether a rerun with ``--resume`` can get past ``error``: an interruption (Ctrl-C, a signal,
+    anything that is not an ``Exception``), a full disk or another OS error, or memory. Bad settings,
+    NaN activations or a singular Hessian would recur from the same inputs."""
+    return not isinstance(error, Exception) or isinstance(error, (OSError, MemoryError, torch.OutOfMemoryError))
 
 
 @dataclass
@@ -51,7 +59,7 @@ def progress_folder(out: Path) -> Path:
 def completed_blocks(folder: Path) -> int:
     """How many blocks the progress in ``folder`` holds."""
     state = Path(folder) / STATE_FILE
-    return json.loads(state.read_text(encoding="utf-8"))["next_block"] if state.is_file() else 0
+    return read_json(state)["next_block"] if state.is_file() else 0
 
 
 def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -106,7 +114,7 @@ class RunProgress:
             )
         if resume and state_path.is_file():
             self._check_fingerprint()
-            state = json.loads(state_path.read_text(encoding="utf-8"))
+            state = read_json(state_path)
             inputs = restore(self.folder / state["inputs"] / f"rank-{self._rank}", dtype, offload)
             return Resumed(
                 state["next_block"],
@@ -124,7 +132,7 @@ class RunProgress:
         return None
 
     def _check_fingerprint(self) -> None:
-        saved = _flatten(json.loads((self.folder / RUN_FILE).read_text(encoding="utf-8")))
+        saved = _flatten(read_json(self.folder / RUN_FILE))
         current = _flatten(self.fingerprint)
         differences = [
             f"{key} was {saved.get(key)!r}, now {current.get(key)!r}"
@@ -177,9 +185,13 @@ class RunProgress:
     def load_block(self, index: int) -> dict[str, torch.Tensor]:
         return load_file(str(self.block_file(index)))
 
-    def discard_if_empty(self) -> None:
-        """After a failure: drop a progress folder that holds no finished block."""
-        if self._writer and self.folder.exists() and not completed_blocks(self.folder):
+    def abandon(self, error: BaseException) -> None:
+        """After a failure: keep finished blocks only when a rerun with ``--resume`` can get past it;
+        a failure the same inputs would repeat removes the progress, so the next run starts clean.
+        Progress this run refused to continue (a :class:`ResumeError`) is not its own to remove."""
+        if not self._writer or not self.folder.exists() or isinstance(error, ResumeError):
+            return
+        if not resumable(error) or not completed_blocks(self.folder):
             shutil.rmtree(self.folder, ignore_errors=True)
 
     def finish(self) -> None:
@@ -189,4 +201,13 @@ class RunProgress:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
-__all__ = ["RUN_FILE", "STATE_FILE", "ResumeError", "Resumed", "RunProgress", "completed_blocks", "progress_folder"]
+__all__ = [
+    "RUN_FILE",
+    "STATE_FILE",
+    "ResumeError",
+    "Resumed",
+    "RunProgress",
+    "completed_blocks",
+    "progress_folder",
+    "resumable",
+]

@@ -53,6 +53,18 @@ def _skip_reason(layer: PrunableLinear, pattern: Pattern) -> str | None:
     return None
 
 
+def prunable_layers(
+    blocks: Sequence[nn.Module], prefix: str, pattern: Pattern, include: tuple[str, ...], exclude: tuple[str, ...]
+) -> int:
+    """How many layers of ``blocks`` the walk would prune, known from shapes alone (meta tensors
+    too), so that a run that could prune nothing fails before any forward."""
+    return sum(
+        _skip_reason(layer, pattern) is None
+        for index, block in enumerate(blocks)
+        for layer in find_linears(block, f"{prefix}.{index}", include, exclude)
+    )
+
+
 @torch.no_grad()
 def _prune_block(
     block: nn.Module,
@@ -226,4 +238,4 @@ def walk_and_prune(
     return reports
 
 
-__all__ = ["ERROR_WINDOWS", "BlockDone", "walk_and_prune"]
+__all__ = ["ERROR_WINDOWS", "BlockDone", "prunable_layers", "walk_and_prune"]
