@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from safetensors import safe_open
 
+from eggs_ptp.errors import reading
 from eggs_ptp.formats.checkpoint import REPORT_FILE, read_report
 from eggs_ptp.models import (
     ModelError,
@@ -110,14 +111,14 @@ def _from_report(folder: Path, wanted: Sequence[str]) -> MaskSource:
         raise ValueError(f"{folder} holds no .safetensors weights")
     where: dict[str, Path] = {}
     for path in files:
-        with safe_open(str(path), framework="pt") as handle:
+        with reading(path), safe_open(str(path), framework="pt") as handle:
             where.update(dict.fromkeys(handle.keys(), path))
 
     def read(info: LayerInfo) -> torch.Tensor:
         key = f"{info.name}.weight"
         if key not in where:
             raise ValueError(f"{info.name}: weight {key} is missing from {folder}")
-        with safe_open(str(where[key]), framework="pt") as handle:
+        with reading(where[key]), safe_open(str(where[key]), framework="pt") as handle:
             weight = handle.get_tensor(key)
         weight = weight.T if info.transposed else weight  # (out, in)
         if tuple(weight.shape) != info.shape:

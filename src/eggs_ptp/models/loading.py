@@ -208,7 +208,8 @@ def _check_causal(spec: str, location: str, trust_remote_code: bool) -> Pretrain
             f"could not load {spec!r}: it is not a model folder, and the hub did not provide it "
             f"(offline, or no such repository): {str(error).splitlines()[0]}"
         ) from error
-    if getattr(config, "is_encoder_decoder", False) or config.model_type not in CAUSAL_LM_TYPES:
+    ships_causal_lm = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
+    if getattr(config, "is_encoder_decoder", False) or not (config.model_type in CAUSAL_LM_TYPES or ships_causal_lm):
         raise ModelError(
             f"{spec!r} ({config.model_type}) is not a decoder-only causal language model; "
             "eggs-ptp prunes models that AutoModelForCausalLM loads"

@@ -104,10 +104,11 @@ class RunProgress:
         """Start a fresh progress folder, or with ``resume`` pick up the one there.
 
         Raises:
-            ResumeError: progress exists and ``resume`` is off, or it belongs to a different run.
+            ResumeError: progress with finished blocks exists and ``resume`` is off, or it belongs to
+                a different run.
         """
         state_path = self.folder / STATE_FILE
-        if self.folder.exists() and not resume:
+        if not resume and completed_blocks(self.folder):  # progress with no finished block holds nothing to keep
             raise ResumeError(
                 f"an interrupted run left its progress in {self.folder}; pass --resume to continue it, "
                 "or delete that folder to start over"

@@ -1,0 +1,69 @@
+"""Run ``eggs-ptp ARGS`` in this process with a fault at a named point of the run.
+
+    python fault.py POINT ACTION ARGS...
+
+POINT is where: ``calibration`` (the statistics forward of block 1), ``block-N`` (right after block
+N's progress is committed) or ``save`` (inside the final staging folder, once the weights are
+written). ACTION is ``kill`` (SIGKILL, so no handler or ``finally`` runs) or ``pause:SECONDS``
+(hold the run there, e.g. so that a second run meets it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+
+def act(action: str) -> None:
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    seconds = float(action.removeprefix("pause:"))
+    print(f"paused {os.getpid()}", file=sys.stderr, flush=True)
+    time.sleep(seconds)
+
+
+def install(point: str, action: str) -> None:
+    import eggs_ptp.api as api
+    import eggs_ptp.formats.checkpoint as checkpoint
+    import eggs_ptp.walk.resume as resume
+    import eggs_ptp.walk.sequential as sequential
+
+    if point == "calibration":
+        run_block = sequential.run_block
+
+        def calibrate_then_fault(block, call, hidden, index, stage, *args, **kwargs):
+            if stage == "calibration" and index == 1:
+                act(action)
+            return run_block(block, call, hidden, index, stage, *args, **kwargs)
+
+        sequential.run_block = calibrate_then_fault
+    elif point.startswith("block-"):
+        wanted, save_block = int(point.removeprefix("block-")), resume.RunProgress.save_block
+
+        def save_then_fault(self, index, *args, **kwargs):
+            save_block(self, index, *args, **kwargs)
+            if index == wanted:
+                act(action)
+
+        resume.RunProgress.save_block = save_then_fault
+    elif point == "save":
+        for module in (api, checkpoint):  # the report is the last file written into the staging folder
+            write = module.write_json_atomic
+
+            def fault_then_write(path, data, write=write):
+                if ".partial-" in str(path):
+                    act(action)
+                return write(path, data)
+
+            module.write_json_atomic = fault_then_write
+    else:
+        raise SystemExit(f"unknown fault point {point}")
+
+
+if __name__ == "__main__":
+    install(sys.argv[1], sys.argv[2])
+    from eggs_ptp.cli import main
+
+    main(sys.argv[3:], prog_name="eggs-ptp")
