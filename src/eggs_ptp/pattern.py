@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 
 import torch
 
@@ -38,14 +39,18 @@ class Pattern:
 
     @classmethod
     def parse(cls, text: str) -> "Pattern":
-        """Parse ``"2:4"`` into N:M or ``"0.5"`` / ``"50%"`` into unstructured sparsity."""
+        """Parse ``"2:4"`` into N:M or ``"0.5"`` / ``"50%"`` into unstructured sparsity.
+
+        A percentage is divided in decimal, so ``"14.3%"`` is exactly ``"0.143"`` (a float division
+        would give 0.14300000000000002, a different pattern from the one its string names).
+        """
         match = _NM.match(text)
         if match:
             return cls(n=int(match.group(1)), m=int(match.group(2)))
         stripped = text.strip()
         try:
-            value = float(stripped[:-1]) / 100 if stripped.endswith("%") else float(stripped)
-        except ValueError:
+            value = float(Decimal(stripped[:-1]) / 100) if stripped.endswith("%") else float(stripped)
+        except (ValueError, ArithmeticError):
             raise ValueError(
                 f"cannot read pattern {text!r}: use N:M with 0 < N < M (e.g. 2:4) or a sparsity fraction (e.g. 0.5)"
             ) from None
@@ -65,7 +70,13 @@ class Pattern:
         return int(round(in_features * self.density))
 
     def __str__(self) -> str:
-        return f"{self.n}:{self.m}" if self.structured else f"{self.sparsity:g}"
+        """The text ``parse`` reads back to an equal pattern.
+
+        Configs and checkpoint records store this string and parse it again, so a sparsity is never
+        rounded: an OWL layer pruned at 0.3243407 keeps 2768 of 4096 per row, and read back as
+        0.324341 it would allow only 2767.
+        """
+        return f"{self.n}:{self.m}" if self.structured else repr(float(self.sparsity))
 
 
 @dataclass(frozen=True)
@@ -78,12 +89,21 @@ class Violation:
 
 
 def pattern_violations(weight: torch.Tensor, pattern: Pattern) -> Violation | None:
-    """First place where ``weight`` (out, in) keeps more than the pattern allows, or None."""
+    """First place where ``weight`` (out, in) keeps more than the pattern allows, or None.
+
+    Raises:
+        ValueError: if ``weight`` is not 2-D, or its ``in`` does not split into groups of M.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be a 2-D (out, in) tensor, got shape {tuple(weight.shape)}")
+    out_features, in_features = weight.shape
+    if pattern.structured and in_features % pattern.m:
+        raise ValueError(f"in_features {in_features} is not divisible by M={pattern.m} of pattern {pattern}")
     kept = weight != 0
     if pattern.structured:
-        over = kept.reshape(kept.shape[0], -1, pattern.m).sum(dim=-1) > pattern.n  # (out, groups)
+        over = kept.reshape(out_features, in_features // pattern.m, pattern.m).sum(dim=-1) > pattern.n  # (out, G)
     else:
-        over = (kept.sum(dim=1) > pattern.kept_per_row(weight.shape[1])).unsqueeze(1)  # (out, 1)
+        over = (kept.sum(dim=1) > pattern.kept_per_row(in_features)).unsqueeze(1)  # (out, 1)
     if not over.any():
         return None
     row, group = (int(i) for i in over.nonzero()[0])

@@ -1,4 +1,5 @@
-"""Run ``eggs-ptp ARGS`` in this process with a fault at a named point of the run.
+"""Run ``eggs-ptp ARGS`` in this process with a fault at a named point of the run; and the helpers
+the fault tests share to run real processes and compare their outputs.
 
     python fault.py POINT ACTION ARGS...
 
@@ -10,10 +11,55 @@ written). ACTION is ``kill`` (SIGKILL, so no handler or ``finally`` runs) or ``p
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+FAULT = Path(__file__)
+
+
+def environment() -> dict[str, str]:
+    # One thread in every process: the same arithmetic whichever run is compared with which.
+    return {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+
+
+def command(model: Path, out: Path, calib: Path, *extra: str) -> list[str]:
+    return [
+        "prune", str(model), "-o", str(out), "--nsamples", "4", "--seqlen", "16", "--calib", str(calib),
+        "--method", "sparsegpt", "-q", *extra,
+    ]  # fmt: skip
+
+
+def run(arguments: list[str], fault: tuple[str, str] | None = None) -> subprocess.CompletedProcess:
+    prefix = [str(FAULT), *fault] if fault else ["-m", "eggs_ptp"]
+    return subprocess.run(
+        [sys.executable, *prefix, *arguments], env=environment(), capture_output=True, text=True, timeout=300
+    )
+
+
+def layers(folder: Path) -> list[dict]:
+    record = json.loads((folder / "sparsity.json").read_text())
+    return [{k: v for k, v in layer.items() if k != "seconds"} for layer in record["layers"]]
+
+
+def weight_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if ".safetensors" in p.name}
+
+
+def assert_identical(result: Path, reference: Path) -> None:
+    assert weight_files(result) == weight_files(reference) != {}
+    assert layers(result) == layers(reference)
+
+
+def leftovers(out: Path) -> list[str]:
+    return sorted(p.name for p in out.parent.iterdir() if p.name.startswith(f".{out.name}."))
 
 
 def act(action: str) -> None:

@@ -200,3 +200,36 @@ def test_selecting_in_row_chunks_gives_the_same_mask(rule, tile_height):
     whole = selector.select(scores, Pattern.parse("2:4"))
     for budget in (1, 16 * 8, 16 * 17):  # one tile per chunk, at least one, and an uneven split
         assert torch.equal(select_in_chunks(selector, scores, Pattern.parse("2:4"), budget), whole)
+
+
+def test_repair_when_swap_costs_overflow_float32():
+    # Top-k keeps columns 0 and 2 of every row; every swap into column 1 or 3 costs 3e38 + 3e38,
+    # beyond float32, and once made the invalid entry (0, 0, 0) could win the argmin. All swaps cost
+    # the same, so as for equal scores: row 0 trades column 0 for 1, then column 2 for 3.
+    row = [3e38, -3e38, 3e38, -3e38]
+    mask = EggsSelector("repair", 1).select(torch.tensor([row] * 4), P24)
+    assert torch.equal(mask, torch.tensor([[F, T, F, T]] + [[T, F, T, F]] * 3))
+
+
+def test_matching_enumeration_when_sums_overflow_float32():
+    # Every sum of four -3e38 is -Inf in float32, so matchings through forced entries tied with the
+    # rest. As for equal scores: the identity, then the first permutation avoiding it, (1, 0, 3, 2).
+    mask = EggsSelector("matching", 2).select(torch.full((4, 4), -3e38), P24)
+    assert torch.equal(mask, torch.tensor([[T, T, F, F], [T, T, F, F], [F, F, T, T], [F, F, T, T]]))
+
+
+def test_matching_fallback_forbids_forced_entries_at_any_magnitude():
+    # M = 8 runs the Hungarian fallback. For constant scores of 1e20 the former exclusion value
+    # low - (H + 1) * (range + 1) rounded back to 1e20, later rounds re-picked forced entries and
+    # four columns kept only 1 of B = 3. The scale must not matter.
+    pattern = Pattern(n=4, m=8)
+    mask = EggsSelector("matching", 3).select(torch.full((8, 8), 1e20), pattern)
+    check_guarantee(mask, 4, 8, 3, 8)
+    assert torch.equal(mask, EggsSelector("matching", 3).select(torch.ones(8, 8), pattern))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_full_tiles_without_columns_give_an_empty_mask(rule):
+    # The fallback took min() of no scores: a numpy ValueError about reductions.
+    mask = EggsSelector(rule, 1, 8).select(torch.zeros(8, 0), P24)
+    assert mask.shape == (8, 0) and mask.dtype == torch.bool

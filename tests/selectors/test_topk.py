@@ -63,3 +63,11 @@ def test_top_k_in_row_chunks_gives_the_same_mask(pattern):
     scores = torch.rand(37, 16, generator=torch.Generator().manual_seed(2))
     whole = TopKSelector().select(scores, Pattern.parse(pattern))
     assert torch.equal(select_in_chunks(TopKSelector(), scores, Pattern.parse(pattern), 16 * 5), whole)
+
+
+def test_select_nm_ranks_nan_above_inf():
+    # Documented order (torch.sort's): NaN, +Inf, finite values, -Inf; -0.0 ties 0.0 (lower column).
+    nan, inf = float("nan"), float("inf")
+    scores = torch.tensor([[1.0, nan, 3.0, inf, nan, -inf, 0.0, -0.0]])
+    assert torch.equal(select_nm(scores, 2, 4), torch.tensor([[F, T, F, T, T, F, T, F]]))
+    assert torch.equal(select_per_row(scores, 3), torch.tensor([[F, T, F, T, T, F, F, F]]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -81,6 +82,23 @@ def check_guarantee(mask: torch.Tensor, n: int, m: int, b: int, tile_height: int
         )
 
 
+def _bounded(work: torch.Tensor, h: int) -> torch.Tensor:
+    """``work``, or an exact rescaling of it, whose tile sums cannot overflow.
+
+    The rules add up to H scores (diagonal sums, matchings, scipy's assignment costs) or subtract
+    two (repair swap costs); an overflow to Inf there picks forbidden entries and breaks the
+    guarantee. Scores above the dtype's largest value / (8 H^2) are widened from float32 to
+    float64 (exact) or, already float64, divided by a power of two (exact short of values so small
+    against the largest that they turn subnormal); either way every rule chooses the same.
+    """
+    limit = torch.finfo(work.dtype).max / (8 * h * h)
+    if not bool((work.abs() > limit).any()):
+        return work
+    if work.dtype != torch.float64:
+        return work.double()
+    return work * 2.0 ** -math.ceil(math.log2(float(work.abs().max()) / limit))
+
+
 def _to_tiles(scores: torch.Tensor, h: int, m: int) -> torch.Tensor:
     """(tiles_r * H, G * M) -> (T, H, M) with T = tiles_r * G, tile-row major."""
     rows, in_features = scores.shape
@@ -143,21 +161,20 @@ def _matching_scipy(scores: torch.Tensor, b: int) -> torch.Tensor:
     """``b`` successive maximum-weight assignments per tile with scipy's Hungarian solver.
 
     Each column is replicated H/M times so every round gives each row one entry and each column
-    H/M entries. Entries forced earlier get a value low enough that no optimum uses them; the
-    remaining graph stays regular, so a full assignment without them always exists. Ties follow
-    scipy's solver (deterministic, but not lexicographic like the enumeration).
+    H/M entries. Entries forced earlier are forbidden with -Inf (a finite "low enough" value is
+    lost to rounding next to large scores); the remaining graph stays regular, so a full
+    assignment without them always exists. Ties follow scipy's solver (deterministic, but not
+    lexicographic like the enumeration).
     """
     if b == 0:
         return torch.zeros_like(scores, dtype=torch.bool)
     tiles, h, m = scores.shape
     reps = h // m
     values = scores.detach().to("cpu", torch.float64).numpy()  # (T, H, M)
-    low, high = float(values.min()), float(values.max())
-    excluded = low - (h + 1) * (high - low + 1.0)
     forced = np.zeros(values.shape, dtype=bool)
     start = time.perf_counter()
     for _ in range(b):
-        cost = np.repeat(np.where(forced, excluded, values), reps, axis=2)  # (T, H, H)
+        cost = np.repeat(np.where(forced, -np.inf, values), reps, axis=2)  # (T, H, H)
         for tile in range(tiles):
             row_ind, col_ind = linear_sum_assignment(cost[tile], maximize=True)
             forced[tile, row_ind, col_ind // reps] = True
@@ -270,7 +287,7 @@ class EggsSelector:
         mask = torch.empty(scores.shape, dtype=torch.bool, device=scores.device)
         mask[full:] = select_nm(scores[full:], n, m)
         if full:
-            work = scores[:full].to(torch.promote_types(scores.dtype, torch.float32))
+            work = _bounded(scores[:full].to(torch.promote_types(scores.dtype, torch.float32)), h)
             tiles = _to_tiles(work, h, m)  # (T, H, M)
             if self.rule == "repair":
                 tile_mask = _repair(tiles, n, self.b)

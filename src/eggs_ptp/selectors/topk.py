@@ -43,6 +43,9 @@ def select_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep the ``n`` largest scores in every group of ``m`` consecutive columns.
 
     Comparison group: per output row, groups of ``m`` along ``in``. Ties go to the lower column.
+    Scores need not be finite (the selectors reject NaN and Inf before this, but the EGGS fill
+    forces entries with +Inf): NaN ranks above +Inf, as in ``torch.sort``, so a group still keeps
+    exactly ``n``.
 
     Args:
         scores: (out, in) scores, ``in`` divisible by ``m``.
@@ -70,7 +73,8 @@ def select_nm(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 def select_per_row(scores: torch.Tensor, keep: int) -> torch.Tensor:
     """Keep the ``keep`` largest scores of every row (unstructured sparsity).
 
-    Comparison group: per output row, all ``in`` columns. Ties go to the lower column.
+    Comparison group: per output row, all ``in`` columns. Ties go to the lower column; NaN ranks
+    above +Inf, as in ``select_nm``.
 
     Args:
         scores: (out, in) scores.
