@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pickle
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -61,6 +63,22 @@ def describe_read_error(path: Path | str, error: BaseException) -> str | None:
     return None
 
 
+_OS_ERROR_CODE = re.compile(r"\(os error (\d+)\)")
+
+
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Report a safetensors write that the operating system refused (a full disk, say) as the
+    ``OSError`` it is, naming ``path``: safetensors reports it as its own error type."""
+    try:
+        yield
+    except SafetensorError as error:
+        code = _OS_ERROR_CODE.search(str(error))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from error
+
+
 @contextmanager
 def reading(path: Path | str) -> Iterator[None]:
     """Turn a failure to read ``path`` (truncated safetensors, refused pickle, bad UTF-8 or JSON, an
@@ -88,4 +106,4 @@ def read_text(path: Path | str) -> str:
         return Path(path).read_text(encoding="utf-8")
 
 
-__all__ = ["FileError", "describe_os_error", "describe_read_error", "read_json", "read_text", "reading"]
+__all__ = ["FileError", "describe_os_error", "describe_read_error", "read_json", "read_text", "reading", "writing"]

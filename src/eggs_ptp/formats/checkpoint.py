@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from transformers import PreTrainedModel
 
 from eggs_ptp.atomic import share_tree, write_atomic
-from eggs_ptp.errors import read_json
+from eggs_ptp.errors import read_json, writing
 from eggs_ptp.formats.output import check_output_target
 from eggs_ptp.report import PruneReport
 
@@ -38,7 +38,8 @@ def staged_folder(out: Path) -> Iterator[Path]:
     out = Path(out)
     staging = Path(tempfile.mkdtemp(dir=out.resolve().parent, prefix=f".{out.name}.partial-"))
     try:
-        yield staging
+        with writing(out):
+            yield staging
         share_tree(staging)
         if out.exists():
             retired = out.resolve().parent / f".{out.name}.replaced-{os.getpid()}"

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from eggs_ptp.errors import writing
+
 
 class OffloadDirError(ValueError):
     """The activation offload folder cannot be used; the message says why."""
@@ -45,7 +47,8 @@ class ActivationStore:
         if self.folder is None:
             self._windows.append(stored.clone() if stored.data_ptr() == window.data_ptr() else stored)
         else:
-            save_file({"hidden": stored.contiguous()}, str(self.window_path(self._count)))
+            with writing(self.window_path(self._count)):
+                save_file({"hidden": stored.contiguous()}, str(self.window_path(self._count)))
         self._count += 1
 
     def __len__(self) -> int:

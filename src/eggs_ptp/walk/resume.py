@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from eggs_ptp.atomic import atomic_path, write_atomic
-from eggs_ptp.errors import read_json
+from eggs_ptp.errors import read_json, writing
 from eggs_ptp.walk.activations import ActivationStore, persist, restore
 from eggs_ptp.walk.block import LayerReport
 from eggs_ptp.walk.distributed import Ranks
@@ -161,13 +161,14 @@ class RunProgress:
         """Persist block ``index`` as done: its tensors, block ``index + 1``'s inputs, then the state."""
         name = f"inputs-{index + 1:05d}"
         if self._writer:
-            with atomic_path(self.block_file(index)) as temporary:
+            with writing(self.block_file(index)), atomic_path(self.block_file(index)) as temporary:
                 save_file(
                     {key: value.detach().cpu().contiguous() for key, value in tensors.items()},
                     str(temporary),
                     metadata={"format": "pt"},
                 )
-        persist(inputs, self.folder / name / f"rank-{self._rank}")
+        with writing(self.folder / name):
+            persist(inputs, self.folder / name / f"rank-{self._rank}")
         self._sync()
         if self._writer:
             state = {
