@@ -4,24 +4,45 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
 from eggs_ptp.formats import OutputError, OutputExistsError, OutputLockedError, check_output_target, claim_output
 from eggs_ptp.formats.output import lock_path
 
+from helpers import SRC
 
-def test_a_second_claim_is_refused_naming_the_holder(tmp_path):
+# A process that holds the claim on argv[1] until killed.
+HOLD = """
+import sys, time
+from eggs_ptp.formats import claim_output
+with claim_output(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_claim_held_by_another_process_is_refused_naming_it(tmp_path):
     out = tmp_path / "out"
-    with claim_output(out):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)], env={**os.environ, "PYTHONPATH": str(SRC)}, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"held"
         owner = json.loads(lock_path(out).read_text())
-        assert owner["pid"] == os.getpid() and owner["started"]
-        with pytest.raises(OutputLockedError, match=rf"is being written by process {os.getpid()} on .* \(started at "):
+        assert owner["pid"] == holder.pid and owner["started"]
+        with pytest.raises(OutputLockedError, match=rf"is being written by process {holder.pid} on .* \(started at "):
             with claim_output(out):
                 pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim_output(out):  # the dead holder's lock is taken over
+        with claim_output(out):  # and a claim within a claim of this process is the same claim
+            assert json.loads(lock_path(out).read_text())["pid"] == os.getpid()
     assert not lock_path(out).exists()
-    with claim_output(out):  # free again
-        pass
 
 
 def test_a_lock_file_without_a_holder_is_taken_over(tmp_path):

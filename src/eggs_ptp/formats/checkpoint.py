@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 
 from eggs_ptp.atomic import share_tree, write_atomic
 from eggs_ptp.errors import read_json, writing
-from eggs_ptp.formats.output import check_output_target
+from eggs_ptp.formats.output import check_output_target, claim_output
 from eggs_ptp.report import PruneReport
 
 REPORT_FILE = "sparsity.json"
@@ -56,10 +56,11 @@ def staged_folder(out: Path) -> Iterator[Path]:
 def save_pruned(
     model: PreTrainedModel, tokenizer: object | None, report: PruneReport, out: Path, overwrite: bool = False
 ) -> Path:
-    """Write the model (safetensors), tokenizer and ``sparsity.json`` to ``out`` atomically."""
+    """Write the model (safetensors), tokenizer and ``sparsity.json`` to ``out`` atomically, holding
+    the output's lock (:func:`~eggs_ptp.formats.output.claim_output`) meanwhile."""
     out = Path(out)
     check_output_target(out, overwrite)
-    with staged_folder(out) as staging:
+    with claim_output(out), staged_folder(out) as staging:
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)

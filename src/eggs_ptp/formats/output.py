@@ -104,17 +104,25 @@ def _remove_leftovers(out: Path) -> None:
             shutil.rmtree(stale, ignore_errors=True)
 
 
+# Outputs this process holds: a claim inside a claim of the same output (save_pruned within
+# prune_to_folder) is the same claim.
+_HELD: set[Path] = set()
+
+
 @contextmanager
 def claim_output(out: Path) -> Iterator[None]:
     """Hold the output ``out`` for this process while the body writes it.
 
     Creates ``out``'s missing parents (removed again if the body fails and they are still empty),
-    takes the lock, and removes what earlier, dead writers left beside ``out``.
+    takes the lock, and removes what earlier, dead writers left beside ``out``. Re-entrant.
 
     Raises:
         OutputLockedError: a live process holds the lock; the message names it.
     """
     out = Path(out).resolve()
+    if out in _HELD:
+        yield
+        return
     created = _create_parents(out.parent)
     path = lock_path(out)
 
@@ -144,17 +152,19 @@ def claim_output(out: Path) -> Iterator[None]:
         raise OutputLockedError(
             f"{out} is being written by {_holder(path)}; wait for it to finish, or write to another folder"
         )
+    _HELD.add(out)
     try:
         _remove_leftovers(out)
         yield
     except BaseException:
-        _release(lock, path)
+        _release(lock, path, out)
         _remove_empty(created)
         raise
-    _release(lock, path)
+    _release(lock, path, out)
 
 
-def _release(lock: FileLock, path: Path) -> None:
+def _release(lock: FileLock, path: Path, out: Path) -> None:
+    _HELD.discard(out)
     path.unlink(missing_ok=True)  # while still held: a later run finds no file, or its own
     lock.release()
 
