@@ -11,20 +11,13 @@ import sys
 import time
 
 import pytest
-import torch
 
 from fault import assert_identical, command, environment, leftovers, run
-from helpers import TEXT, tiny_model
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, request):
-    folder = tmp_path_factory.mktemp("faults")
-    model = folder / "tiny"
-    tiny_model("llama", num_hidden_layers=4).to(torch.bfloat16).save_pretrained(model)
-    request.getfixturevalue("tokenizer").save_pretrained(model)
-    calib = folder / "calib.txt"
-    calib.write_text(TEXT)
+def setup(tiny_run):
+    folder, model, calib = tiny_run
     references = {}
     for mode, extra in (("in-memory", ()), ("low-memory", ("--low-memory",))):
         reference = folder / f"reference-{mode}"
