@@ -66,10 +66,12 @@ def command_line(model: str, output: Path, spec: CompareSpec, dtype: str) -> str
     return shlex.join(parts)
 
 
-def _check(path: Path, model: str | None, cell: str | None, tolerance: float, as_json: bool) -> None:
+def _check(
+    path: Path, model: str | None, cell: str | None, tolerance: float, as_json: bool, trust_remote_code: bool
+) -> None:
     from eggs_ptp.compare import check_results
 
-    result = check_results(path, cell, model=model, tolerance=tolerance)
+    result = check_results(path, cell, model=model, tolerance=tolerance, trust_remote_code=trust_remote_code)
     masks = "identical" if result.masks_match else "DIFFERENT"
     verdict = "reproduces" if result.reproduced else "does NOT reproduce"
     click.echo(
@@ -225,7 +227,7 @@ def compare_command(
 
     quiet_harness_logs()
     if check is not None:
-        _check(check, model, cell, tolerance, as_json)
+        _check(check, model, cell, tolerance, as_json, trust_remote_code)
         return
     if output is None:
         raise click.UsageError("give the output folder with -o OUTPUT (or --check RESULTS to re-run a cell)")

@@ -57,12 +57,14 @@ def check_results(
     model: str | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
     loaded: LoadedModel | None = None,
+    trust_remote_code: bool = False,
 ) -> CheckResult:
     """Re-run cell ``key`` (the first cell when None) of the results file ``path``.
 
     Args:
         model: load this instead of the recorded model id (same weights required).
         loaded: an already loaded model (same weights required); wins over ``model``.
+        trust_remote_code: run the Python code the model ships, when it has some.
     """
     if tolerance < 0:
         raise ValueError(f"tolerance must be non-negative, got {tolerance}")
@@ -70,7 +72,9 @@ def check_results(
     row = _pick(record, key)
     recorded = record["model"]
     if loaded is None:
-        loaded = load_model(model or recorded["id"], getattr(torch, recorded["dtype"]))
+        loaded = load_model(
+            model or recorded["id"], getattr(torch, recorded["dtype"]), trust_remote_code=trust_remote_code
+        )
     if weights_sha256(loaded.model) != recorded["weights_sha256"]:
         raise ValueError(
             f"the model loaded from {model or recorded['id']!r} has other weights than the ones "
