@@ -9,7 +9,7 @@ from transformers import AutoConfig, T5Config
 
 from eggs_ptp.cli import main
 
-from helpers import one_error_line
+from helpers import one_error_line, tiny_model
 
 
 def run(*args):
@@ -73,18 +73,49 @@ def test_missing_model_path(tmp_path, text_file):
     assert "does not exist" in line
 
 
+_BERT = dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50)
+
+
+def _saved_bert(folder, tokenizer):
+    """A BertModel checkpoint with its tokenizer: an encoder that AutoModelForCausalLM would load."""
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(**_BERT)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
 @pytest.mark.parametrize(
-    "config",
+    "config, says",
     [
-        T5Config(d_model=16, num_layers=1, num_heads=2, d_kv=8, d_ff=32, vocab_size=50),
-        AutoConfig.for_model("vit", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+        (T5Config(d_model=16, num_layers=1, num_heads=2, d_kv=8, d_ff=32, vocab_size=50), "encoder-decoder"),
+        (
+            AutoConfig.for_model(
+                "vit", hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32
+            ),
+            "has no causal-LM class",
+        ),
+        (AutoConfig.for_model("bert", **_BERT), "is an encoder (its config has is_decoder false)"),
+        (AutoConfig.for_model("gemma3"), "is a multimodal model (vision tower"),
     ],
+    ids=["t5", "vit", "bert-config", "gemma3"],
 )
-def test_not_a_causal_lm(config, tmp_path, text_file):
+def test_not_a_causal_lm(config, says, tmp_path, text_file):
     folder = tmp_path / "model"
     config.save_pretrained(folder)
     line = one_error_line(run(*prune_args(folder, tmp_path / "o", text_file)))
-    assert "not a decoder-only causal language model" in line
+    assert says in line and "eggs-ptp prunes decoder-only causal language models" in line
+
+
+def test_a_bert_model_folder_is_refused(tmp_path, text_file, tokenizer):
+    _saved_bert(tmp_path / "bert", tokenizer)
+    line = one_error_line(run(*prune_args(tmp_path / "bert", tmp_path / "o", text_file)))
+    assert "was saved as BertModel, not as a causal language model" in line
+
+
+def test_a_folder_without_a_tokenizer_is_refused(tmp_path, text_file):
+    tiny_model("llama").save_pretrained(tmp_path / "bare")
+    for command in (prune_args(tmp_path / "bare", tmp_path / "o", text_file), ["eval", tmp_path / "bare", "-q"]):
+        assert "has no tokenizer files" in one_error_line(run(*command))
 
 
 def test_calibration_text_shorter_than_one_window(tiny_llama_dir, tmp_path):

