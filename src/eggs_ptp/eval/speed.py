@@ -11,6 +11,7 @@ asserts a time.
 
 from __future__ import annotations
 
+import inspect
 import os
 import platform
 import statistics
@@ -188,6 +189,8 @@ def greedy_decode(
 
     ``synchronize`` waits for queued device work (``torch.cuda.synchronize`` on a GPU) before each clock read.
     """
+    # transformers 5.24 names the KV cache ``cache`` (``past_key_values`` goes in 5.40); older 5.x the old name
+    cache = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.inference_mode():
         synchronize()
         start = time.perf_counter()
@@ -197,7 +200,7 @@ def greedy_decode(
         token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
         generated = [token]
         for _ in range(new_tokens - 1):
-            out = model(token, past_key_values=out.past_key_values, use_cache=True)
+            out = model(token, **{cache: out[cache]}, use_cache=True)
             token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
             generated.append(token)
         synchronize()
