@@ -2,9 +2,12 @@
 ``torchrun``).
 
 Each rank runs the block forwards on its share of the calibration windows. The statistics the
-methods read are sums over tokens, so an all-reduce gives every rank the single-process values
-(up to summation order); rank 0 then prunes and broadcasts the block, so every rank continues
-with identical weights, and only rank 0 writes.
+methods read are sums over tokens, kept in fp64 until read (:mod:`eggs_ptp.stats`), so an
+all-reduce gives every rank the single-process values: the order of an fp64 sum moves it far
+below what its fp32 rounding keeps, and the pruned model matches one process bit for bit (for
+the Hessian methods, at the same thread count: MKL's Cholesky factor depends on it). Rank 0 then
+prunes and broadcasts the block, so every rank continues with identical weights, and only rank 0
+writes.
 """
 
 from __future__ import annotations
@@ -67,10 +70,10 @@ class Ranks:
         tensor.copy_(on_device)
 
     def reduce_stats(self, stats: dict[str, LayerStats]) -> None:
+        """Sum every layer's statistics over the ranks: their fp64 sums, before anything rounds them to fp32."""
         for layer_stats in stats.values():
-            self._all_reduce(layer_stats.sq_norm)
-            if layer_stats.hessian is not None:
-                self._all_reduce(layer_stats.hessian)
+            for tensor in layer_stats.sums():
+                self._all_reduce(tensor)
             tokens = torch.tensor([layer_stats.tokens], dtype=torch.float64)
             self._all_reduce(tokens)
             layer_stats.tokens = int(tokens.item())

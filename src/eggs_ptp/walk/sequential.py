@@ -93,7 +93,7 @@ def _prune_block(
     stats: dict[str, LayerStats] = {}
     if method.needs_calibration and targets:
         handles = []
-        device = block_placement(block)[0]  # accumulate where the activations are, in fp32
+        device = block_placement(block)[0]  # accumulate where the activations are, in fp64
         for layer in targets:
             stats[layer.name] = layer_stats = LayerStats(layer.in_features, method.needs_hessian).to(device)
             handles.append(
