@@ -62,11 +62,46 @@ FAMILIES: dict[str, dict] = {
     ),
 }
 
+# Mixture-of-experts families: 4 experts, 2 routed per token. Their experts are fused 3-D
+# parameters, not linear layers; routers, shared experts and dense blocks around them are.
+_MOE = dict(_DECODER, num_experts_per_tok=2)
+MOE_FAMILIES: dict[str, dict] = {
+    "mixtral": dict(_MOE, num_local_experts=4),
+    "qwen3_moe": dict(_MOE, num_experts=4, moe_intermediate_size=32, head_dim=8),
+    "gpt_oss": dict(
+        _MOE,
+        num_local_experts=4,
+        head_dim=8,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},  # not YaRN over 128 positions
+    ),
+    "deepseek_v3": dict(
+        _MOE,
+        num_key_value_heads=4,  # multi-head latent attention: one key/value head per query head
+        n_routed_experts=4,
+        moe_intermediate_size=32,
+        n_shared_experts=1,
+        first_k_dense_replace=1,  # block 0 dense, block 1 mixture of experts
+        kv_lora_rank=16,
+        q_lora_rank=16,
+        qk_rope_head_dim=8,
+        qk_nope_head_dim=8,
+        v_head_dim=8,
+        n_group=1,
+        topk_group=1,
+    ),
+    "qwen2_moe": dict(_MOE, num_experts=4, moe_intermediate_size=32, shared_expert_intermediate_size=32),
+    "olmoe": dict(_MOE, num_experts=4),
+}
+
 
 def tiny_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny random model of ``family`` (a key of ``FAMILIES`` or ``MOE_FAMILIES``), in eval mode."""
     torch.manual_seed(seed)
     ids = dict(bos_token_id=1, eos_token_id=1, pad_token_id=0)
-    config = AutoConfig.for_model(family, vocab_size=VOCAB, **{**ids, **FAMILIES[family], **overrides})
+    family_config = FAMILIES[family] if family in FAMILIES else MOE_FAMILIES[family]
+    config = AutoConfig.for_model(family, vocab_size=VOCAB, **{**ids, **family_config, **overrides})
     return AutoModelForCausalLM.from_config(config).eval()
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from eggs_ptp.methods.configs import EggsConfig, MethodConfig, method_config, method_from_dict
+from eggs_ptp.models.experts import EXPERT_CALIBRATIONS, ROUTED
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.settings import setting
 
@@ -52,6 +53,8 @@ class PruneConfig:
     include, exclude: glob patterns on module names (``*.mlp.*``); exclude wins.
     permute: N:M: permute input channels where the permutation folds exactly into the producing
         layer, so more score survives and the stored weights stay N:M in memory order.
+    experts: mixture-of-experts models: ``routed`` calibrates each expert on the tokens its router
+        sends it (an expert no token reaches, on every token); ``all`` on every token.
     allocation: unstructured: None (every layer at the target) or :class:`OwlAllocation`.
     """
 
@@ -70,6 +73,12 @@ class PruneConfig:
     permute: bool = setting(
         False, "N:M: permute input channels where the permutation folds exactly into the producing layer."
     )
+    experts: str = setting(
+        ROUTED,
+        "Mixture-of-experts: calibrate each expert on the tokens routed to it (routed), or on every token (all).",
+        "--expert-calibration",
+        EXPERT_CALIBRATIONS,
+    )
     allocation: OwlAllocation | None = None
 
     def __post_init__(self) -> None:
@@ -86,6 +95,10 @@ class PruneConfig:
         self.method.check(pattern)
         if self.permute and not pattern.structured:
             raise ValueError("permute keeps an N:M layout; it needs an N:M pattern such as 2:4")
+        if self.experts not in EXPERT_CALIBRATIONS:
+            raise ValueError(
+                f"expert calibration must be one of {', '.join(EXPERT_CALIBRATIONS)}, got {self.experts!r}"
+            )
         if self.allocation is not None and pattern.structured:
             raise ValueError("owl allocation varies sparsity per layer; it needs an unstructured pattern like 0.5")
         for name in ("nsamples", "seqlen"):

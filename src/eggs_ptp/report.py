@@ -80,9 +80,15 @@ class PruneReport:
         weights = sum(l.shape[0] * l.shape[1] for l in pruned)
         kept = sum(l.kept_fraction * l.shape[0] * l.shape[1] for l in pruned)
         errors = [l.recon_error for l in pruned]
+        experts = [l.expert for l in pruned if l.expert]
+        routed = sorted(e["routed_tokens"] for e in experts if e["routed_tokens"] is not None)
         return {
             "pruned_layers": len(pruned),
             "skipped_layers": len(self.skipped_layers),
+            "expert_matrices": len(experts),
+            "routed_tokens_per_expert": {"min": routed[0], "median": routed[len(routed) // 2], "max": routed[-1]}
+            if routed
+            else None,
             "pruned_weights": weights,
             "kept_fraction": kept / weights if weights else None,
             "mean_recon_error": sum(errors) / len(errors) if errors else None,

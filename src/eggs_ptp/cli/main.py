@@ -237,6 +237,11 @@ def _print_prune(report, output: Path, as_json: bool) -> None:
         f"{summary['mean_recon_error']:.4f}, in {summary['seconds']:.1f} s (peak RSS {summary['peak_rss_mb']:.0f} MB)"
         + (f", resumed at block {report.resumed_at_block}" if report.resumed_at_block is not None else "")
     )
+    if tokens := summary["routed_tokens_per_expert"]:
+        click.echo(
+            f"{summary['expert_matrices']} expert matrices pruned ({config.experts} calibration); calibration tokens "
+            f"routed to an expert: min {tokens['min']}, median {tokens['median']}, max {tokens['max']}"
+        )
     for layer in report.skipped_layers:
         click.echo(f"skipped {layer.name}: {layer.skipped}")
     payload: dict[str, Any] = {}

@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
@@ -35,7 +34,7 @@ from eggs_ptp.errors import read_json, reading
 from eggs_ptp.formats.checkpoint import read_report, staged_folder, write_json_atomic
 from eggs_ptp.formats.codec import compress, decompress, negative_zeros
 from eggs_ptp.formats.output import check_output_target, claim_output
-from eggs_ptp.formats.verify import tensor_files
+from eggs_ptp.formats.tensors import CheckpointTensors, tensor_files
 from eggs_ptp.models.loading import load_config
 from eggs_ptp.pattern import Pattern
 
@@ -100,19 +99,40 @@ def pack_checkpoint(src: Path, out: Path, overwrite: bool = False) -> PackResult
         return _pack(src, out, report, pattern)
 
 
+def _model_side_tensors(src: Path, report: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Every tensor of ``src`` under the model's own parameter names, with each fused expert
+    parameter split into one ``NAME.weight`` per pruned expert matrix. Checkpoints without experts
+    are read as they are stored (their names are the model's)."""
+    experts = [layer for layer in report["layers"] if layer["skipped"] is None and layer.get("expert")]
+    checkpoint = CheckpointTensors(src)
+    if not experts:
+        return {key: checkpoint.read(key) for key in checkpoint.where}
+    tensors = checkpoint.model_side()
+    for parameter in dict.fromkeys(layer["expert"]["parameter"] for layer in experts):
+        matrices = checkpoint.fused(parameter)
+        packed = {
+            layer["expert"]["index"]: layer["name"] for layer in experts if layer["expert"]["parameter"] == parameter
+        }
+        if len(packed) != matrices.shape[0]:
+            raise ValueError(
+                f"{parameter}: {len(packed)} of its {matrices.shape[0]} experts were pruned; the compact format "
+                "stores a fused expert parameter only when every expert of it is pruned"
+            )
+        del tensors[parameter]
+        tensors.update({f"{name}.weight": matrices[index] for index, name in packed.items()})
+    return tensors
+
+
 def _pack(src: Path, out: Path, report: dict[str, Any], pattern: Pattern) -> PackResult:
     files = tensor_files(src)
-    tensors: dict[str, torch.Tensor] = {}
-    for path in files:
-        with reading(path), safe_open(str(path), framework="pt") as handle:
-            tensors.update({key: handle.get_tensor(key) for key in handle.keys()})
+    tensors = _model_side_tensors(src, report)
     layers, pruned_dense, pruned_compact, cleared = [], 0, 0, 0
     for layer in (l for l in report["layers"] if l["skipped"] is None):
         name, key = layer["name"], f"{layer['name']}.weight"
         if key not in tensors:
             raise ValueError(f"{name}: weight {key} is missing from {src}")
         stored = tensors.pop(key)
-        weight = stored.T if layer["transposed"] else stored  # (out, in)
+        weight = stored.T if layer["transposed"] and not layer.get("expert") else stored  # (out, in)
         if list(weight.shape) != list(layer["shape"]):
             raise ValueError(f"{name}: shape {list(weight.shape)} is not the recorded {layer['shape']}")
         try:
@@ -129,6 +149,7 @@ def _pack(src: Path, out: Path, report: dict[str, Any], pattern: Pattern) -> Pac
                 "shape": list(layer["shape"]),
                 "transposed": layer["transposed"],
                 "dtype": str(stored.dtype).removeprefix("torch."),
+                **({"expert": {k: layer["expert"][k] for k in ("parameter", "index")}} if layer.get("expert") else {}),
             }
         )
     record = {
@@ -183,17 +204,36 @@ def read_compact_tensors(folder: Path) -> tuple[dict[str, Any], Pattern, dict[st
     return record, Pattern.parse(record["pattern"]), state
 
 
+def _decompress(layer: dict[str, Any], pattern: Pattern, state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A packed layer's (out, in) dense-with-zeros weight; its compact tensors leave ``state``."""
+    key = f"{layer['name']}.weight"
+    try:
+        return decompress(state.pop(f"{key}.values"), state.pop(f"{key}.bitmask"), layer["shape"], pattern)
+    except ValueError as error:
+        raise ValueError(f"{layer['name']}: {error}") from None
+
+
+def expand_experts(record: dict[str, Any], pattern: Pattern, state: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+    """Rebuild every packed fused expert parameter in ``state``, dense with zeros (transformers
+    computes experts from the fused tensor), and return the other packed layers."""
+    experts: dict[str, list[dict[str, Any]]] = {}
+    for layer in record["layers"]:
+        if layer.get("expert"):
+            experts.setdefault(layer["expert"]["parameter"], []).append(layer)
+    for parameter, members in experts.items():
+        members = sorted(members, key=lambda layer: layer["expert"]["index"])
+        matrices = torch.stack([_decompress(layer, pattern, state) for layer in members])  # (experts, out, in)
+        state[parameter] = matrices.transpose(1, 2).contiguous() if members[0]["transposed"] else matrices
+    return [layer for layer in record["layers"] if not layer.get("expert")]
+
+
 def load_compact_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     """The dense-with-zeros state dict (as stored, Conv1D layers (in, out)) of a packed folder."""
     folder = Path(folder)
     record, pattern, state = read_compact_tensors(folder)
-    for layer in record["layers"]:
-        key = f"{layer['name']}.weight"
-        try:
-            weight = decompress(state.pop(f"{key}.values"), state.pop(f"{key}.bitmask"), layer["shape"], pattern)
-        except ValueError as error:
-            raise ValueError(f"{layer['name']}: {error}") from None
-        state[key] = weight.T.contiguous() if layer["transposed"] else weight
+    for layer in expand_experts(record, pattern, state):
+        weight = _decompress(layer, pattern, state)
+        state[f"{layer['name']}.weight"] = weight.T.contiguous() if layer["transposed"] else weight
     return state
 
 
@@ -242,6 +282,7 @@ __all__ = [
     "COMPACT_VERSION",
     "WEIGHTS_FILE",
     "PackResult",
+    "expand_experts",
     "load_compact",
     "load_compact_state_dict",
     "model_from_state",

@@ -56,11 +56,11 @@ def _rest_groups(lazy: LazyModel, keys: list[str]) -> list[list[str]]:
 def write_sharded(folder: Path, lazy: LazyModel, block_files: list[Path], progress: bool = True) -> None:
     """Write the pruned blocks (one safetensors file each, keyed by model parameter names) and the
     rest of ``lazy``'s source checkpoint into ``folder``."""
-    block_keys: dict[Path, dict[str, str]] = {}
+    block_keys: dict[Path, dict[str, list[str]]] = {}  # model-side names -> the checkpoint's
     for path in block_files:
         with safe_open(str(path), framework="pt") as handle:
-            block_keys[path] = {key: lazy.key_for(key) for key in handle.keys()}
-    written = {renamed for keys in block_keys.values() for renamed in keys.values()}
+            block_keys[path] = {key: lazy.stored_keys(key) for key in handle.keys()}
+    written = {renamed for keys in block_keys.values() for names in keys.values() for renamed in names}
     rest = _rest_groups(lazy, [key for key in lazy.checkpoint.weight_map if key not in written])
     total = len(block_files) + len(rest)
     weight_map: dict[str, str] = {}
@@ -68,12 +68,13 @@ def write_sharded(folder: Path, lazy: LazyModel, block_files: list[Path], progre
     for path in tqdm(block_files, desc="write shards", disable=not progress, leave=False):
         number += 1
         name, keys = _shard_name(number, total), block_keys[path]
-        if all(key == renamed for key, renamed in keys.items()):
+        if all([key] == renamed for key, renamed in keys.items()):
             _link_or_copy(path, folder / name)  # already under the checkpoint's names
         else:
             with safe_open(str(path), framework="pt") as handle:
-                save_file({keys[key]: handle.get_tensor(key) for key in keys}, str(folder / name), metadata=_METADATA)
-        weight_map.update({renamed: name for renamed in keys.values()})
+                stored = {k: v for key in keys for k, v in lazy.stored(key, handle.get_tensor(key)).items()}
+            save_file(stored, str(folder / name), metadata=_METADATA)
+        weight_map.update({renamed: name for names in keys.values() for renamed in names})
     for group in rest:  # one shard in memory at a time: safetensors serialises through a bytes copy
         number += 1
         name = _shard_name(number, total)

@@ -1,7 +1,8 @@
 """Check a saved checkpoint against its ``sparsity.json``: the record against itself, then every
 pruned layer's stored weight against the record.
 
-Reads the safetensors files directly, so it needs no model class.
+Reads the safetensors files directly, one layer at a time; expert matrices are found through a
+meta-device model of the folder's config (:mod:`eggs_ptp.formats.tensors`).
 """
 
 from __future__ import annotations
@@ -9,22 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-
-from eggs_ptp.errors import reading
 from eggs_ptp.formats.checkpoint import read_report
+from eggs_ptp.formats.tensors import CheckpointTensors
 from eggs_ptp.pattern import Pattern, pattern_violations
 
 
 class VerifyError(ValueError):
     """A pruned layer breaks its recorded pattern, or is missing."""
-
-
-def tensor_files(folder: Path) -> list[Path]:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise VerifyError(f"{folder} holds no .safetensors weights")
-    return files
 
 
 _LAYER_FIELDS = {"name": str, "shape": list, "transposed": bool}
@@ -49,8 +41,15 @@ def check_record(report: dict[str, Any]) -> list[dict[str, Any]]:
     for number, layer in enumerate(layers):
         if not isinstance(layer, dict) or any(not isinstance(layer.get(k), t) for k, t in _LAYER_FIELDS.items()):
             raise VerifyError(f"layer entry {number} of the record lacks a name, shape or transposed flag")
-        if len(layer["shape"]) != 2:
+        if layer.get("skipped") is None and len(layer["shape"]) != 2:
             raise VerifyError(f"{layer['name']}: recorded shape {layer['shape']} is not (out, in)")
+        expert = layer.get("expert")
+        if expert is not None and not (
+            isinstance(expert, dict)
+            and isinstance(expert.get("parameter"), str)
+            and isinstance(expert.get("index"), int)
+        ):
+            raise VerifyError(f"{layer['name']}: its expert entry lacks its fused parameter's name or expert index")
         if layer.get("pattern") is not None:
             _parse_pattern(layer["pattern"], layer["name"])
     names = [layer["name"] for layer in layers]
@@ -79,17 +78,16 @@ def verify_checkpoint(folder: Path) -> int:
     folder = Path(folder)
     report = read_report(folder)
     pattern = _parse_pattern(report.get("pattern"), "the record")
-    wanted = {f"{l['name']}.weight": l for l in check_record(report)}
-    located: dict[str, Path] = {}  # one tensor in memory at a time, however large the model
-    for path in tensor_files(folder):
-        with reading(path), safe_open(str(path), framework="pt") as handle:
-            located.update({key: path for key in wanted.keys() & set(handle.keys())})
-    for key, layer in wanted.items():  # in walk order, so "first" means first in the model
-        if key not in located:
-            raise VerifyError(f"{layer['name']}: weight {key} is missing from the checkpoint")
-        with reading(located[key]), safe_open(str(located[key]), framework="pt") as handle:
-            stored = handle.get_tensor(key)
-        weight = stored.T if layer["transposed"] else stored
+    layers = check_record(report)
+    try:
+        tensors = CheckpointTensors(folder)
+    except ValueError as error:
+        raise VerifyError(str(error)) from None
+    for layer in layers:  # in walk order, so "first" means first in the model
+        try:
+            weight = tensors.matrix(layer)
+        except ValueError as error:
+            raise VerifyError(str(error)) from None
         if list(weight.shape) != list(layer["shape"]):
             raise VerifyError(f"{layer['name']}: shape {list(weight.shape)} is not the recorded {layer['shape']}")
         layer_pattern = Pattern.parse(layer["pattern"]) if layer.get("pattern") else pattern
@@ -106,7 +104,7 @@ def verify_checkpoint(folder: Path) -> int:
                 f"{layer['name']} keeps {int(weight.count_nonzero())} weights, more than the recorded "
                 f"{kept:.4f} of {weight.numel()}"
             )
-    return len(wanted)
+    return len(layers)
 
 
-__all__ = ["VerifyError", "check_record", "tensor_files", "verify_checkpoint"]
+__all__ = ["VerifyError", "check_record", "verify_checkpoint"]

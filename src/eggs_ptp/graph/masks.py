@@ -15,17 +15,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
-from safetensors import safe_open
 
-from eggs_ptp.errors import reading
 from eggs_ptp.formats.checkpoint import REPORT_FILE, read_report
-from eggs_ptp.models import (
-    ModelError,
-    PrunableLinear,
-    find_blocks,
-    find_linears,
-    load_model,
-)
+from eggs_ptp.formats.tensors import CheckpointTensors
+from eggs_ptp.models import ModelError, find_blocks, load_model
+from eggs_ptp.models.layers import Prunable, find_layers
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +100,10 @@ def _from_report(folder: Path, wanted: Sequence[str]) -> MaskSource:
     report = read_report(folder)
     records = {layer["name"]: layer for layer in report["layers"]}
     chosen = select_layers(list(records), wanted)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"{folder} holds no .safetensors weights")
-    where: dict[str, Path] = {}
-    for path in files:
-        with reading(path), safe_open(str(path), framework="pt") as handle:
-            where.update(dict.fromkeys(handle.keys(), path))
+    tensors = CheckpointTensors(folder)
 
     def read(info: LayerInfo) -> torch.Tensor:
-        key = f"{info.name}.weight"
-        if key not in where:
-            raise ValueError(f"{info.name}: weight {key} is missing from {folder}")
-        with reading(where[key]), safe_open(str(where[key]), framework="pt") as handle:
-            weight = handle.get_tensor(key)
-        weight = weight.T if info.transposed else weight  # (out, in)
+        weight = tensors.matrix(records[info.name])  # (out, in)
         if tuple(weight.shape) != info.shape:
             raise ValueError(f"{info.name}: shape {tuple(weight.shape)} is not the recorded {list(info.shape)}")
         return weight != 0
@@ -157,8 +140,8 @@ def _from_model(spec: str, wanted: Sequence[str], trust_remote_code: bool) -> Ma
             f"could not load {spec!r} (it has no {REPORT_FILE}, so the model and its tokenizer are loaded): {reason}"
         ) from error
     prefix, blocks = find_blocks(model)
-    linears: dict[str, PrunableLinear] = {
-        layer.name: layer for i, block in enumerate(blocks) for layer in find_linears(block, f"{prefix}.{i}")
+    linears: dict[str, Prunable] = {
+        layer.name: layer for i, block in enumerate(blocks) for layer in find_layers(block, f"{prefix}.{i}").prunable
     }
     chosen = [linears[name] for name in select_layers(list(linears), wanted)]
     first_pruned = next((layer for layer in chosen if (layer.weight == 0).any()), None)

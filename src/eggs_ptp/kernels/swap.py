@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from eggs_ptp.formats.compact import model_from_state, read_compact_tensors
+from eggs_ptp.formats.compact import expand_experts, model_from_state, read_compact_tensors
 from eggs_ptp.kernels.linear import SparseNMLinear
 from eggs_ptp.pattern import Pattern
 
@@ -24,9 +24,10 @@ def _swap_in_sparse(
     state: dict[str, torch.Tensor],
     dtype: torch.dtype | None,
 ) -> None:
-    """Replace each packed layer of ``model`` by a SparseNMLinear holding its compact tensors, and
-    rename their keys in ``state`` to the new module's buffers (same tensors, so loading copies nothing)."""
-    for layer in record["layers"]:
+    """Replace each packed linear layer of ``model`` by a SparseNMLinear holding its compact tensors, and
+    rename their keys in ``state`` to the new module's buffers (same tensors, so loading copies nothing).
+    Packed experts are rebuilt dense with zeros: transformers computes them from the fused tensor."""
+    for layer in expand_experts(record, pattern, state):
         name = layer["name"]
         values, bitmask = state.pop(f"{name}.weight.values"), state.pop(f"{name}.weight.bitmask")
         bias = state.get(f"{name}.bias")

@@ -1,19 +1,26 @@
-"""Finding decoder blocks and their linear layers without a per-family table.
+"""Finding decoder blocks and their prunable layers without a per-family table.
 
 Blocks are the model's largest ``nn.ModuleList`` of the class named in ``_no_split_modules`` (what
 transformers itself uses to keep a block on one device), else its largest list of same-class
 modules. Linear layers are ``nn.Linear`` and GPT-2's ``Conv1D``; the latter stores its weight as
-(in, out), so every consumer sees an (out, in) view through :class:`PrunableLinear`.
+(in, out), so every consumer sees an (out, in) view through :class:`PrunableLinear`. The experts of
+a mixture-of-experts block are one :class:`~eggs_ptp.models.experts.ExpertMatrix` per expert and
+matrix, with the same interface. Routers and scalar gates stay dense: their outputs are scores
+(which experts a token visits, how much of a shared expert it takes), and a pruned score
+re-routes tokens rather than perturbing an activation.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
+
+from eggs_ptp.models.experts import ROUTED, ROUTER, ExpertGroup, ExpertMatrix, KeptDense, find_expert_groups
 
 
 class BlockDiscoveryError(ValueError):
@@ -62,14 +69,36 @@ class PrunableLinear:
     def in_features(self) -> int:
         return self.weight.shape[1]
 
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.module, "bias", None)
+
     def set_weight(self, weight: torch.Tensor) -> None:
         """Write an (out, in) weight back in the module's own layout and dtype."""
         target = self.module.weight.data
         target.copy_(weight.T if self.transposed else weight)
 
+    def observe_inputs(self, observer: Callable[[torch.Tensor], None]) -> torch.utils.hooks.RemovableHandle:
+        """Call ``observer(x)`` with the layer's input in every forward."""
+        return self.module.register_forward_hook(lambda module, inputs, output: observer(inputs[0]))
+
+    def observe_outputs(
+        self, observer: Callable[[torch.Tensor, torch.Tensor], None]
+    ) -> torch.utils.hooks.RemovableHandle:
+        """Call ``observer(x, y)`` with the layer's input and output (bias included) in every forward."""
+        return self.module.register_forward_hook(lambda module, inputs, output: observer(inputs[0], output))
+
+
+Prunable = PrunableLinear | ExpertMatrix
+
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _selected(name: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
+    """Whether the include/exclude globs let ``name`` be pruned; exclude wins."""
+    return (not include or _matches(name, include)) and not _matches(name, exclude)
 
 
 def find_linears(
@@ -79,16 +108,46 @@ def find_linears(
     exclude: tuple[str, ...] = (),
 ) -> list[PrunableLinear]:
     """Linear layers inside ``block`` whose full name passes the include/exclude globs."""
-    found = []
-    for local, module in block.named_modules():
-        if not isinstance(module, (nn.Linear, Conv1D)):
-            continue
-        name = f"{prefix}.{local}"
-        if include and not _matches(name, include):
-            continue
-        if exclude and _matches(name, exclude):
-            continue
-        found.append(PrunableLinear(name, module))
+    return [
+        PrunableLinear(f"{prefix}.{local}", module)
+        for local, module in block.named_modules()
+        if isinstance(module, (nn.Linear, Conv1D)) and _selected(f"{prefix}.{local}", include, exclude)
+    ]
+
+
+@dataclass
+class BlockLayers:
+    """A block's prunable layers in module order, and the weights it leaves dense by rule."""
+
+    prunable: list[Prunable] = field(default_factory=list)
+    dense: list[KeptDense] = field(default_factory=list)
+    groups: list[ExpertGroup] = field(default_factory=list)
+
+
+def find_layers(
+    block: nn.Module,
+    prefix: str,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    experts: str = ROUTED,
+) -> BlockLayers:
+    """Linear layers and expert matrices inside ``block`` whose full name passes the globs, with
+    routers and scalar gates set aside; ``experts`` is how expert matrices are calibrated."""
+    groups, unread = find_expert_groups(block, prefix, experts, lambda name: _matches(f"{name}.", exclude))
+    found = BlockLayers(dense=list(unread), groups=groups)
+    routers = {group.router for group in groups}
+    for name, module in block.named_modules(prefix=prefix):
+        if name in routers and not isinstance(module, (nn.Linear, Conv1D)):
+            found.dense.append(KeptDense(name, tuple(module.weight.shape), ROUTER))
+    for layer in find_linears(block, prefix, include, exclude):
+        if layer.name in routers:
+            found.dense.append(KeptDense(layer.name, tuple(layer.weight.shape), ROUTER))
+        elif layer.weight.shape[0] == 1:
+            found.dense.append(KeptDense(layer.name, tuple(layer.weight.shape), "gate: one score per token"))
+        elif layer.name not in {kept.name for kept in unread}:  # the router of experts left dense
+            found.prunable.append(layer)
+    for group in groups:
+        found.prunable.extend(matrix for matrix in group.matrices() if _selected(matrix.name, include, exclude))
     return found
 
 
@@ -107,4 +166,13 @@ def context_length(model: nn.Module, tokenizer: object | None = None) -> int | N
     return min(limits) if limits else None
 
 
-__all__ = ["BlockDiscoveryError", "PrunableLinear", "context_length", "find_blocks", "find_linears"]
+__all__ = [
+    "BlockDiscoveryError",
+    "BlockLayers",
+    "Prunable",
+    "PrunableLinear",
+    "context_length",
+    "find_blocks",
+    "find_layers",
+    "find_linears",
+]

@@ -7,6 +7,7 @@ released, so memory holds one decoder block (plus the embedding) however large t
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -18,6 +19,15 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from eggs_ptp.errors import read_json, reading
 from eggs_ptp.memory import return_freed_memory
+from eggs_ptp.models.conversion import (
+    ConversionError,
+    StoredPiece,
+    fused_parameter,
+    gather_fused,
+    scatter_fused,
+    stored_names,
+    stored_pieces,
+)
 from eggs_ptp.models.loading import ModelError, check_weight_files, load_config, weights_signature
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -62,6 +72,15 @@ class LazyCheckpoint:
         with reading(path), safe_open(str(path), framework="pt") as handle:
             return handle.get_tensor(key)
 
+    @cached_property
+    def shapes(self) -> dict[str, list[int]]:
+        """Every tensor's stored shape, from the file headers."""
+        shapes = {}
+        for path in self.files:
+            with reading(path), safe_open(str(path), framework="pt") as handle:
+                shapes.update({key: handle.get_slice(key).get_shape() for key in handle.keys()})
+        return shapes
+
     def key_for(self, name: str, base_prefix: str) -> str | None:
         """The checkpoint key holding model parameter ``name``; checkpoints of the bare base model
         (GPT-2's) name parameters without the ``base_prefix.`` the causal-LM wrapper adds."""
@@ -94,21 +113,65 @@ class LazyModel:
             set_module_tensor_to_device(self.model, name, self.device, value=buffer)
         self._names = {module: name for name, module in self.model.named_modules()}
 
+    def _key(self, name: str) -> str | None:
+        return self.checkpoint.key_for(name, self.model.base_model_prefix)
+
+    def _missing(self, parameter: str) -> ModelError:
+        return ModelError(
+            f"parameter {parameter} has no tensor in {self.checkpoint.folder} (the checkpoint names it "
+            "differently); prune this model without --low-memory"
+        )
+
+    def _pieces(self, parameter: str) -> list[StoredPiece] | None:
+        """Where the checkpoint stores fused expert ``parameter`` in pieces, or None for other parameters."""
+        owner = self.model.get_submodule(parameter.rpartition(".")[0])
+        if getattr(owner, "is_transposed", None) is None or self.model.get_parameter(parameter).dim() != 3:
+            return None
+        try:
+            return stored_pieces(self.model, parameter, self.checkpoint.shapes, self._key)
+        except ConversionError:
+            raise self._missing(parameter) from None
+
     def key_for(self, parameter: str) -> str:
-        key = self.checkpoint.key_for(parameter, self.model.base_model_prefix)
+        """The checkpoint key of a parameter stored whole, under its own name or the one transformers
+        renames it from."""
+        key = self._key(parameter)
         if key is None:
-            raise ModelError(
-                f"parameter {parameter} has no tensor in {self.checkpoint.folder} (the checkpoint names it "
-                "differently); prune this model without --low-memory"
-            )
+            names = stored_names(self.model, parameter)
+            key = self._key(names[0]) if len(names) == 1 else None
+        if key is None:
+            raise self._missing(parameter)
         return key
+
+    def read(self, parameter: str) -> torch.Tensor:
+        """Model parameter ``parameter`` as the model holds it (fused experts assembled from their pieces)."""
+        if self._key(parameter) is None and (pieces := self._pieces(parameter)) is not None:
+            owner, fused = fused_parameter(self.model, parameter)
+            experts, rows, columns = fused.shape
+            shape = (experts, columns, rows) if owner.is_transposed else (experts, rows, columns)
+            matrices = gather_fused(pieces, self.checkpoint.read, shape)
+            return matrices.transpose(1, 2).contiguous() if owner.is_transposed else matrices
+        return self.checkpoint.read(self.key_for(parameter))
+
+    def stored_keys(self, parameter: str) -> list[str]:
+        """The checkpoint keys holding model parameter ``parameter``."""
+        if self._key(parameter) is None and (pieces := self._pieces(parameter)) is not None:
+            return [piece.key for piece in pieces]
+        return [self.key_for(parameter)]
+
+    def stored(self, parameter: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model parameter ``parameter`` holding ``value`` as the checkpoint stores it: ``read`` inverted."""
+        if self._key(parameter) is None and (pieces := self._pieces(parameter)) is not None:
+            owner = self.model.get_submodule(parameter.rpartition(".")[0])
+            return scatter_fused(value.transpose(1, 2) if owner.is_transposed else value, pieces)
+        return {self.key_for(parameter): value}
 
     def materialise(self, module: nn.Module, recurse: bool = True) -> None:
         """Read ``module``'s parameters (and its children's, with ``recurse``) onto the device."""
         prefix = self._names[module]
         for name, _ in list(module.named_parameters(recurse=recurse)):
             full = f"{prefix}.{name}" if prefix else name
-            value = self.checkpoint.read(self.key_for(full))
+            value = self.read(full)
             if value.is_floating_point():
                 value = value.to(self.dtype)
             set_module_tensor_to_device(self.model, full, self.device, value=value)

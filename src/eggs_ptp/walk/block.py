@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from eggs_ptp.models.layers import PrunableLinear
+from eggs_ptp.models.layers import Prunable
 from eggs_ptp.walk.activations import ActivationStore
 
 
@@ -33,6 +33,7 @@ class LayerReport:
     settings: dict[str, Any] | None = None  # choices the method made for this layer alone
     permutation: dict[str, Any] | None = None  # input-channel permutation, or why there was none
     pattern: str | None = None  # the pattern this layer was pruned to (blocks may differ, e.g. OWL)
+    expert: dict[str, Any] | None = None  # an expert's matrix: its fused parameter, index and calibration tokens
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,14 +135,14 @@ def run_block(
 class ErrorMeter:
     """Accumulates ``||(W - W')X||^2`` and ``||WX||^2`` from a layer's forward in the pruned block."""
 
-    def __init__(self, layer: PrunableLinear, dense: torch.Tensor) -> None:
+    def __init__(self, layer: Prunable, dense: torch.Tensor) -> None:
         self.dense = dense  # (out, in), in the model's dtype
-        self.bias = getattr(layer.module, "bias", None)
+        self.bias = layer.bias
         self.diff = 0.0
         self.ref = 0.0
 
-    def __call__(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        x = inputs[0].reshape(-1, self.dense.shape[1]).float()
+    def __call__(self, inputs: torch.Tensor, output: torch.Tensor) -> None:
+        x = inputs.reshape(-1, self.dense.shape[1]).float()
         reference = x @ self.dense.float().T  # (tokens, out)
         actual = output.reshape(-1, self.dense.shape[0]).float()
         if self.bias is not None:

@@ -78,6 +78,10 @@ class Ranks:
             self._all_reduce(tokens)
             layer_stats.tokens = int(tokens.item())
 
+    def reduce_counts(self, counts: torch.Tensor) -> None:
+        """Sum integer counts (tokens routed to each expert) over the ranks, in place."""
+        self._all_reduce(counts)
+
     def broadcast_tensors(self, tensors: list[torch.Tensor]) -> None:
         for tensor in tensors:
             on_device = tensor.to(self.device).contiguous()

@@ -21,7 +21,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eggs_ptp.methods import Method
-from eggs_ptp.models.layers import PrunableLinear, find_linears
+from eggs_ptp.models.experts import ROUTED, ExpertGroup, ExpertMatrix
+from eggs_ptp.models.layers import Prunable, PrunableLinear, find_layers
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.permute import permute_block
 from eggs_ptp.stats import LayerStats
@@ -46,23 +47,62 @@ log = logging.getLogger(__name__)
 # every layer on all of them would cost about as much as the block forward itself.
 ERROR_WINDOWS = 8
 
+EXPERTS_NOT_PERMUTED = "expert matrices are not permuted: no exact fold is implemented for fused experts"
 
-def _skip_reason(layer: PrunableLinear, pattern: Pattern) -> str | None:
+
+def _skip_reason(layer: Prunable, pattern: Pattern) -> str | None:
     if pattern.structured and layer.in_features % pattern.m:
         return f"input dimension {layer.in_features} is not divisible by M = {pattern.m}"
     return None
 
 
 def prunable_layers(
-    blocks: Sequence[nn.Module], prefix: str, pattern: Pattern, include: tuple[str, ...], exclude: tuple[str, ...]
+    blocks: Sequence[nn.Module],
+    prefix: str,
+    pattern: Pattern,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    experts: str = ROUTED,
 ) -> int:
     """How many layers of ``blocks`` the walk would prune, known from shapes alone (meta tensors
     too), so that a run that could prune nothing fails before any forward."""
     return sum(
         _skip_reason(layer, pattern) is None
         for index, block in enumerate(blocks)
-        for layer in find_linears(block, f"{prefix}.{index}", include, exclude)
+        for layer in find_layers(block, f"{prefix}.{index}", include, exclude, experts).prunable
     )
+
+
+def _calibrate(
+    block: nn.Module,
+    index: int,
+    call: BlockCall,
+    hidden: ActivationStore,
+    targets: list[Prunable],
+    stats: dict[str, LayerStats],
+    ranks: Ranks | None,
+) -> None:
+    """Add every target's inputs over the windows to its statistics (summed over ranks)."""
+    handles = [layer.observe_inputs(stats[layer.name].add) for layer in targets]
+    try:
+        run_block(block, call, hidden, index, "calibration")
+    finally:
+        for handle in handles:
+            handle.remove()
+    if ranks:
+        ranks.reduce_stats({layer.name: stats[layer.name] for layer in targets})
+
+
+def _fresh_stats(layers: list[Prunable], method: Method, device: torch.device) -> dict[str, LayerStats]:
+    return {layer.name: LayerStats(layer.in_features, method.needs_hessian).to(device) for layer in layers}
+
+
+def _starved(groups: list[ExpertGroup], targets: list[Prunable], stats: dict[str, LayerStats]) -> list[Prunable]:
+    """Expert matrices no calibration token was routed to, now marked to see every token instead."""
+    starved = [layer for layer in targets if isinstance(layer, ExpertMatrix) and stats[layer.name].tokens == 0]
+    for layer in starved:
+        layer.group.every_token.add(layer.expert)
+    return starved
 
 
 @torch.no_grad()
@@ -78,11 +118,15 @@ def _prune_block(
     exclude: tuple[str, ...],
     permute: bool = False,
     ranks: Ranks | None = None,
+    experts: str = ROUTED,
 ) -> tuple[ActivationStore, list[LayerReport]]:
-    layers = find_linears(block, prefix, include, exclude)
-    reports = {layer.name: LayerReport(layer.name, tuple(layer.weight.shape), layer.transposed) for layer in layers}
+    found = find_layers(block, prefix, include, exclude, experts)
+    reports = {
+        layer.name: LayerReport(layer.name, tuple(layer.weight.shape), layer.transposed) for layer in found.prunable
+    }
+    reports.update({kept.name: LayerReport(kept.name, kept.shape, False, skipped=kept.reason) for kept in found.dense})
     targets = []
-    for layer in layers:
+    for layer in found.prunable:
         reason = _skip_reason(layer, pattern)
         if reason:
             reports[layer.name].skipped = reason
@@ -92,20 +136,19 @@ def _prune_block(
 
     stats: dict[str, LayerStats] = {}
     if method.needs_calibration and targets:
-        handles = []
         device = block_placement(block)[0]  # accumulate where the activations are, in fp64
-        for layer in targets:
-            stats[layer.name] = layer_stats = LayerStats(layer.in_features, method.needs_hessian).to(device)
-            handles.append(
-                layer.module.register_forward_hook(lambda module, inputs, output, s=layer_stats: s.add(inputs[0]))
-            )
-        try:
-            run_block(block, call, hidden, index, "calibration")
-        finally:
-            for handle in handles:
-                handle.remove()
-        if ranks:
-            ranks.reduce_stats(stats)
+        stats = _fresh_stats(targets, method, device)
+        _calibrate(block, index, call, hidden, targets, stats, ranks)
+        for group in found.groups:
+            if ranks:
+                ranks.reduce_counts(group.routed)
+        starved = _starved(found.groups, targets, stats)
+        if starved:  # an expert no token visited learns from every token rather than from none
+            routed = [group.routed.clone() for group in found.groups]  # the counts of the real routing
+            stats.update(_fresh_stats(starved, method, device))
+            _calibrate(block, index, call, hidden, starved, stats, ranks)
+            for group, counts in zip(found.groups, routed):
+                group.routed.copy_(counts)
 
     # The dense weights each layer's error is measured against: as the method saw them, permuted;
     # kept in the model's dtype, in which they are exact.
@@ -119,7 +162,7 @@ def _prune_block(
 
     outputs = hidden.sibling(f"block-{index + 1:05d}")
     error_windows = ranks.local_count(ERROR_WINDOWS) if ranks else ERROR_WINDOWS
-    handles = [layer.module.register_forward_hook(meters[layer.name]) for layer in targets]
+    handles = [layer.observe_outputs(meters[layer.name]) for layer in targets]
     try:
         run_block(block, call, (hidden[i] for i in range(min(error_windows, len(hidden)))), index, "output", outputs)
     finally:
@@ -130,13 +173,16 @@ def _prune_block(
         ranks.reduce_meters(list(meters.values()))
     for name, meter in meters.items():
         reports[name].recon_error = meter.relative_error
+    for layer in found.prunable:
+        if isinstance(layer, ExpertMatrix):
+            reports[layer.name].expert = layer.record(stats[layer.name].tokens if layer.name in stats else None)
     return outputs, list(reports.values())
 
 
 def _prune_layers(
     block: nn.Module,
     prefix: str,
-    targets: list[PrunableLinear],
+    targets: list[Prunable],
     stats: dict[str, LayerStats],
     method: Method,
     pattern: Pattern,
@@ -146,13 +192,18 @@ def _prune_layers(
     reports: dict[str, LayerReport],
     references: dict[str, torch.Tensor],
 ) -> None:
-    if permute and targets:  # after calibration, before pruning: the error meter sees permuted weights
+    linears = [layer for layer in targets if isinstance(layer, PrunableLinear)]
+    if permute and linears:  # after calibration, before pruning: the error meter sees permuted weights
         device, dtype = block_placement(block)
         window = hidden[0].to(device=device, dtype=dtype)
         for name, record in permute_block(
-            block, prefix, targets, stats, method, pattern, call.to(device), window
+            block, prefix, linears, stats, method, pattern, call.to(device), window
         ).items():
             reports[name].permutation = record
+    if permute:
+        for layer in targets:
+            if isinstance(layer, ExpertMatrix):
+                reports[layer.name].permutation = {"applied": False, "reason": EXPERTS_NOT_PERMUTED}
     for layer in targets:
         started = time.perf_counter()
         references[layer.name] = layer.weight.detach().clone()
@@ -187,6 +238,7 @@ def walk_and_prune(
     access: BlockAccess | None = None,
     start: int = 0,
     ranks: Ranks | None = None,
+    experts: str = ROUTED,
 ) -> list[LayerReport]:
     """Prune blocks ``start``, ``start + 1``, ... in order; return one report per linear layer found.
 
@@ -199,6 +251,8 @@ def walk_and_prune(
             into the layers producing them (:func:`eggs_ptp.permute.permute_block`).
         access: loads and unloads block weights around each block (a lazily opened checkpoint).
         ranks: the processes sharing the calibration windows, when distributed.
+        experts: how expert matrices of mixture-of-experts blocks are calibrated
+            (:data:`~eggs_ptp.models.experts.EXPERT_CALIBRATIONS`).
     """
     access = access or InMemory()
     reports: list[LayerReport] = []
@@ -227,6 +281,7 @@ def walk_and_prune(
             exclude,
             permute,
             ranks,
+            experts,
         )
         hidden.release()
         hidden = outputs

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from eggs_ptp.models.layers import PrunableLinear, find_linears
+from eggs_ptp.models.experts import ROUTED
+from eggs_ptp.models.layers import Prunable, find_layers
 from eggs_ptp.stats import LayerStats
 from eggs_ptp.walk.activations import ActivationStore
 from eggs_ptp.walk.block import BlockAccess, BlockCall, InMemory, run_block
 from eggs_ptp.walk.distributed import Ranks
 
-BlockMeasure = Callable[[list[tuple[PrunableLinear, LayerStats]]], float]
+BlockMeasure = Callable[[list[tuple[Prunable, LayerStats]]], float]
 
 
 @torch.no_grad()
@@ -30,6 +31,7 @@ def survey_blocks(
     progress: bool = True,
     access: BlockAccess | None = None,
     ranks: Ranks | None = None,
+    experts: str = ROUTED,
 ) -> list[float]:
     """``measure`` of every block's linear layers and their input statistics, on dense activations.
 
@@ -40,12 +42,9 @@ def survey_blocks(
     current = hidden
     for index in tqdm(range(len(blocks)), desc="survey", disable=not progress):
         access.load(index)
-        layers = find_linears(blocks[index], f"{prefix}.{index}", include, exclude)
+        layers = find_layers(blocks[index], f"{prefix}.{index}", include, exclude, experts).prunable
         stats = {layer.name: LayerStats(layer.in_features) for layer in layers}
-        handles = [
-            layer.module.register_forward_hook(lambda module, inputs, output, s=stats[layer.name]: s.add(inputs[0]))
-            for layer in layers
-        ]
+        handles = [layer.observe_inputs(stats[layer.name].add) for layer in layers]
         following = current.sibling(f"survey-{index + 1:05d}")
         try:
             run_block(blocks[index], calls[index], current, index, "survey", following)
