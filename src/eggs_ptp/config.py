@@ -54,7 +54,8 @@ class PruneConfig:
     permute: N:M: permute input channels where the permutation folds exactly into the producing
         layer, so more score survives and the stored weights stay N:M in memory order.
     experts: mixture-of-experts models: ``routed`` calibrates each expert on the tokens its router
-        sends it (an expert no token reaches, on every token); ``all`` on every token.
+        sends it (an expert no token reaches, on every token); ``weighted`` on them scaled by their
+        routing weights; ``all`` on every token.
     allocation: unstructured: None (every layer at the target) or :class:`OwlAllocation`.
     """
 
@@ -75,7 +76,8 @@ class PruneConfig:
     )
     experts: str = setting(
         ROUTED,
-        "Mixture-of-experts: calibrate each expert on the tokens routed to it (routed), or on every token (all).",
+        "Mixture-of-experts: calibrate each expert on the tokens routed to it (routed), on them scaled by "
+        "their routing weights (weighted), or on every token (all).",
         "--expert-calibration",
         EXPERT_CALIBRATIONS,
     )

@@ -55,15 +55,22 @@ def test_every_method_prunes_every_family(family, method):
 @pytest.mark.parametrize("family", sorted(MOE_FAMILIES))
 @pytest.mark.parametrize("method", method_names())
 def test_every_method_prunes_every_moe_family(family, method):
-    """Every linear layer of the blocks (attention, shared experts, dense blocks) is pruned to the
-    pattern; a one-output gate may be left dense. Expert weights are not asserted on here."""
+    """Every linear layer of the blocks (attention, shared experts, dense blocks) and every expert's
+    matrices are pruned to the pattern; routers and one-output gates stay dense."""
     model = tiny_model(family)
     embeddings = model.get_input_embeddings().weight.clone()
     head = model.get_output_embeddings().weight.clone()
     model, report = prune(model, None, config_for(method), calibration=random_calibration(), run=QUIET)
 
     weights = linear_weights(model)
+    for name, fused in model.named_parameters():
+        owner = model.get_submodule(name.rpartition(".")[0])
+        if fused.dim() == 3:  # (experts, out, in), or (experts, in, out) when transposed
+            matrices = fused.data.transpose(1, 2) if owner.is_transposed else fused.data
+            weights.update({f"{name}.{expert}": matrix for expert, matrix in enumerate(matrices)})
     pruned = {layer.name: layer for layer in report.pruned_layers}
+    assert any(layer.expert for layer in pruned.values())
+    assert all(layer.skipped.startswith(("router", "gate")) for layer in report.skipped_layers)
     assert {name for name, weight in weights.items() if weight.shape[0] > 1} <= set(pruned)
     for name in set(weights) & set(pruned):
         weight = weights[name]

@@ -27,6 +27,7 @@ from helpers import (
     assert_same_weights,
     kill_after_block,
     prune_args,
+    python,
     random_calibration,
     run_cli,
     tiny_model,
@@ -245,8 +246,8 @@ def test_permute_leaves_experts_unpermuted_and_says_why(moe_dir, calib, tmp_path
 
 def test_a_bad_expert_calibration_rule_names_the_choices(moe_dir, calib, tmp_path):
     result = run_cli(*prune_args(moe_dir, tmp_path / "o", calib, "--expert-calibration", "some"))
-    assert result.exit_code == 2 and "'some' is not one of 'routed', 'all'" in result.stderr
-    with pytest.raises(ValueError, match="expert calibration must be one of routed, all"):
+    assert result.exit_code == 2 and "'some' is not one of 'routed', 'weighted', 'all'" in result.stderr
+    with pytest.raises(ValueError, match="expert calibration must be one of routed, weighted, all"):
         PruneConfig(experts="some")
 
 
@@ -278,3 +279,36 @@ def test_llama4_experts_are_refused_until_excluded_and_then_named_dense_with_the
     for name in ("model.layers.0.feed_forward.router.weight", "model.layers.0.feed_forward.experts.down_proj"):
         assert torch.equal(model.get_parameter(name), dense[name])
     assert report.to_dict()["summary"]["pruned_layers"] > 0  # attention and the shared expert
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_prune_experts_as_one_does(moe_dir, calib, tmp_path):
+    """Routed token counts and expert statistics are summed over ranks: the same bits as one process."""
+    args = ("--method", "sparsegpt", "--nsamples", 6)
+    for n in (1, 2):
+        finished = python("-m", "eggs_ptp", *prune_args(moe_dir, tmp_path / f"n{n}", calib, *args, "--nproc", n))
+        assert finished.returncode == 0, finished.stderr[-3000:]
+    assert_same_weights(tmp_path / "n1", tmp_path / "n2")
+    records = [json.loads((tmp_path / f"n{n}" / "sparsity.json").read_text()) for n in (1, 2)]
+    assert records[0]["summary"]["routed_tokens_per_expert"] == records[1]["summary"]["routed_tokens_per_expert"]
+    assert [layer["expert"] for layer in records[0]["layers"]] == [layer["expert"] for layer in records[1]["layers"]]
+
+
+def test_weighted_calibration_scales_each_routed_token_by_its_routing_weight():
+    model = tiny_model("mixtral")
+    _, blocks = find_blocks(model)
+    found = find_layers(blocks[0], "model.layers.0", experts="weighted")
+    (group,) = found.groups
+    captured, seen = {}, []
+    group.module.register_forward_pre_hook(lambda m, a, k: captured.update(args=a), with_kwargs=True)
+    up = next(m for m in found.prunable if getattr(m, "parameter", None) == "gate_up_proj" and m.expert == 1)
+    up.observe_inputs(seen.append)
+    with torch.no_grad():
+        model(torch.randint(0, 200, (1, 12)))
+    hidden, indices, weights = captured["args"][:3]
+    rows = (indices == 1).any(dim=-1)
+    expected = hidden[rows] * (weights * (indices == 1)).sum(dim=-1)[rows, None]
+    assert rows.any() and (expected != hidden[rows]).all()
+    torch.testing.assert_close(seen[0], expected)
+    _, report = _prune("mixtral", method="sparsegpt", experts="weighted")
+    assert {layer["expert"]["calibrated_on"] for layer in report.to_dict()["layers"] if layer["expert"]} == {"weighted"}

@@ -11,9 +11,10 @@ Each expert's matrix is one prunable layer, pruned along its input dimension.
 Statistics come from the model's own routing: a forward pre-hook on the experts module reads the
 hidden states and top-k expert indices its block's router computed, and an eager per-expert path
 gives each expert's matrices their inputs, the gate's output feeding ``down_proj``. ``routed``
-feeds an expert the tokens routed to it; ``all`` feeds every expert every token (llm-compressor's
-MoE calibration). A routed token counts once, whatever its routing weight: with the weights folded
-in, an expert's rare low-weight tokens would barely shape its mask.
+feeds an expert the tokens routed to it, each counting once; ``weighted`` the same tokens scaled
+by the routing weight the forward multiplies the expert's output by, so statistics are sums of
+``w^2 x x^T``: the expert's share of the block output's error; ``all`` feeds every expert every
+token (llm-compressor's MoE calibration).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from torch import nn
 
 ROUTER = "router: scores the experts"
 ROUTED = "routed"
+WEIGHTED = "weighted"
 ALL_TOKENS = "all"
-EXPERT_CALIBRATIONS = (ROUTED, ALL_TOKENS)
+EXPERT_CALIBRATIONS = (ROUTED, WEIGHTED, ALL_TOKENS)
 
 _UP = ("gate_up_proj", "up_proj")  # the first matrix, by has_gate
 _DOWN = "down_proj"
@@ -114,44 +116,59 @@ class ExpertGroup:
             self._handle.remove()
             self._handle = None
 
-    def _routing(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _routing(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Hidden states (tokens, hidden), top-k expert indices and their routing weights (tokens, k)."""
         values = dict(zip(self._argument_names, args))
         values.update({k: v for k, v in kwargs.items() if k in self._argument_names})
-        hidden, indices = (values.get(name) for name in self._argument_names[:2])
+        hidden, indices, weights = (values.get(name) for name in self._argument_names)
         if not isinstance(hidden, torch.Tensor) or not isinstance(indices, torch.Tensor):
             raise ExpertLayoutError(
                 f"{self.name} ({type(self.module).__name__}) was not called with hidden states and expert indices "
                 "first, as transformers' experts modules are; its experts cannot be calibrated"
             )
-        return hidden.reshape(-1, hidden.shape[-1]), indices.reshape(hidden.numel() // hidden.shape[-1], -1)
+        tokens = hidden.numel() // hidden.shape[-1]
+        weights = weights.reshape(tokens, -1) if isinstance(weights, torch.Tensor) else None
+        return hidden.reshape(tokens, hidden.shape[-1]), indices.reshape(tokens, -1), weights
 
     @torch.no_grad()
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hidden, indices = self._routing(args, kwargs)
+        hidden, indices, weights = self._routing(args, kwargs)
         routed = torch.zeros(self.count + 1, dtype=torch.bool, device=indices.device).expand(indices.shape[0], -1)
         routed = routed.scatter(1, indices.clamp(0, self.count), True)[:, : self.count]  # (tokens, experts)
         watched = sorted({expert for _, expert in self._inputs} | {expert for _, expert in self._outputs})
         if self._inputs:
             self.routed += routed.sum(dim=0).cpu()
+        if self.calibration == WEIGHTED and weights is None:
+            raise ExpertLayoutError(f"{self.name} was called without routing weights; use another expert calibration")
         for expert in watched:
-            everything = self.calibration == ALL_TOKENS or expert in self.every_token
-            self._feed(expert, hidden if everything else hidden[routed[:, expert]])
+            if self.calibration == ALL_TOKENS or expert in self.every_token:
+                self._feed(expert, hidden, None)
+                continue
+            rows = routed[:, expert]
+            scale = None
+            if self.calibration == WEIGHTED:  # the weight the forward multiplies this expert's output by
+                scale = (weights * (indices == expert)).sum(dim=-1)[rows, None].to(hidden.dtype)
+            self._feed(expert, hidden[rows], scale)
 
-    def _feed(self, expert: int, x: torch.Tensor) -> None:
+    def _feed(self, expert: int, x: torch.Tensor, scale: torch.Tensor | None) -> None:
+        """Give one expert's observers its inputs: statistics see them times ``scale`` (per token)
+        when given, error meters as they are."""
         up_weight = ExpertMatrix.view(self, self.up, expert)
         up = x @ up_weight.T
-        self._notify(self.up, expert, x, up)
+        self._notify(self.up, expert, x, up, scale)
         if not any(key[1] == expert and key[0] == _DOWN for key in (*self._inputs, *self._outputs)):
             return
         if self.module.has_bias:
             up = up + getattr(self.module, f"{self.up}_bias")[expert]
         h = self.module._apply_gate(up) if self.module.has_gate else self.module.act_fn(up)
         down_weight = ExpertMatrix.view(self, _DOWN, expert)
-        self._notify(_DOWN, expert, h, h @ down_weight.T if (_DOWN, expert) in self._outputs else None)
+        self._notify(_DOWN, expert, h, h @ down_weight.T if (_DOWN, expert) in self._outputs else None, scale)
 
-    def _notify(self, parameter: str, expert: int, x: torch.Tensor, y: torch.Tensor | None) -> None:
+    def _notify(
+        self, parameter: str, expert: int, x: torch.Tensor, y: torch.Tensor | None, scale: torch.Tensor | None
+    ) -> None:
         for observer in self._inputs.get((parameter, expert), ()):
-            observer(x)
+            observer(x if scale is None else x * scale)
         for observer in self._outputs.get((parameter, expert), ()):
             observer(x, y)
 
@@ -214,12 +231,12 @@ class ExpertMatrix:
         """What the report says about this matrix beyond a linear layer's fields; ``tokens`` is how
         many it was calibrated on (None: the method needs no calibration)."""
         calibrated = tokens is not None
-        every = self.group.calibration == ALL_TOKENS or self.expert in self.group.every_token
+        every = self.expert in self.group.every_token
         return {
             "parameter": f"{self.group.name}.{self.parameter}",
             "index": self.expert,
             "routed_tokens": int(self.group.routed[self.expert]) if calibrated else None,
-            "calibrated_on": (ALL_TOKENS if every else ROUTED) if calibrated else None,
+            "calibrated_on": (ALL_TOKENS if every else self.group.calibration) if calibrated else None,
             "tokens": tokens,
         }
 
@@ -272,6 +289,7 @@ __all__ = [
     "ALL_TOKENS",
     "EXPERT_CALIBRATIONS",
     "ROUTED",
+    "WEIGHTED",
     "ExpertGroup",
     "ExpertLayoutError",
     "ExpertMatrix",
