@@ -312,3 +312,21 @@ def test_weighted_calibration_scales_each_routed_token_by_its_routing_weight():
     torch.testing.assert_close(seen[0], expected)
     _, report = _prune("mixtral", method="sparsegpt", experts="weighted")
     assert {layer["expert"]["calibrated_on"] for layer in report.to_dict()["layers"] if layer["expert"]} == {"weighted"}
+
+
+def test_expert_errors_are_measured_on_the_tokens_routed_to_the_expert_whatever_the_rule():
+    """Under ``all``, statistics see every token but the reconstruction error counts only the tokens the
+    expert serves, so errors compare across rules."""
+    model = tiny_model("mixtral")
+    _, blocks = find_blocks(model)
+    found = find_layers(blocks[0], "model.layers.0", experts="all")
+    (group,) = found.groups
+    captured, fed, measured = {}, [], []
+    group.module.register_forward_pre_hook(lambda m, a, k: captured.update(args=a), with_kwargs=True)
+    down = next(m for m in found.prunable if getattr(m, "parameter", None) == "down_proj" and m.expert == 2)
+    down.observe_inputs(fed.append)
+    down.observe_outputs(lambda x, y: measured.append(x))
+    with torch.no_grad():
+        model(torch.randint(0, 200, (1, 12)))
+    indices = captured["args"][1]
+    assert fed[0].shape[0] == 12 and measured[0].shape[0] == int((indices == 2).any(dim=-1).sum())

@@ -141,36 +141,42 @@ class ExpertGroup:
         if self.calibration == WEIGHTED and weights is None:
             raise ExpertLayoutError(f"{self.name} was called without routing weights; use another expert calibration")
         for expert in watched:
-            if self.calibration == ALL_TOKENS or expert in self.every_token:
-                self._feed(expert, hidden, None)
-                continue
             rows = routed[:, expert]
-            scale = None
-            if self.calibration == WEIGHTED:  # the weight the forward multiplies this expert's output by
-                scale = (weights * (indices == expert)).sum(dim=-1)[rows, None].to(hidden.dtype)
-            self._feed(expert, hidden[rows], scale)
+            if any(key[1] == expert for key in self._inputs):  # statistics: on the rule's tokens
+                if self.calibration == ALL_TOKENS or expert in self.every_token:
+                    self._feed(self._inputs, expert, hidden, None)
+                else:
+                    scale = None
+                    if self.calibration == WEIGHTED:  # the weight the forward multiplies this expert's output by
+                        scale = (weights * (indices == expert)).sum(dim=-1)[rows, None].to(hidden.dtype)
+                    self._feed(self._inputs, expert, hidden[rows], scale)
+            if any(key[1] == expert for key in self._outputs):  # error meters: on the tokens it really serves
+                self._feed(self._outputs, expert, hidden[rows], None)
 
-    def _feed(self, expert: int, x: torch.Tensor, scale: torch.Tensor | None) -> None:
-        """Give one expert's observers its inputs: statistics see them times ``scale`` (per token)
-        when given, error meters as they are."""
+    def _feed(self, table: dict, expert: int, x: torch.Tensor, scale: torch.Tensor | None) -> None:
+        """Give one expert's observers in ``table`` its inputs: statistics see them times ``scale``
+        (per token) when given; error meters see inputs and outputs."""
+        outputs = table is self._outputs
         up_weight = ExpertMatrix.view(self, self.up, expert)
         up = x @ up_weight.T
-        self._notify(self.up, expert, x, up, scale)
-        if not any(key[1] == expert and key[0] == _DOWN for key in (*self._inputs, *self._outputs)):
+        self._notify(table, self.up, expert, x, up if outputs else None, scale)
+        if (_DOWN, expert) not in table:
             return
         if self.module.has_bias:
             up = up + getattr(self.module, f"{self.up}_bias")[expert]
         h = self.module._apply_gate(up) if self.module.has_gate else self.module.act_fn(up)
         down_weight = ExpertMatrix.view(self, _DOWN, expert)
-        self._notify(_DOWN, expert, h, h @ down_weight.T if (_DOWN, expert) in self._outputs else None, scale)
+        self._notify(table, _DOWN, expert, h, h @ down_weight.T if outputs else None, scale)
 
+    @staticmethod
     def _notify(
-        self, parameter: str, expert: int, x: torch.Tensor, y: torch.Tensor | None, scale: torch.Tensor | None
+        table: dict, parameter: str, expert: int, x: torch.Tensor, y: torch.Tensor | None, scale: torch.Tensor | None
     ) -> None:
-        for observer in self._inputs.get((parameter, expert), ()):
-            observer(x if scale is None else x * scale)
-        for observer in self._outputs.get((parameter, expert), ()):
-            observer(x, y)
+        for observer in table.get((parameter, expert), ()):
+            if y is not None:
+                observer(x, y)
+            else:
+                observer(x if scale is None else x * scale)
 
 
 @dataclass
