@@ -151,10 +151,15 @@ def _converted(target: Path) -> bool:
 
 
 def _convert(target: Path) -> None:
-    source = _gguf_folder()
-    log.info("converting %s to safetensors in %s (once)", _GGUF_FILE, target)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE)
+    convert_gguf(_gguf_folder(), _GGUF_FILE, target)
+
+
+def convert_gguf(source: Path, gguf_file: str, target: Path) -> None:
+    """Dequantise ``source/gguf_file`` into a float32 safetensors folder ``target``, with its
+    tokenizer, written whole or not at all."""
+    log.info("converting %s to safetensors in %s (once)", gguf_file, target)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
     # The GGUF quantizer stays attached after dequantisation and blocks save_pretrained.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
@@ -297,6 +302,7 @@ __all__ = [
     "ModelError",
     "cache_dir",
     "check_weight_files",
+    "convert_gguf",
     "default_model_folder",
     "hide_loading_bars",
     "load_config",
