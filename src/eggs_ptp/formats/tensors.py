@@ -105,7 +105,7 @@ class CheckpointTensors:
             return self.fused(expert["parameter"])[expert["index"]]
         key = f"{layer['name']}.weight"
         if key not in self.where:
-            raise ValueError(f"{layer['name']}: weight {key} is missing from {self.folder}")
+            raise ValueError(f"{layer['name']}: weight {key} is missing from the checkpoint in {self.folder}")
         stored = self.read(key)
         return stored.T if layer["transposed"] else stored
 

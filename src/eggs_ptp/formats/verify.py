@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from eggs_ptp.errors import FileError
 from eggs_ptp.formats.checkpoint import read_report
 from eggs_ptp.formats.tensors import CheckpointTensors
 from eggs_ptp.pattern import Pattern, pattern_violations
@@ -81,11 +82,15 @@ def verify_checkpoint(folder: Path) -> int:
     layers = check_record(report)
     try:
         tensors = CheckpointTensors(folder)
+    except FileError:  # an unreadable file is a failure to read, not a broken pattern
+        raise
     except ValueError as error:
         raise VerifyError(str(error)) from None
     for layer in layers:  # in walk order, so "first" means first in the model
         try:
             weight = tensors.matrix(layer)
+        except FileError:
+            raise
         except ValueError as error:
             raise VerifyError(str(error)) from None
         if list(weight.shape) != list(layer["shape"]):
