@@ -2,9 +2,10 @@
 
 Each cell restores the dense weights, prunes with small calibration (8 x 128 tokens of the wiki
 text, seed 0) and hashes the model's tensors: the kept masks alone, and the weights bit for bit.
-With ``--reference``, each hash is compared with a file of the same shape written by older code
-(``benchmarks/results/mask_hashes_reference.json`` was written at commit 27638a6, before the
-method configs became types).
+With ``--reference``, each hash is compared with a file of the same shape written by older code:
+``benchmarks/results/mask_hashes_reference.json`` at commit 6e74778 (fp64 calibration statistics,
+before windows began with the tokenizer's sequence start), ``mask_hashes_reference_fp32.json`` at
+27638a6 (fp32 statistics, before the method configs became types).
 
     python benchmarks/mask_hashes.py --reference benchmarks/results/mask_hashes_reference.json
 """

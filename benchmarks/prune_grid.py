@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from eggs_ptp import OwlAllocation, PruneConfig, RunOptions, prune
-from eggs_ptp.data import load_text, sample_windows
+from eggs_ptp.data import SequenceStart, load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.eval import PeakRss, perplexity
 from eggs_ptp.formats import write_json_atomic
@@ -349,6 +349,7 @@ def main() -> None:
     eval_source = load_text("wiki", "evaluation")
     calib_tokens = tokenize(tokenizer, calib_source.text)
     eval_tokens = tokenize(tokenizer, eval_source.text)
+    start = SequenceStart.of(tokenizer)
     seqlen, windows = preset["seqlen"], preset["windows"]
 
     record = (
@@ -359,13 +360,16 @@ def main() -> None:
             "evaluation": f"{eval_source.description}; first {windows or 'all'} non-overlapping windows of "
             f"{seqlen} tokens",
             "calibration": f"{calib_source.description}; random windows, seeded",
+            "sequence_start": list(start.tokens),
             "hardware": f"{torch.get_num_threads()} torch threads, CPU",
             "versions": library_versions(),
             "cells": [],
         }
     )
+    if record.get("sequence_start", []) != list(start.tokens):  # a file from before the start was recorded had none
+        sys.exit(f"{json_path} has windows starting with {record.get('sequence_start', [])}, not {list(start.tokens)}")
     if "dense" not in record:
-        dense = perplexity(model, eval_tokens, seqlen, windows, eval_source.description)
+        dense = perplexity(model, eval_tokens, seqlen, windows, eval_source.description, start=start)
         record["dense"] = dense.to_dict()
     done = {row["key"] for row in record["cells"]}
     for pattern in preset["patterns"]:
@@ -377,12 +381,16 @@ def main() -> None:
                     continue
                 model.load_state_dict(dense_state)
                 config = cell_config(cell, pattern, preset["nsamples"], seqlen, seed)
-                calibration = sample_windows(calib_tokens, config.nsamples, seqlen, seed, calib_source.description)
+                calibration = sample_windows(
+                    calib_tokens, config.nsamples, seqlen, seed, calib_source.description, start
+                )
                 with PeakRss() as peak:
                     started = time.perf_counter()
                     _, report = prune(model, tokenizer, config, RunOptions(progress=False), calibration=calibration)
                     seconds = time.perf_counter() - started
-                result = perplexity(model, eval_tokens, seqlen, windows, eval_source.description, progress=False)
+                result = perplexity(
+                    model, eval_tokens, seqlen, windows, eval_source.description, progress=False, start=start
+                )
                 row = {
                     "key": key,
                     "cell": cell,

@@ -22,7 +22,7 @@ from transformers import PreTrainedModel
 
 from eggs_ptp.allocation import block_outlier_ratio, owl_sparsities
 from eggs_ptp.config import PruneConfig
-from eggs_ptp.data import CalibrationSet, load_text, sample_windows
+from eggs_ptp.data import CalibrationSet, SequenceStart, load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.eval import perplexity
 from eggs_ptp.formats.checkpoint import REPORT_FILE, save_pruned, staged_folder, write_json_atomic
@@ -80,24 +80,31 @@ def effective_seqlen(model: PreTrainedModel, tokenizer: object, requested: int) 
 
 
 def build_calibration(model: PreTrainedModel, tokenizer: object, config: PruneConfig) -> CalibrationSet:
-    """Tokenise ``config.calib`` and draw the seeded calibration windows. A method that reads no
-    calibration still gets one window, to measure reconstruction error."""
+    """Tokenise ``config.calib`` and draw the seeded calibration windows, each beginning as the
+    tokenizer begins a sequence. A method that reads no calibration still gets one window, to measure
+    reconstruction error."""
     source = load_text(config.calib, "calibration")
     seqlen = effective_seqlen(model, tokenizer, config.seqlen)
     needs = build_method(config.method, config.parsed_pattern).needs_calibration or config.allocation is not None
     return sample_windows(
-        tokenize(tokenizer, source.text), config.nsamples if needs else 1, seqlen, config.seed, source.description
+        tokenize(tokenizer, source.text),
+        config.nsamples if needs else 1,
+        seqlen,
+        config.seed,
+        source.description,
+        SequenceStart.of(tokenizer),
     )
 
 
 def perplexity_meter(
     model: PreTrainedModel, tokenizer: object, text: str, windows: int | None, seqlen: int, progress: bool = True
 ):
-    """Tokenise the evaluation text once; return a function measuring a model on it."""
+    """Tokenise the evaluation text once; return a function measuring a model on it, on windows that
+    begin as the tokenizer begins a sequence."""
     source = load_text(text, "evaluation")
     seqlen = effective_seqlen(model, tokenizer, seqlen)
-    tokens = tokenize(tokenizer, source.text)
-    return lambda measured: perplexity(measured, tokens, seqlen, windows, source.description, progress)
+    tokens, start = tokenize(tokenizer, source.text), SequenceStart.of(tokenizer)
+    return lambda measured: perplexity(measured, tokens, seqlen, windows, source.description, progress, start)
 
 
 def prune(
@@ -336,7 +343,9 @@ class _Walk:
                 f"{self.ranks.world} processes; draw at least one per process"
             )
         config = self.config
-        if not prunable_layers(self.blocks, self.prefix, config.parsed_pattern, config.include, config.exclude):
+        if not prunable_layers(
+            self.blocks, self.prefix, config.parsed_pattern, config.include, config.exclude, config.experts
+        ):
             raise ValueError(
                 f"no layer can be pruned: every linear layer is excluded by --include/--exclude or has an input "
                 f"width not divisible by M for pattern {config.pattern}; check them"
@@ -409,6 +418,7 @@ class _Walk:
             access=self.access,
             start=start,
             ranks=self.ranks,
+            experts=self.config.experts,
         )
         return layers, allocation, resumed
 
@@ -426,6 +436,7 @@ class _Walk:
             self.options.progress,
             self.access,
             self.ranks,
+            self.config.experts,
         )
         sparsities = owl_sparsities(ratios, self.config.parsed_pattern.sparsity, owl.deviation)
         return {

@@ -6,6 +6,8 @@ import shutil
 
 import pytest
 from click.testing import CliRunner
+from tokenizers import Tokenizer, processors
+from transformers import PreTrainedTokenizerFast
 
 from eggs_ptp import EggsConfig
 from eggs_ptp.cli import main
@@ -209,6 +211,16 @@ def test_check_refuses_other_weights(copy, workspace, tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path / "other")
     line = one_error_line(run("compare", "--check", copy / "results.json", tmp_path / "other", "-q"))
     assert "other weights" in line
+
+
+def test_check_refuses_a_tokenizer_that_starts_sequences_otherwise(copy, workspace, tmp_path, tokenizer):
+    folder = shutil.copytree(workspace / "tiny", tmp_path / "starts")  # the same weights
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.post_processor = processors.TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>").save_pretrained(folder)
+    line = one_error_line(run("compare", "--check", copy / "results.json", folder, "-q"))
+    assert f"{copy / 'results.json'} has calibration windows starting with [], but this tokenizer starts" in line
+    assert "with ['<eos>']" in line
 
 
 @pytest.mark.parametrize(

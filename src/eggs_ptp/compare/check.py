@@ -2,7 +2,8 @@
 
 A cell reproduces when its masks are bit-identical (same SHA-256) and its perplexity is within a
 relative tolerance of the recorded one. Everything the cell needs is read from the file: the
-model (checked against the recorded weights hash), the grid settings and the cell's seed.
+model (checked against the recorded weights hash), the grid settings and the cell's seed. The
+tokenizer must start sequences as the recorded windows started, or the windows would differ.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 import torch
 
 from eggs_ptp.compare.provenance import weights_sha256
-from eggs_ptp.compare.runner import GridContext, read_results
+from eggs_ptp.compare.runner import GridContext, check_sequence_start, read_results
 from eggs_ptp.compare.spec import Cell, CompareSpec
 from eggs_ptp.config import PruneConfig
+from eggs_ptp.data import SequenceStart
 from eggs_ptp.models import LoadedModel, load_model
 
 DEFAULT_TOLERANCE = 1e-3
@@ -80,6 +82,7 @@ def check_results(
             f"the model loaded from {model or recorded['id']!r} has other weights than the ones "
             f"{path} was computed on (sha256 {recorded['weights_sha256'][:12]})"
         )
+    check_sequence_start(record, SequenceStart.of(loaded.tokenizer), Path(path))
     spec = CompareSpec.from_dict({**record["settings"], "task": False})
     context = GridContext(loaded, spec, snapshot=False)
     measured = context.run_cell(

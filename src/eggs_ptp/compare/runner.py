@@ -23,7 +23,7 @@ from eggs_ptp.atomic import write_atomic
 from eggs_ptp.compare.provenance import hardware, mask_sha256, model_identity, versions
 from eggs_ptp.compare.spec import Cell, CompareSpec
 from eggs_ptp.config import PruneConfig
-from eggs_ptp.data import DEFAULT_TEXT, DataError, load_text, sample_windows
+from eggs_ptp.data import DEFAULT_TEXT, DataError, SequenceStart, load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.errors import read_json
 from eggs_ptp.eval import PeakRss, perplexity
@@ -53,9 +53,10 @@ class GridContext:
         self.eval_source = load_text(spec.eval_text, "evaluation")
         self.calib_tokens = tokenize(tokenizer, self.calib_source.text)
         self.eval_tokens = tokenize(tokenizer, self.eval_source.text)
+        self.start = SequenceStart.of(tokenizer)
         self.seqlen = effective_seqlen(model, tokenizer, spec.seqlen)
         self.eval_seqlen = effective_seqlen(model, tokenizer, spec.eval_seqlen)
-        available = self.eval_tokens.numel() // self.eval_seqlen
+        available = self.eval_tokens.numel() // self.start.text_length(self.eval_seqlen)
         self.eval_windows = available if spec.eval_windows is None else spec.eval_windows
         if not 0 < self.eval_windows <= available:
             raise DataError(
@@ -92,6 +93,7 @@ class GridContext:
                 "seqlen": self.seqlen,
                 "seeds": list(spec.seeds),
                 "sampling": SAMPLING,
+                "sequence_start": list(self.start.tokens),
                 "text_tokens": self.calib_tokens.numel(),
             },
             "evaluation": {
@@ -101,6 +103,7 @@ class GridContext:
                 "windows": self.eval_windows,
                 "tokens": self.eval_windows * self.eval_seqlen,
                 "protocol": "first non-overlapping windows, each scored on its own",
+                "sequence_start": list(self.start.tokens),
             },
             "task": task,
         }
@@ -114,6 +117,7 @@ class GridContext:
             self.eval_windows,
             self.eval_source.description,
             progress=False,
+            start=self.start,
         )
         return {"perplexity": result.perplexity, "mean_loss": result.mean_loss, "task": self.task_scores()}
 
@@ -147,7 +151,7 @@ class GridContext:
         if self._dense is not None:
             model.load_state_dict(self._dense)
         calibration = sample_windows(
-            self.calib_tokens, self.spec.nsamples, self.seqlen, cell.seed, self.calib_source.description
+            self.calib_tokens, self.spec.nsamples, self.seqlen, cell.seed, self.calib_source.description, self.start
         )
         status("pruning")
         with PeakRss() as peak:
@@ -229,8 +233,23 @@ def check_settings(record: dict[str, Any], spec: CompareSpec, out: Path) -> None
             )
 
 
-def _check_resumable(record: dict[str, Any], spec: CompareSpec, identity: dict[str, Any], out: Path) -> None:
+def check_sequence_start(record: dict[str, Any], start: SequenceStart, path: Path) -> None:
+    """Refuse to resume or re-run the grid of the results file ``path`` when its windows began otherwise
+    than ``start`` (the tokenizer changed); a record from before windows had a sequence start began with none."""
+    for part in ("calibration", "evaluation"):
+        recorded = record[part].get("sequence_start", [])
+        if recorded != list(start.tokens):
+            raise ValueError(
+                f"{path} has {part} windows starting with {recorded}, but this tokenizer starts a sequence "
+                f"with {list(start.tokens)}; use the tokenizer it was run with"
+            )
+
+
+def _check_resumable(
+    record: dict[str, Any], spec: CompareSpec, identity: dict[str, Any], start: SequenceStart, out: Path
+) -> None:
     check_settings(record, spec, out)
+    check_sequence_start(record, start, out / RESULTS_FILE)
     if record["model"]["weights_sha256"] != identity["weights_sha256"]:
         raise ValueError(
             f"{out / RESULTS_FILE} was computed on other weights ({record['model']['id']}, sha256 "
@@ -286,7 +305,7 @@ def run_compare(
     record = existing_record(out, resume, overwrite)
     identity = model_identity(loaded)
     if record is not None:
-        _check_resumable(record, spec, identity, out)
+        _check_resumable(record, spec, identity, SequenceStart.of(loaded.tokenizer), out)
     done = {row["key"] for row in record["cells"]} if record else set()
     todo = [cell for cell in spec.cells() if cell.key not in done]
     context = GridContext(loaded, spec, snapshot=len(todo) > 1)
@@ -345,6 +364,7 @@ __all__ = [
     "RESULTS_FILE",
     "SAMPLING",
     "GridContext",
+    "check_sequence_start",
     "check_settings",
     "existing_record",
     "read_results",

@@ -4,6 +4,8 @@ The harness (``pip install 'eggs-ptp[eval]'``) wraps the model with its own ``HF
 dense, pruned or compact-loaded model is scored exactly as the field scores checkpoints, with no
 fork and no patch. Its task index is extended with this package's offline task
 (``eggs_wiki_lastword``, :mod:`eggs_ptp.eval.lastword`) through ``TaskManager(include_path=...)``.
+``HFLM`` gets ``add_bos_token`` from the tokenizer's sequence start, so a request begins as eggs-ptp's
+perplexity windows do: with the BOS of a tokenizer that adds one, and with no appended EOS otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from torch import nn
 
+from eggs_ptp.data import SequenceStart
 from eggs_ptp.eval.lastword import TASK_NAME as OFFLINE_TASK
 
 TASKS_DIR = Path(__file__).parent / "tasks"
@@ -148,12 +151,15 @@ def evaluate_tasks(
     Returns:
         ``{"tasks": {name: {metric: value, ..., "samples": n, "n_shot": k, "version": v}},
         "groups": {...}, "settings": {...}}``; settings name the harness version, batch size,
-        limit and the context length the harness used (longer inputs lose tokens on the left).
+        limit, the context length the harness used (longer inputs lose tokens on the left) and how
+        requests start (``add_bos_token``, ``sequence_start``).
     """
     from lm_eval import simple_evaluate
 
     task_set = tasks if isinstance(tasks, TaskSet) else load_tasks(list(tasks))
-    lm = _lm_class(progress)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    start = SequenceStart.of(tokenizer)
+    # True: the tokenizer's special tokens, its BOS among them; False: none, not even an appended EOS.
+    lm = _lm_class(progress)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=len(start) > 0)
     was_training = model.training
     # The harness draws a per-task "building contexts" bar that has no switch; without progress its
     # stderr goes to a buffer (bars drawn by the caller keep their own stream, logging keeps its).
@@ -188,6 +194,8 @@ def evaluate_tasks(
             "limit": limit,
             "max_length": lm.max_length,
             "bootstrap_iters": BOOTSTRAP_ITERS,
+            "add_bos_token": lm.add_bos_token,
+            "sequence_start": list(start.tokens),
         },
     }
 

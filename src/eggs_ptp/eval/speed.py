@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from eggs_ptp.formats.checkpoint import read_report
 from eggs_ptp.formats.compact import COMPACT_FILE, load_compact, pack_checkpoint, read_compact
-from eggs_ptp.formats.verify import tensor_files
+from eggs_ptp.formats.tensors import tensor_files
 from eggs_ptp.kernels.swap import load_sparse
 from eggs_ptp.report import library_versions
 
@@ -165,18 +165,22 @@ def _shape_groups(record: dict[str, Any]) -> dict[tuple[int, int], list[str]]:
 
 
 def _prompt(folder: Path, length: int, vocab: int, seed: int) -> tuple[torch.Tensor, str]:
-    """The first ``length`` tokens of the held-out text when the folder has a tokenizer and the
-    embedded text is installed (a natural prompt, so greedy outputs are comparable), else random ids."""
-    from eggs_ptp.data import DataError, load_text
+    """``length`` tokens that begin as the tokenizer begins a sequence (a BOS, or nothing), then the
+    held-out text, when the folder has a tokenizer and the embedded text is installed (a natural
+    prompt, so greedy outputs are comparable), else random ids."""
+    from eggs_ptp.data import DataError, SequenceStart, load_text
     from eggs_ptp.data.calibration import tokenize
     from eggs_ptp.models.loading import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(folder)
-        ids = tokenize(tokenizer, load_text("wiki", "evaluation").text[: 20 * length])[:length]
-        if len(ids) == length:
-            return ids[None], f"first {length} tokens of the held-out wiki split"
-    except (OSError, ValueError, DataError):  # no tokenizer saved, or the embedded text is not installed
+        start = SequenceStart.of(tokenizer)
+        text = start.text_length(length)
+        ids = tokenize(tokenizer, load_text("wiki", "evaluation").text[: 20 * length])[:text]
+        if len(ids) == text:
+            source = f"first {text} tokens of the held-out wiki split"
+            return start.prepend(ids[None]), (f"{list(start.tokens)}, then the {source}" if start else source)
+    except (OSError, ValueError, DataError):  # no tokenizer saved, the embedded text is not installed, or no room
         pass
     ids = torch.randint(0, vocab, (1, length), generator=torch.Generator().manual_seed(seed))
     return ids, f"{length} random token ids (seed {seed})"
