@@ -21,11 +21,12 @@ from transformers import AutoModelForCausalLM
 from eggs_ptp.errors import reading
 from eggs_ptp.models.conversion import (
     StoredPiece,
-    fused_parameter,
     gather_fused,
-    scatter_fused,
+    is_fused_expert,
+    matrices_shape,
     stored_names,
     stored_pieces,
+    swap_layout,
 )
 from eggs_ptp.models.loading import load_config
 
@@ -65,17 +66,14 @@ class CheckpointTensors:
         """Where this checkpoint stores the rows of fused expert ``parameter``."""
         return stored_pieces(self._meta_model, parameter, self.shapes, lambda key: key if key in self.where else None)
 
-    def fused_shape(self, parameter: str) -> tuple[int, int, int]:
-        """(experts, out, in) of fused expert ``parameter``."""
-        module, fused = fused_parameter(self._meta_model, parameter)
-        experts, rows, columns = fused.shape
-        return (experts, columns, rows) if module.is_transposed else (experts, rows, columns)
-
     def fused(self, parameter: str) -> torch.Tensor:
         """The (experts, out, in) matrices of fused expert ``parameter``; the last one read stays cached."""
         if self._fused is None or self._fused[0] != parameter:
             self._fused = None  # free the previous one first
-            self._fused = (parameter, gather_fused(self.pieces(parameter), self.read, self.fused_shape(parameter)))
+            self._fused = (
+                parameter,
+                gather_fused(self.pieces(parameter), self.read, matrices_shape(self._meta_model, parameter)),
+            )
         return self._fused[1]
 
     def model_side(self) -> dict[str, torch.Tensor]:
@@ -83,20 +81,14 @@ class CheckpointTensors:
         it (fused experts fused, renamed keys renamed); weights tied to another and left out by
         ``save_pretrained`` stay out."""
         tensors = {}
-        for name, meta in self._meta_model.state_dict().items():
-            module = self._meta_model.get_submodule(name.rpartition(".")[0]) if "." in name else self._meta_model
-            if meta.dim() == 3 and getattr(module, "is_transposed", None) is not None:
-                matrices = self.fused(name)
-                tensors[name] = matrices.transpose(1, 2).contiguous() if module.is_transposed else matrices
+        for name in self._meta_model.state_dict():
+            if is_fused_expert(self._meta_model, name):
+                tensors[name] = swap_layout(self._meta_model, name, self.fused(name)).contiguous()
                 continue
             keys = [key for key in stored_names(self._meta_model, name) if key in self.where]
             if len(keys) == 1:
                 tensors[name] = self.read(keys[0])
         return tensors
-
-    def split(self, parameter: str, matrices: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(experts, out, in) ``matrices`` as the tensors this checkpoint stores them in."""
-        return scatter_fused(matrices, self.pieces(parameter))
 
     def matrix(self, layer: dict[str, Any]) -> torch.Tensor:
         """The (out, in) weight of a layer record: ``NAME.weight``, or an expert's rows of its fused parameter."""

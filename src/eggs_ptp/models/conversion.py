@@ -51,6 +51,28 @@ def fused_parameter(model: nn.Module, parameter: str) -> tuple[nn.Module, torch.
     return module, getattr(module, leaf)
 
 
+def is_fused_expert(model: nn.Module, name: str) -> bool:
+    """Whether ``name`` is a 3-D parameter of an experts module in transformers' declared layout."""
+    owner, _, leaf = name.rpartition(".")
+    module = model.get_submodule(owner)
+    tensor = getattr(module, leaf, None)
+    return getattr(module, "is_transposed", None) is not None and isinstance(tensor, torch.Tensor) and tensor.dim() == 3
+
+
+def matrices_shape(model: nn.Module, parameter: str) -> tuple[int, int, int]:
+    """(experts, out, in) of fused expert ``parameter``."""
+    module, fused = fused_parameter(model, parameter)
+    experts, rows, columns = fused.shape
+    return (experts, columns, rows) if module.is_transposed else (experts, rows, columns)
+
+
+def swap_layout(model: nn.Module, parameter: str, tensor: torch.Tensor) -> torch.Tensor:
+    """A fused expert parameter's own layout to its (experts, out, in) matrices, or back: experts
+    stored (experts, in, out) swap their last two dimensions, so applying it twice is the identity."""
+    module, _ = fused_parameter(model, parameter)
+    return tensor.transpose(1, 2) if module.is_transposed else tensor
+
+
 def stored_pieces(
     model: nn.Module, parameter: str, stored_shapes: Mapping[str, Sequence[int]], key_for: Callable[[str], str | None]
 ) -> list[StoredPiece]:
@@ -105,7 +127,10 @@ __all__ = [
     "StoredPiece",
     "fused_parameter",
     "gather_fused",
+    "is_fused_expert",
+    "matrices_shape",
     "scatter_fused",
     "stored_names",
     "stored_pieces",
+    "swap_layout",
 ]

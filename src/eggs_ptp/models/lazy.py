@@ -22,11 +22,13 @@ from eggs_ptp.memory import return_freed_memory
 from eggs_ptp.models.conversion import (
     ConversionError,
     StoredPiece,
-    fused_parameter,
     gather_fused,
+    is_fused_expert,
+    matrices_shape,
     scatter_fused,
     stored_names,
     stored_pieces,
+    swap_layout,
 )
 from eggs_ptp.models.loading import ModelError, check_weight_files, load_config, weights_signature
 
@@ -112,6 +114,7 @@ class LazyModel:
         for name, buffer in list(self.model.named_buffers()):  # rotary tables and such, built on the CPU
             set_module_tensor_to_device(self.model, name, self.device, value=buffer)
         self._names = {module: name for name, module in self.model.named_modules()}
+        self._stored_pieces: dict[str, list[StoredPiece] | None] = {}  # by parameter, found once
 
     def _key(self, name: str) -> str | None:
         return self.checkpoint.key_for(name, self.model.base_model_prefix)
@@ -124,13 +127,15 @@ class LazyModel:
 
     def _pieces(self, parameter: str) -> list[StoredPiece] | None:
         """Where the checkpoint stores fused expert ``parameter`` in pieces, or None for other parameters."""
-        owner = self.model.get_submodule(parameter.rpartition(".")[0])
-        if getattr(owner, "is_transposed", None) is None or self.model.get_parameter(parameter).dim() != 3:
-            return None
-        try:
-            return stored_pieces(self.model, parameter, self.checkpoint.shapes, self._key)
-        except ConversionError:
-            raise self._missing(parameter) from None
+        if parameter not in self._stored_pieces:
+            pieces = None
+            if self._key(parameter) is None and is_fused_expert(self.model, parameter):
+                try:
+                    pieces = stored_pieces(self.model, parameter, self.checkpoint.shapes, self._key)
+                except ConversionError:
+                    raise self._missing(parameter) from None
+            self._stored_pieces[parameter] = pieces
+        return self._stored_pieces[parameter]
 
     def key_for(self, parameter: str) -> str:
         """The checkpoint key of a parameter stored whole, under its own name or the one transformers
@@ -145,25 +150,21 @@ class LazyModel:
 
     def read(self, parameter: str) -> torch.Tensor:
         """Model parameter ``parameter`` as the model holds it (fused experts assembled from their pieces)."""
-        if self._key(parameter) is None and (pieces := self._pieces(parameter)) is not None:
-            owner, fused = fused_parameter(self.model, parameter)
-            experts, rows, columns = fused.shape
-            shape = (experts, columns, rows) if owner.is_transposed else (experts, rows, columns)
-            matrices = gather_fused(pieces, self.checkpoint.read, shape)
-            return matrices.transpose(1, 2).contiguous() if owner.is_transposed else matrices
+        if (pieces := self._pieces(parameter)) is not None:
+            matrices = gather_fused(pieces, self.checkpoint.read, matrices_shape(self.model, parameter))
+            return swap_layout(self.model, parameter, matrices).contiguous()
         return self.checkpoint.read(self.key_for(parameter))
 
     def stored_keys(self, parameter: str) -> list[str]:
         """The checkpoint keys holding model parameter ``parameter``."""
-        if self._key(parameter) is None and (pieces := self._pieces(parameter)) is not None:
+        if (pieces := self._pieces(parameter)) is not None:
             return [piece.key for piece in pieces]
         return [self.key_for(parameter)]
 
     def stored(self, parameter: str, value: torch.Tensor) -> dict[str, torch.Tensor]:
         """Model parameter ``parameter`` holding ``value`` as the checkpoint stores it: ``read`` inverted."""
-        if self._key(parameter) is None and (pieces := self._pieces(parameter)) is not None:
-            owner = self.model.get_submodule(parameter.rpartition(".")[0])
-            return scatter_fused(value.transpose(1, 2) if owner.is_transposed else value, pieces)
+        if (pieces := self._pieces(parameter)) is not None:
+            return scatter_fused(swap_layout(self.model, parameter, value), pieces)
         return {self.key_for(parameter): value}
 
     def materialise(self, module: nn.Module, recurse: bool = True) -> None:
