@@ -28,6 +28,21 @@ def linear_weights(model):
     }
 
 
+def assert_pruned_to_2_of_4(weight, layer, method):
+    assert pattern_violations(weight, Pattern(2, 4)) is None, layer.name
+    assert layer.kept_fraction == pytest.approx(0.5)
+    assert 0 <= layer.recon_error < 1.5
+    if method.startswith("eggs"):
+        check_guarantee(weight != 0, 2, 4, 1, 4)
+
+
+def assert_outside_blocks_untouched(model, embeddings, head):
+    assert torch.equal(model.get_input_embeddings().weight, embeddings)
+    assert torch.equal(model.get_output_embeddings().weight, head)
+    logits = model(torch.randint(2, VOCAB, (1, 16))).logits
+    assert torch.isfinite(logits).all()
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 @pytest.mark.parametrize("method", method_names())
 def test_every_method_prunes_every_family(family, method):
@@ -40,16 +55,8 @@ def test_every_method_prunes_every_family(family, method):
     assert set(weights) == {layer.name for layer in report.layers}
     assert len(report.pruned_layers) == len(weights) and not report.skipped_layers
     for layer in report.pruned_layers:
-        weight = weights[layer.name]
-        assert pattern_violations(weight, Pattern(2, 4)) is None, layer.name
-        assert layer.kept_fraction == pytest.approx(0.5)
-        assert 0 <= layer.recon_error < 1.5
-        if method.startswith("eggs"):
-            check_guarantee(weight != 0, 2, 4, 1, 4)
-    assert torch.equal(model.get_input_embeddings().weight, embeddings)
-    assert torch.equal(model.get_output_embeddings().weight, head)
-    logits = model(torch.randint(2, VOCAB, (1, 16))).logits
-    assert torch.isfinite(logits).all()
+        assert_pruned_to_2_of_4(weights[layer.name], layer, method)
+    assert_outside_blocks_untouched(model, embeddings, head)
 
 
 @pytest.mark.parametrize("family", sorted(MOE_FAMILIES))
@@ -73,16 +80,8 @@ def test_every_method_prunes_every_moe_family(family, method):
     assert all(layer.skipped.startswith(("router", "gate")) for layer in report.skipped_layers)
     assert {name for name, weight in weights.items() if weight.shape[0] > 1} <= set(pruned)
     for name in set(weights) & set(pruned):
-        weight = weights[name]
-        assert pattern_violations(weight, Pattern(2, 4)) is None, name
-        assert pruned[name].kept_fraction == pytest.approx(0.5)
-        assert 0 <= pruned[name].recon_error < 1.5
-        if method.startswith("eggs"):
-            check_guarantee(weight != 0, 2, 4, 1, 4)
-    assert torch.equal(model.get_input_embeddings().weight, embeddings)
-    assert torch.equal(model.get_output_embeddings().weight, head)
-    logits = model(torch.randint(2, VOCAB, (1, 16))).logits
-    assert torch.isfinite(logits).all()
+        assert_pruned_to_2_of_4(weights[name], pruned[name], method)
+    assert_outside_blocks_untouched(model, embeddings, head)
 
 
 @pytest.mark.parametrize("method", method_names())
