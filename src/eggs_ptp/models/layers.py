@@ -136,6 +136,7 @@ def find_layers(
     groups, unread = find_expert_groups(block, prefix, experts, lambda name: _matches(f"{name}.", exclude))
     found = BlockLayers(dense=list(unread), groups=groups)
     routers = {group.router for group in groups}
+    left_dense = {kept.name for kept in unread}  # with the router of experts left dense
     for name, module in block.named_modules(prefix=prefix):
         if name in routers and not isinstance(module, (nn.Linear, Conv1D)):
             found.dense.append(KeptDense(name, tuple(module.weight.shape), ROUTER))
@@ -144,7 +145,7 @@ def find_layers(
             found.dense.append(KeptDense(layer.name, tuple(layer.weight.shape), ROUTER))
         elif layer.weight.shape[0] == 1:
             found.dense.append(KeptDense(layer.name, tuple(layer.weight.shape), "gate: one score per token"))
-        elif layer.name not in {kept.name for kept in unread}:  # the router of experts left dense
+        elif layer.name not in left_dense:
             found.prunable.append(layer)
     for group in groups:
         found.prunable.extend(matrix for matrix in group.matrices() if _selected(matrix.name, include, exclude))
