@@ -46,7 +46,7 @@ from eggs_ptp.walk import (
     survey_blocks,
     walk_and_prune,
 )
-from eggs_ptp.walk.activations import ActivationStore
+from eggs_ptp.walk.activations import ActivationStore, Streams
 from eggs_ptp.walk.distributed import Ranks
 from eggs_ptp.walk.resume import Resumed, RunProgress, progress_folder
 
@@ -373,6 +373,7 @@ class _Walk:
                 self.model, self.blocks, windows[:1], options.progress, None, self.access, self.device
             )
             hidden, layers, allocation, start = resumed.inputs, resumed.layers, resumed.allocation, resumed.next_block
+            dense = resumed.dense_inputs
         else:
             hidden, calls = capture_block_inputs(
                 self.model,
@@ -383,7 +384,7 @@ class _Walk:
                 self.access,
                 self.device,
             )
-            layers, start = [], 0
+            layers, start, dense = [], 0, None
             allocation = self._owl(calls, hidden) if self.config.allocation else None
         self.access.captured()
         pattern = (
@@ -391,16 +392,17 @@ class _Walk:
         )
         clock = time.perf_counter() - (resumed.seconds if resumed else 0.0)
 
-        def save(index: int, block_layers: list[LayerReport], outputs: ActivationStore) -> None:
+        def save(index: int, block_layers: list[LayerReport], outputs: Streams) -> None:
             layers.extend(block_layers)
             if self.progress:
                 self.progress.save_block(
                     index,
                     self.blocks[index].state_dict(prefix=f"{self.prefix}.{index}."),
                     layers,
-                    outputs,
+                    outputs.pruned,
                     allocation,
                     time.perf_counter() - clock,
+                    outputs.dense,
                 )
 
         walk_and_prune(
@@ -419,6 +421,7 @@ class _Walk:
             start=start,
             ranks=self.ranks,
             experts=self.config.experts,
+            dense=dense,
         )
         return layers, allocation, resumed
 

@@ -97,6 +97,11 @@ class PruneConfig:
         self.method.check(pattern)
         if self.permute and not pattern.structured:
             raise ValueError("permute keeps an N:M layout; it needs an N:M pattern such as 2:4")
+        if self.permute and self.method.sequential:
+            raise ValueError(
+                "permute folds each permutation into layers a sequential calibration has already pruned; "
+                "use --permute or --sequential, not both"
+            )
         if self.experts not in EXPERT_CALIBRATIONS:
             raise ValueError(
                 f"expert calibration must be one of {', '.join(EXPERT_CALIBRATIONS)}, got {self.experts!r}"

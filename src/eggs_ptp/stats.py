@@ -44,40 +44,57 @@ class LayerStats:
 
     ``sq_norm`` (in,) is ``sum_t X_tj^2`` and ``hessian`` (in, in) is ``X^T X`` (None unless asked
     for), both fp32. Reading one rounds its fp64 sum once and frees it; nothing can be added after.
+
+    With ``with_drift`` each batch comes with the same tokens' inputs inside the dense model,
+    ``X_dense``, and ``drift`` (in, in) is ``X^T (X_dense - X)``: how far the dense model's inputs
+    lie from the pruned model's, as far as the pruned inputs can see it. The difference is summed,
+    not ``X^T X_dense``, so that it is exactly zero where the two streams agree (the first block).
     """
 
     in_features: int
     with_hessian: bool = False
     tokens: int = 0
+    with_drift: bool = False
 
     def __post_init__(self) -> None:
+        square = (self.in_features, self.in_features)
         self._sq_sum: torch.Tensor | None = torch.zeros(self.in_features, dtype=torch.float64)
-        self._hessian_sum: torch.Tensor | None = (
-            torch.zeros(self.in_features, self.in_features, dtype=torch.float64) if self.with_hessian else None
-        )
+        self._hessian_sum: torch.Tensor | None = torch.zeros(square, dtype=torch.float64) if self.with_hessian else None
+        self._drift_sum: torch.Tensor | None = torch.zeros(square, dtype=torch.float64) if self.with_drift else None
         self._sq_norm: torch.Tensor | None = None
         self._hessian: torch.Tensor | None = None
+        self._drift: torch.Tensor | None = None
 
     def sums(self) -> list[torch.Tensor]:
         """The fp64 accumulators, to be reduced in place across processes before anything reads them."""
-        if self._sq_sum is None or (self.with_hessian and self._hessian_sum is None):
+        read = (
+            self._sq_sum is None
+            or (self.with_hessian and self._hessian_sum is None)
+            or (self.with_drift and self._drift_sum is None)
+        )
+        if read:
             raise RuntimeError("these statistics were already read; their sums are rounded to fp32 and gone")
-        return [self._sq_sum] if self._hessian_sum is None else [self._sq_sum, self._hessian_sum]
+        return [value for value in (self._sq_sum, self._hessian_sum, self._drift_sum) if value is not None]
 
-    def add(self, inputs: torch.Tensor) -> None:
-        """Accumulate a batch of layer inputs of shape (..., in)."""
-        sq_sum, *hessian_sum = self.sums()
-        x = inputs.reshape(-1, self.in_features).to(device=sq_sum.device, dtype=torch.float32)
+    def add(self, inputs: torch.Tensor, dense_inputs: torch.Tensor | None = None) -> None:
+        """Accumulate a batch of layer inputs of shape (..., in), with the same tokens' inputs in the
+        dense model when the statistics track the drift."""
+        if self.with_drift != (dense_inputs is not None):
+            raise ValueError("drift statistics need the dense inputs beside every batch, and only they take them")
+        self.sums()
+        x = inputs.reshape(-1, self.in_features).to(device=self._sq_sum.device, dtype=torch.float32)
         self.tokens += x.shape[0]
-        sq_sum += (x * x).sum(dim=0)
-        if hessian_sum:
-            slices = -(-self.in_features * self.in_features // _PRODUCT_ELEMENTS)
-            rows = -(-self.in_features // slices)
-            for start in range(0, self.in_features, rows):
-                hessian_sum[0][start : start + rows] += x[:, start : start + rows].T @ x
+        self._sq_sum += (x * x).sum(dim=0)
+        if self._hessian_sum is not None:
+            _add_product(self._hessian_sum, x, x)
+        if self._drift_sum is not None:
+            dense = dense_inputs.reshape(-1, self.in_features).to(device=x.device, dtype=torch.float32)
+            if dense.shape != x.shape:
+                raise ValueError(f"dense inputs of shape {tuple(dense.shape)} do not pair with {tuple(x.shape)}")
+            _add_product(self._drift_sum, x, dense - x)
 
     def to(self, device: torch.device | str) -> "LayerStats":
-        for name in ("_sq_sum", "_hessian_sum", "_sq_norm", "_hessian"):
+        for name in ("_sq_sum", "_hessian_sum", "_drift_sum", "_sq_norm", "_hessian", "_drift"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.to(device))
@@ -104,9 +121,28 @@ class LayerStats:
         self._hessian, self._hessian_sum = value, None
 
     @property
+    def drift(self) -> torch.Tensor | None:
+        if self._drift is None and self._drift_sum is not None:
+            self._drift, self._drift_sum = self._drift_sum.float(), None
+        return self._drift
+
+    @drift.setter
+    def drift(self, value: torch.Tensor | None) -> None:
+        self._drift, self._drift_sum = value, None
+
+    @property
     def channel_norm(self) -> torch.Tensor:
         """``||X_j||``: the L2 norm of each input channel over all calibration tokens."""
         return self.sq_norm.sqrt()
+
+
+def _add_product(total: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
+    """``total += left^T right`` in equal row slices of at most ``_PRODUCT_ELEMENTS`` (see above)."""
+    width = total.shape[0]
+    slices = -(-width * width // _PRODUCT_ELEMENTS)
+    rows = -(-width // slices)
+    for start in range(0, width, rows):
+        total[start : start + rows] += left[:, start : start + rows].T @ right
 
 
 __all__ = ["LayerStats"]

@@ -14,9 +14,18 @@ from eggs_ptp.selectors import check_guarantee
 from helpers import FAMILIES, MOE_FAMILIES, QUIET, VOCAB, random_calibration, tiny_model
 
 
-def config_for(method: str, pattern: str = "2:4") -> PruneConfig:
+def config_for(method: str, pattern: str = "2:4", **stages) -> PruneConfig:
     settings = {"b": 1, "tile_height": 4} if config_type(method) is EggsConfig else {}
-    return PruneConfig(method=method_config(method, **settings), pattern=pattern, nsamples=4, seqlen=16)
+    return PruneConfig(method=method_config(method, **settings, **stages), pattern=pattern, nsamples=4, seqlen=16)
+
+
+# The stages every family composes with, alone and together.
+STAGES = {
+    "dense-target": {"target": "model"},
+    "sequential": {"sequential": True},
+    "swaps": {"swaps": True},
+    "all": {"target": "model", "sequential": True, "swaps": True},
+}
 
 
 def linear_weights(model):
@@ -82,6 +91,29 @@ def test_every_method_prunes_every_moe_family(family, method):
     for name in set(weights) & set(pruned):
         assert_pruned_to_2_of_4(weights[name], pruned[name], method)
     assert_outside_blocks_untouched(model, embeddings, head)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma2", "mixtral", "gpt_oss"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "eggs", "eggs+update"])
+@pytest.mark.parametrize("stages", sorted(STAGES))
+def test_every_stage_composes_with_every_method(family, method, stages):
+    model = tiny_model(family)
+    embeddings = model.get_input_embeddings().weight.clone()
+    head = model.get_output_embeddings().weight.clone()
+    config = config_for(method, **STAGES[stages])
+    model, report = prune(model, None, config, calibration=random_calibration(), run=QUIET)
+    weights = linear_weights(model)
+    for layer in report.pruned_layers:
+        if layer.name in weights:
+            assert_pruned_to_2_of_4(weights[layer.name], layer, method)
+        if "swaps" in STAGES[stages]:
+            assert layer.settings["swaps"]["recon_error_after"] <= layer.settings["swaps"]["recon_error_before"] + 1e-6
+    described = report.to_dict()["stages"]
+    assert all(described[stage] is not None for stage in STAGES[stages])  # recorded in sparsity.json
+    assert_outside_blocks_untouched(model, embeddings, head)
+    again, _ = prune(tiny_model(family), None, config, calibration=random_calibration(), run=QUIET)
+    for name, weight in linear_weights(again).items():
+        assert torch.equal(weight, weights[name]), name
 
 
 @pytest.mark.parametrize("method", method_names())

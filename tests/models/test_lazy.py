@@ -27,9 +27,13 @@ def test_low_memory_walk_equals_in_memory_walk(model_dir, calib, tmp_path, metho
     assert torch.equal(*logits)
 
 
-def test_low_memory_with_offloaded_bf16_activations_matches_in_memory(model_dir, calib, tmp_path):
+@pytest.mark.parametrize(
+    "method", [("--method", "wanda"), ("--method", "sparsegpt", "--target", "model")], ids=["wanda", "dense-target"]
+)
+def test_low_memory_with_offloaded_bf16_activations_matches_in_memory(model_dir, calib, tmp_path, method):
+    """The dense model's stream, carried for a dense-model target, is offloaded and cleaned up too."""
     full, lazy = tmp_path / "full", tmp_path / "lazy"
-    extra = ("--method", "wanda", "--activation-dtype", "bfloat16")
+    extra = (*method, "--activation-dtype", "bfloat16")
     assert run_cli(*prune_args(model_dir, full, calib, *extra)).exit_code == 0
     offload = tmp_path / "activations"
     assert run_cli(*prune_args(model_dir, lazy, calib, *extra, "--low-memory", "--offload-dir", offload)).exit_code == 0

@@ -45,6 +45,8 @@ class Identity:
     name = "identity"
     needs_calibration = True  # the statistics pass runs too
     needs_hessian = False
+    needs_dense_stream = False
+    sequential = False
 
     def prune(self, weight, stats, pattern):
         return PrunedLayer(weight.clone(), torch.ones_like(weight, dtype=torch.bool))
@@ -83,8 +85,8 @@ def test_walk_block_outputs_equal_the_models_hidden_states(family):
     hidden, calls = capture_block_inputs(model, blocks, windows, progress=False)
     outputs: dict[int, list[torch.Tensor]] = {}
 
-    def record(index, reports, store):
-        outputs[index] = [store[i].clone() for i in range(len(store))]
+    def record(index, reports, streams):
+        outputs[index] = [window.clone() for window in streams.pruned]
 
     for w in range(len(windows)):
         torch.testing.assert_close(hidden[w], expected[w][0], atol=1e-5, rtol=1e-5, msg=f"block 0 input, window {w}")

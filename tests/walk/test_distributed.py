@@ -12,7 +12,14 @@ from helpers import assert_same_weights, prune_args, python, run_cli
 
 
 @pytest.mark.parametrize(
-    "method, extra", [("wanda", ()), ("eggs", ()), ("sparsegpt", ()), ("ria", ("--low-memory", "--permute"))]
+    "method, extra",
+    [
+        ("wanda", ()),
+        ("eggs", ()),
+        ("sparsegpt", ()),
+        ("ria", ("--low-memory", "--permute")),
+        ("sparsegpt", ("--target", "model", "--sequential")),
+    ],
 )
 def test_two_gloo_processes_equal_one_bit_for_bit(model_dir, calib, tmp_path, method, extra):
     single, double = tmp_path / "single", tmp_path / "double"

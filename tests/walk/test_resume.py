@@ -10,8 +10,14 @@ from helpers import Killed, assert_same_weights, kill_after_block, one_error_lin
 
 
 @pytest.mark.parametrize("low_memory", [False, True], ids=["in-memory", "low-memory"])
-def test_kill_and_resume_equals_an_uninterrupted_run(model_dir, calib, tmp_path, monkeypatch, low_memory):
-    extra = ("--method", "sparsegpt", "--permute") + (("--low-memory",) if low_memory else ())
+@pytest.mark.parametrize(
+    "method",
+    [("--method", "sparsegpt", "--permute"), ("--method", "sparsegpt", "--target", "model", "--sequential")],
+    ids=["permute", "dense-target-sequential"],
+)
+def test_kill_and_resume_equals_an_uninterrupted_run(model_dir, calib, tmp_path, monkeypatch, low_memory, method):
+    """A dense-model target resumes with the dense model's stream as it was saved."""
+    extra = method + (("--low-memory",) if low_memory else ())
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
     assert run_cli(*prune_args(model_dir, reference, calib, *extra)).exit_code == 0
     with monkeypatch.context() as patch:

@@ -91,8 +91,9 @@ def options_for(kind: type, group: str, declared: set[str]) -> list[GroupedOptio
 
 
 def method_options(declared: set[str]) -> list[GroupedOption]:
-    """Every method family's settings, each family in its own ``--help`` section."""
-    options = []
+    """The stages every method composes with, then every method family's settings, each family in
+    its own ``--help`` section."""
+    options = options_for(MethodConfig, "Stages (every method)", declared)
     for kind in CONFIG_TYPES:
         names = ", ".join(name.name for name in kind.names)
         options += options_for(kind, f"{kind.title} settings ({names})", declared)

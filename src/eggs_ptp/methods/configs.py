@@ -31,16 +31,39 @@ class MethodName:
     preset: dict[str, Any]
 
 
+TARGETS = ("layer", "model")
+
+
 @dataclass(frozen=True)
 class MethodConfig:
-    """Base of every method family's settings."""
+    """Base of every method family's settings; its own fields are the stages any family composes with."""
 
     family: ClassVar[str]
     title: ClassVar[str]  # how help and reports spell the family
     names: ClassVar[tuple[MethodName, ...]]
     structured_only: ClassVar[bool] = False
 
+    target: str = setting(
+        "layer",
+        "What each pruned layer is fitted to: the dense layer on the pruned model's inputs (layer), or the "
+        "dense model's own outputs (model; carries the dense model's activations, one more block forward "
+        "per block).",
+        choices=TARGETS,
+    )
+    sequential: bool = setting(
+        False,
+        "Calibrate each layer on the outputs of its block's already-pruned layers (q/k/v, then o, then "
+        "gate/up, then down: one block forward per group) instead of on the dense block's.",
+    )
+    swaps: bool = setting(
+        False,
+        "N:M: improve each mask by exact swaps inside its M-groups under the layer's reconstruction error "
+        "(keeping EGGS's guarantee), then re-fit the kept weights.",
+    )
+
     def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         self.validate()
 
     def validate(self) -> None:
@@ -50,6 +73,8 @@ class MethodConfig:
         """Raise ValueError naming a setting that does not fit ``pattern``."""
         if self.structured_only and not pattern.structured:
             raise ValueError(f"method {self.name!r} needs an N:M pattern such as 2:4, not {pattern}")
+        if self.swaps and not pattern.structured:
+            raise ValueError(f"swaps exchange weights inside N:M groups; they need an N:M pattern, not {pattern}")
 
     @property
     def name(self) -> str:
@@ -270,6 +295,7 @@ def method_from_dict(data: dict[str, Any]) -> MethodConfig:
 __all__ = [
     "CONFIG_TYPES",
     "DEFAULT_TILE_FACTOR",
+    "TARGETS",
     "EggsConfig",
     "MagnitudeConfig",
     "MethodConfig",

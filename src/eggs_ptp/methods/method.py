@@ -1,4 +1,5 @@
-"""A method is a score, a selector and an optional update; the layer walk calls only ``prune``."""
+"""A method is a score, a selector and optional updates; the layer walk calls only ``prune``, and
+reads from the method how statistics are to be collected (``needs_*``, ``sequential``)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import torch
 
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.scores import Score
-from eggs_ptp.selectors import Selector, select_in_chunks
+from eggs_ptp.selectors import EggsSelector, Selector, select_in_chunks
 from eggs_ptp.selectors.auto import EggsSettingSearch
 from eggs_ptp.stats import LayerStats
-from eggs_ptp.updates import LeastSquaresRefit, ObsUpdate, output_error
+from eggs_ptp.updates import DenseModelTarget, LeastSquaresRefit, MaskSwapRefinement, ObsUpdate, output_error
 
 
 @dataclass
@@ -34,6 +35,13 @@ class Method:
     refit: re-fits the kept weights of the finished mask to the dense layer's outputs.
     search: per layer, run the stages with each candidate selector and keep the one with the
         lowest calibration reconstruction error; ``selector`` is then only the default.
+    target: fit every stage to the dense model's outputs rather than the dense layer's; the walk
+        then carries the dense model's activations beside the pruned model's.
+    sequential: calibrate each layer on the outputs of the already-pruned layers of its own block,
+        one group of layers sharing an input at a time, instead of all on the dense block's.
+    swaps: after the update (and re-fit), improve the mask by exact swaps inside each M-group
+        under the layer's reconstruction error, keeping an EGGS selector's guarantee; the kept
+        weights are then re-fitted (``swap_refit``), since each swap re-fits only the weight it keeps.
     """
 
     name: str
@@ -42,6 +50,10 @@ class Method:
     update: ObsUpdate | None = None
     refit: LeastSquaresRefit | None = None
     search: EggsSettingSearch | None = None
+    target: DenseModelTarget | None = None
+    sequential: bool = False
+    swaps: MaskSwapRefinement | None = None
+    swap_refit: LeastSquaresRefit | None = None
 
     def __post_init__(self) -> None:
         if self.score is None and self.update is None:
@@ -55,8 +67,13 @@ class Method:
             "update": self.update,
             "refit": self.refit,
             "search": self.search,
+            "target": self.target,
+            "swaps": self.swaps,
+            "swap_refit": self.swap_refit,
         }
-        return {name: repr(stage) if stage else None for name, stage in stages.items()}
+        described = {name: repr(stage) if stage else None for name, stage in stages.items()}
+        described["sequential"] = "each group of layers sharing an input, in block order" if self.sequential else None
+        return described
 
     @property
     def needs_calibration(self) -> bool:
@@ -64,10 +81,24 @@ class Method:
 
     @property
     def needs_hessian(self) -> bool:
-        return self.update is not None or self.refit is not None or self.search is not None
+        return any(stage is not None for stage in (self.update, self.refit, self.search, self.target, self.swaps))
+
+    @property
+    def needs_dense_stream(self) -> bool:
+        return self.target is not None
 
     def prune(self, weight: torch.Tensor, stats: LayerStats | None, pattern: Pattern) -> PrunedLayer:
         """Prune ``weight`` (out, in); the result keeps ``weight``'s dtype."""
+        if self.target is None:
+            return self._search(weight, stats, pattern)
+        target = self.target.apply(weight, stats)
+        result = self._search(target, stats, pattern)
+        result.weight = result.weight.to(weight.dtype)
+        shift = float((target - weight.float()).norm() / weight.float().norm().clamp_min(1e-30))
+        result.settings = {**(result.settings or {}), "dense_target_shift": shift}
+        return result
+
+    def _search(self, weight: torch.Tensor, stats: LayerStats | None, pattern: Pattern) -> PrunedLayer:
         if self.search is None:
             return self._prune_with(self.selector, weight, stats, pattern)
         best, best_error, default_error = None, float("inf"), None
@@ -80,6 +111,7 @@ class Method:
                 best, best_error, chosen = result, error, selector
         reference = float(output_error(weight.float(), stats.hessian).sum()) or 1.0
         best.settings = {
+            **(best.settings or {}),
             "rule": chosen.rule,
             "b": chosen.b,
             "tile_height": chosen.tile_height,
@@ -101,7 +133,15 @@ class Method:
             pruned, mask = self.update.apply(weight, stats, pattern, selector, mask=mask)
         if self.refit is not None:
             pruned = self.refit.apply(weight, pruned, mask, stats)
-        return PrunedLayer(pruned.to(weight.dtype), mask)
+        settings = None
+        if self.swaps is not None:
+            eggs = isinstance(selector, EggsSelector) and selector.b
+            guarantee = (selector.b, selector.tile_height or pattern.m) if eggs else None
+            pruned, mask, settings = self.swaps.apply(weight, pruned, mask, stats, pattern, guarantee)
+            if self.swap_refit is not None:
+                pruned = self.swap_refit.apply(weight, pruned, mask, stats)
+            settings = {"swaps": settings}
+        return PrunedLayer(pruned.to(weight.dtype), mask, settings)
 
 
 __all__ = ["Method", "PrunedLayer"]

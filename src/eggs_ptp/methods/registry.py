@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable, TypeVar
 
 from eggs_ptp.methods.configs import MethodConfig
 from eggs_ptp.methods.method import Method
 from eggs_ptp.pattern import Pattern
+from eggs_ptp.updates import DenseModelTarget, LeastSquaresRefit, MaskSwapRefinement
 
 C = TypeVar("C", bound=MethodConfig)
 Factory = Callable[[C, Pattern], Method]
@@ -27,14 +29,20 @@ def register_method(kind: type[C]) -> Callable[[Factory], Factory]:
 
 
 def build_method(config: MethodConfig, pattern: Pattern) -> Method:
-    """The stages ``config`` stands for at ``pattern`` (checked against it first)."""
+    """The stages ``config`` stands for at ``pattern`` (checked against it first): the family's own,
+    with the stages every family composes with (:class:`~eggs_ptp.methods.configs.MethodConfig`'s fields)."""
     factory = _FACTORIES.get(type(config))
     if factory is None:
         raise ValueError(
             f"no method is registered for {type(config).__name__}; decorate its factory with @register_method"
         )
     config.check(pattern)
-    return factory(config, pattern)
+    method = factory(config, pattern)
+    damping = getattr(config, "damping", DenseModelTarget.damping)  # the family's, where it has one
+    target = DenseModelTarget(damping) if config.target == "model" else None
+    swaps = MaskSwapRefinement(damping) if config.swaps else None
+    swap_refit = LeastSquaresRefit(damping) if config.swaps else None
+    return replace(method, target=target, sequential=config.sequential, swaps=swaps, swap_refit=swap_refit)
 
 
 __all__ = ["Factory", "build_method", "register_method"]

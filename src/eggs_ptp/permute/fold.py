@@ -39,6 +39,8 @@ def permute_stats(stats: LayerStats, perm: torch.Tensor) -> None:
     stats.sq_norm = stats.sq_norm[perm]
     if stats.hessian is not None:
         stats.hessian = stats.hessian[perm][:, perm]
+    if stats.drift is not None:
+        stats.drift = stats.drift[perm][:, perm]
 
 
 class _ExactnessCheck:

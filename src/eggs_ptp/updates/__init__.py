@@ -2,5 +2,7 @@
 
 from eggs_ptp.updates.obs import ObsUpdate
 from eggs_ptp.updates.refit import LeastSquaresRefit, output_error
+from eggs_ptp.updates.swaps import MaskSwapRefinement
+from eggs_ptp.updates.target import DenseModelTarget, TargetError
 
-__all__ = ["LeastSquaresRefit", "ObsUpdate", "output_error"]
+__all__ = ["DenseModelTarget", "LeastSquaresRefit", "MaskSwapRefinement", "ObsUpdate", "TargetError", "output_error"]

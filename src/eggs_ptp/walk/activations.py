@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -77,6 +78,20 @@ class ActivationStore:
         return self.folder / f"window-{index:06d}.safetensors"
 
 
+@dataclass
+class Streams:
+    """The windows entering a block inside the pruned model, and inside the dense model when the
+    method fits the dense model's outputs (until the first block is pruned, the same store)."""
+
+    pruned: ActivationStore
+    dense: ActivationStore | None = None
+
+    def release(self) -> None:
+        self.pruned.release()
+        if self.dense is not None and self.dense is not self.pruned:
+            self.dense.release()
+
+
 def _prepare_folder(folder: Path) -> None:
     try:
         if folder.exists():
@@ -119,4 +134,4 @@ def restore(folder: Path, dtype: torch.dtype | None, offload: Path | None) -> Ac
     return store
 
 
-__all__ = ["ActivationStore", "OffloadDirError", "persist", "restore"]
+__all__ = ["ActivationStore", "OffloadDirError", "Streams", "persist", "restore"]

@@ -48,6 +48,7 @@ class Resumed:
     allocation: dict[str, Any] | None
     seconds: float  # spent by the earlier attempts
     inputs: ActivationStore  # block ``next_block``'s inputs (this rank's share)
+    dense_inputs: ActivationStore | None = None  # the same inside the dense model, for a dense-model target
 
 
 def progress_folder(out: Path) -> Path:
@@ -116,13 +117,19 @@ class RunProgress:
         if resume and state_path.is_file():
             self._check_fingerprint()
             state = read_json(state_path)
-            inputs = restore(self.folder / state["inputs"] / f"rank-{self._rank}", dtype, offload)
+            saved = self.folder / state["inputs"]
+            inputs = restore(saved / f"rank-{self._rank}", dtype, offload)
+            dense = None
+            if state.get("dense"):
+                dense_offload = offload.with_name(f"dense-{offload.name}") if offload else None
+                dense = restore(saved / f"dense-rank-{self._rank}", dtype, dense_offload)
             return Resumed(
                 state["next_block"],
                 [_layer_report(r) for r in state["layers"]],
                 state["allocation"],
                 state["seconds"],
                 inputs,
+                dense,
             )
         self._sync()
         if self._writer:
@@ -157,8 +164,10 @@ class RunProgress:
         inputs: ActivationStore,
         allocation: dict[str, Any] | None,
         seconds: float,
+        dense: ActivationStore | None = None,
     ) -> None:
-        """Persist block ``index`` as done: its tensors, block ``index + 1``'s inputs, then the state."""
+        """Persist block ``index`` as done: its tensors, block ``index + 1``'s inputs (and their dense
+        model counterparts, when carried), then the state."""
         name = f"inputs-{index + 1:05d}"
         if self._writer:
             with writing(self.block_file(index)), atomic_path(self.block_file(index)) as temporary:
@@ -169,11 +178,14 @@ class RunProgress:
                 )
         with writing(self.folder / name):
             persist(inputs, self.folder / name / f"rank-{self._rank}")
+            if dense is not None:
+                persist(dense, self.folder / name / f"dense-rank-{self._rank}")
         self._sync()
         if self._writer:
             state = {
                 "next_block": index + 1,
                 "inputs": name,
+                "dense": dense is not None,
                 "layers": [layer.to_dict() for layer in layers],
                 "allocation": allocation,
                 "seconds": seconds,

@@ -6,12 +6,17 @@ next block's inputs and measures each layer's reconstruction error ``||WX - W'X|
 the inputs it sees inside the pruned model (the first ``ERROR_WINDOWS`` windows). With ``permute``,
 layers whose input permutation folds exactly into their producers are permuted between the
 statistics pass and pruning
-(:mod:`eggs_ptp.permute`). The walk knows nothing about methods beyond
+(:mod:`eggs_ptp.permute`). A method fitting the dense model's outputs has the walk carry a second
+stream, the dense model's activations, beside the pruned model's: each window runs through the
+dense block on it too, and its layers' inputs are paired token for token with the pruned ones. A
+sequential method calibrates and prunes one group of layers at a time (:func:`layer_groups`), each
+on the block as pruned so far. The walk knows nothing about methods beyond
 :class:`~eggs_ptp.methods.Method`'s ``prune`` and its needs.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -21,12 +26,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eggs_ptp.methods import Method
-from eggs_ptp.models.experts import ROUTED, ExpertGroup, ExpertMatrix
+from eggs_ptp.models.experts import ROUTED, ExpertMatrix
 from eggs_ptp.models.layers import Prunable, PrunableLinear, find_layers
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.permute import permute_block
 from eggs_ptp.stats import LayerStats
-from eggs_ptp.walk.activations import ActivationStore
+from eggs_ptp.walk.activations import ActivationStore, Streams
 from eggs_ptp.walk.block import (
     BlockAccess,
     BlockCall,
@@ -77,32 +82,163 @@ def _calibrate(
     block: nn.Module,
     index: int,
     call: BlockCall,
-    hidden: ActivationStore,
+    streams: Streams,
     targets: list[Prunable],
     stats: dict[str, LayerStats],
     ranks: Ranks | None,
+    twin: nn.Module | None = None,
+    dense_outputs: ActivationStore | None = None,
 ) -> None:
-    """Add every target's inputs over the windows to its statistics (summed over ranks)."""
-    handles = [layer.observe_inputs(stats[layer.name].add) for layer in targets]
-    try:
-        run_block(block, call, hidden, index, "calibration")
-    finally:
-        for handle in handles:
-            handle.remove()
+    """Add every target's inputs over the windows to its statistics (summed over ranks).
+
+    With a dense stream, each window first runs through ``twin`` (the block with its dense
+    weights) on the dense model's activations, so that every paired layer's statistics see its
+    dense inputs beside its pruned ones, token for token; the twin's outputs, the next block's
+    dense inputs, go to ``dense_outputs``.
+    """
+    paired = [layer for layer in targets if stats[layer.name].with_drift]
+    if streams.dense is None or (not paired and dense_outputs is None):
+        handles = [layer.observe_inputs(stats[layer.name].add) for layer in targets]
+        try:
+            run_block(block, call, streams.pruned, index, "calibration")
+        finally:
+            for handle in handles:
+                handle.remove()
+    else:
+        _calibrate_paired(block, index, call, streams, targets, stats, twin or block, paired, dense_outputs)
     if ranks:
         ranks.reduce_stats({layer.name: stats[layer.name] for layer in targets})
 
 
+def _calibrate_paired(
+    block: nn.Module,
+    index: int,
+    call: BlockCall,
+    streams: Streams,
+    targets: list[Prunable],
+    stats: dict[str, LayerStats],
+    twin: nn.Module,
+    paired: list[Prunable],
+    dense_outputs: ActivationStore | None,
+) -> None:
+    same = twin is block and streams.dense is streams.pruned  # the first block: one forward serves both
+    queues: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in paired}
+    twins = [_twin_of(layer, block, twin) for layer in paired]
+
+    def observer(layer: Prunable) -> Callable[[torch.Tensor], None]:
+        if layer.name not in queues:
+            return stats[layer.name].add
+        queue = queues[layer.name]
+        return lambda x: stats[layer.name].add(x, x if same else queue.pop(0))
+
+    for window in range(len(streams.pruned)):
+        if not same:  # observers are attached per pass, so that neither pass feeds the other's
+            _observed_run(
+                twins,
+                [queues[layer.name].append for layer in paired],
+                twin,
+                call,
+                streams.dense[window],
+                index,
+                "dense calibration",
+                dense_outputs,
+            )
+        _observed_run(
+            targets,
+            [observer(layer) for layer in targets],
+            block,
+            call,
+            streams.pruned[window],
+            index,
+            "calibration",
+            dense_outputs if same else None,
+        )
+
+
+def _observed_run(
+    layers: list[Prunable],
+    observers: list[Callable[[torch.Tensor], None]],
+    block: nn.Module,
+    call: BlockCall,
+    window: torch.Tensor,
+    index: int,
+    stage: str,
+    out: ActivationStore | None,
+) -> None:
+    handles = [layer.observe_inputs(observer) for layer, observer in zip(layers, observers)]
+    try:
+        run_block(block, call, [window], index, stage, out)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _twin_of(layer: Prunable, block: nn.Module, twin: nn.Module) -> PrunableLinear:
+    """The layer in ``twin``, a copy of ``block``, that ``layer`` is in ``block``."""
+    if twin is block:
+        return layer
+    local = next(name for name, module in block.named_modules() if module is layer.module)
+    return PrunableLinear(layer.name, twin.get_submodule(local))
+
+
 def _fresh_stats(layers: list[Prunable], method: Method, device: torch.device) -> dict[str, LayerStats]:
-    return {layer.name: LayerStats(layer.in_features, method.needs_hessian).to(device) for layer in layers}
+    """Empty statistics; linear layers pair their inputs with the dense model's when the method asks.
+    Expert matrices never pair: the two streams route different tokens to an expert."""
+    return {
+        layer.name: LayerStats(
+            layer.in_features,
+            method.needs_hessian,
+            with_drift=method.needs_dense_stream and isinstance(layer, PrunableLinear),
+        ).to(device)
+        for layer in layers
+    }
 
 
-def _starved(groups: list[ExpertGroup], targets: list[Prunable], stats: dict[str, LayerStats]) -> list[Prunable]:
+def _starved(targets: list[Prunable], stats: dict[str, LayerStats]) -> list[Prunable]:
     """Expert matrices no calibration token was routed to, now marked to see every token instead."""
     starved = [layer for layer in targets if isinstance(layer, ExpertMatrix) and stats[layer.name].tokens == 0]
     for layer in starved:
         layer.group.every_token.add(layer.expert)
     return starved
+
+
+def layer_groups(
+    block: nn.Module, index: int, call: BlockCall, window: torch.Tensor, targets: list[Prunable]
+) -> list[list[Prunable]]:
+    """``targets`` in the order the block computes them, grouped by the input they read: q/k/v,
+    then o, then gate/up, then down for a Llama block; one expert parameter of every expert is one
+    group. Found by watching one forward, so no family needs a table."""
+    keys: dict[str, object] = {}
+    order: list[object] = []
+    alive: list[torch.Tensor] = []  # inputs stay referenced, so no two keys share a freed address
+
+    def watch(layer: Prunable) -> Callable[[torch.Tensor], None]:
+        def observe(x: torch.Tensor) -> None:
+            if layer.name in keys:
+                return
+            if isinstance(layer, ExpertMatrix):
+                key: object = (id(layer.group), layer.parameter)
+            else:
+                alive.append(x)
+                key = (x.data_ptr(), tuple(x.shape), x.stride())
+            keys[layer.name] = key
+            if key not in order:
+                order.append(key)
+
+        return observe
+
+    handles = [layer.observe_inputs(watch(layer)) for layer in targets]
+    try:
+        run_block(block, call, [window], index, "ordering")
+    finally:
+        for handle in handles:
+            handle.remove()
+    for layer in targets:  # not called on this window (an expert no token of it visited): by its rule, else last
+        if layer.name not in keys:
+            keys[layer.name] = (id(layer.group), layer.parameter) if isinstance(layer, ExpertMatrix) else layer.name
+            if keys[layer.name] not in order:
+                order.append(keys[layer.name])
+    return [[layer for layer in targets if keys[layer.name] == key] for key in order]
 
 
 @torch.no_grad()
@@ -111,7 +247,7 @@ def _prune_block(
     index: int,
     prefix: str,
     call: BlockCall,
-    hidden: ActivationStore,
+    streams: Streams,
     method: Method,
     pattern: Pattern,
     include: tuple[str, ...],
@@ -119,7 +255,7 @@ def _prune_block(
     permute: bool = False,
     ranks: Ranks | None = None,
     experts: str = ROUTED,
-) -> tuple[ActivationStore, list[LayerReport]]:
+) -> tuple[Streams, list[LayerReport]]:
     found = find_layers(block, prefix, include, exclude, experts)
     reports = {
         layer.name: LayerReport(layer.name, tuple(layer.weight.shape), layer.transposed) for layer in found.prunable
@@ -134,32 +270,52 @@ def _prune_block(
         else:
             targets.append(layer)
 
-    stats: dict[str, LayerStats] = {}
-    if method.needs_calibration and targets:
-        device = block_placement(block)[0]  # accumulate where the activations are, in fp64
-        stats = _fresh_stats(targets, method, device)
-        _calibrate(block, index, call, hidden, targets, stats, ranks)
-        for group in found.groups:
-            if ranks:
-                ranks.reduce_counts(group.routed)
-        starved = _starved(found.groups, targets, stats)
-        if starved:  # an expert no token visited learns from every token rather than from none
-            routed = [group.routed.clone() for group in found.groups]  # the counts of the real routing
-            stats.update(_fresh_stats(starved, method, device))
-            _calibrate(block, index, call, hidden, starved, stats, ranks)
-            for group, counts in zip(found.groups, routed):
-                group.routed.copy_(counts)
-
+    dense_outputs = streams.dense.sibling(f"dense-block-{index + 1:05d}") if streams.dense is not None else None
     # The dense weights each layer's error is measured against: as the method saw them, permuted;
     # kept in the model's dtype, in which they are exact.
     references = {layer.name: layer.weight.detach().clone() for layer in targets}
-    if ranks is None or ranks.is_writer:  # in a distributed run, rank 0 decides and broadcasts
-        _prune_layers(block, prefix, targets, stats, method, pattern, call, hidden, permute, reports, references)
+    stats: dict[str, LayerStats] = {}
+
+    def prune(layers: list[Prunable]) -> None:
+        """In a distributed run, rank 0 decides and every rank takes its block."""
+        if ranks is None or ranks.is_writer:
+            _prune_layers(
+                block, prefix, layers, stats, method, pattern, call, streams.pruned, permute, reports, references
+            )
+        if ranks:
+            ranks.broadcast_module(block)
+
+    if method.needs_calibration and targets:
+        groups = layer_groups(block, index, call, streams.pruned[0], targets) if method.sequential else [targets]
+        twin = copy.deepcopy(block) if dense_outputs is not None and len(groups) > 1 else block
+        for number, group in enumerate(groups):  # each group calibrated on the block as pruned so far
+            device = block_placement(block)[0]  # accumulate where the activations are, in fp64
+            stats.update(_fresh_stats(group, method, device))
+            counted = [expert_group.routed.clone() for expert_group in found.groups]
+            _calibrate(block, index, call, streams, group, stats, ranks, twin, dense_outputs if number == 0 else None)
+            for expert_group, before in zip(found.groups, counted):
+                if bool(before.any()):  # routed in an earlier group's pass already: count each token once
+                    expert_group.routed.copy_(before)
+                elif ranks:
+                    ranks.reduce_counts(expert_group.routed)
+            starved = _starved(group, stats)
+            if starved:  # an expert no token visited learns from every token rather than from none
+                routed = [expert_group.routed.clone() for expert_group in found.groups]  # the real routing's
+                stats.update(_fresh_stats(starved, method, device))
+                _calibrate(block, index, call, streams, starved, stats, ranks)
+                for expert_group, counts in zip(found.groups, routed):
+                    expert_group.routed.copy_(counts)
+            prune(group)
+        del twin
+    else:
+        prune(targets)
+    if dense_outputs is not None and not len(dense_outputs):  # nothing calibrated: the block is still dense
+        run_block(block, call, streams.dense, index, "dense output", dense_outputs)
     if ranks:
-        ranks.broadcast_module(block)
         ranks.broadcast_tensors(list(references.values()))
     meters = {layer.name: ErrorMeter(layer, references[layer.name]) for layer in targets}
 
+    hidden = streams.pruned
     outputs = hidden.sibling(f"block-{index + 1:05d}")
     error_windows = ranks.local_count(ERROR_WINDOWS) if ranks else ERROR_WINDOWS
     handles = [layer.observe_outputs(meters[layer.name]) for layer in targets]
@@ -176,7 +332,7 @@ def _prune_block(
     for layer in found.prunable:
         if isinstance(layer, ExpertMatrix):
             reports[layer.name].expert = layer.record(stats[layer.name].tokens if layer.name in stats else None)
-    return outputs, list(reports.values())
+    return Streams(outputs, dense_outputs), list(reports.values())
 
 
 def _prune_layers(
@@ -220,7 +376,7 @@ def _prune_layers(
         report.settings = result.settings
 
 
-BlockDone = Callable[[int, list[LayerReport], ActivationStore], None]
+BlockDone = Callable[[int, list[LayerReport], Streams], None]
 
 
 def walk_and_prune(
@@ -239,14 +395,17 @@ def walk_and_prune(
     start: int = 0,
     ranks: Ranks | None = None,
     experts: str = ROUTED,
+    dense: ActivationStore | None = None,
 ) -> list[LayerReport]:
     """Prune blocks ``start``, ``start + 1``, ... in order; return one report per linear layer found.
 
     Args:
         hidden: the inputs of block ``start``, one window each; released as the walk moves on.
+        dense: block ``start``'s inputs inside the dense model, for a method fitting the dense
+            model's outputs; ``hidden`` itself when the walk starts at block 0.
         pattern: one pattern for every block, or one per block (a non-uniform allocation).
-        on_block: called after each block with its reports and the next block's inputs, while the
-            block is still loaded (to persist progress).
+        on_block: called after each block with its reports and the next block's inputs (both
+            streams), while the block is still loaded (to persist progress).
         permute: first permute the input channels of layers where the permutation folds exactly
             into the layers producing them (:func:`eggs_ptp.permute.permute_block`).
         access: loads and unloads block weights around each block (a lazily opened checkpoint).
@@ -259,6 +418,11 @@ def walk_and_prune(
     per_block = list(pattern) if isinstance(pattern, Sequence) else [pattern] * len(blocks)
     if len(per_block) != len(blocks):
         raise ValueError(f"got {len(per_block)} block patterns for {len(blocks)} blocks")
+    if method.needs_dense_stream and dense is None:
+        if start:
+            raise ValueError(f"method {method.name} needs the dense model's inputs of block {start}")
+        dense = hidden
+    streams = Streams(hidden, dense if method.needs_dense_stream else None)
     label = pattern if isinstance(pattern, Pattern) else "per-block"
     bar = tqdm(
         range(start, len(blocks)),
@@ -274,7 +438,7 @@ def walk_and_prune(
             index,
             f"{prefix}.{index}",
             calls[index],
-            hidden,
+            streams,
             method,
             per_block[index],
             include,
@@ -283,14 +447,14 @@ def walk_and_prune(
             ranks,
             experts,
         )
-        hidden.release()
-        hidden = outputs
+        streams.release()
+        streams = outputs
         reports.extend(block_reports)
         if on_block:
-            on_block(index, block_reports, hidden)
+            on_block(index, block_reports, streams)
         access.unload(index)
-    hidden.release()
+    streams.release()
     return reports
 
 
-__all__ = ["ERROR_WINDOWS", "BlockDone", "prunable_layers", "walk_and_prune"]
+__all__ = ["ERROR_WINDOWS", "BlockDone", "layer_groups", "prunable_layers", "walk_and_prune"]
