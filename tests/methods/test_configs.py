@@ -26,14 +26,14 @@ def test_builtin_names_resolve_to_their_family_with_presets():
     assert PruneConfig(method="eggs+update").method == EggsConfig(update=True)
 
 
-STAGES = ["target", "sequential", "swaps"]  # every family composes with these
+STAGES = ["target", "sequential", "swaps", "reconstruct"]  # every family composes with these
 
 
 def test_configs_hold_only_their_family_settings_and_the_shared_stages():
     assert [f.name for f in dataclasses.fields(RiaConfig)] == [*STAGES, "alpha"]
     assert [f.name for f in dataclasses.fields(MagnitudeConfig)] == STAGES
     with pytest.raises(
-        ValueError, match="method 'ria' has no setting b; its settings: alpha, sequential, swaps, target"
+        ValueError, match="method 'ria' has no setting b; its settings: alpha, reconstruct, sequential, swaps, target"
     ):
         method_config("ria", b=2)
 
@@ -43,10 +43,14 @@ def test_every_family_composes_with_the_shared_stages(name):
     config = method_config(name, target="model", sequential=True)
     method = build_method(config, Pattern(2, 4))
     assert method.target is not None and method.sequential and method.needs_dense_stream and method.needs_hessian
-    assert config.label == f"{name}(target='model', sequential=True)"
+    assert config.label == f"{name}(target=model, sequential=True)"
     assert parse_method(config.label) == config
     plain = build_method(method_config(name), Pattern(2, 4))
     assert plain.target is None and not plain.sequential and not plain.needs_dense_stream
+
+
+def test_a_dense_model_target_always_calibrates_sequentially():
+    assert build_method(method_config("sparsegpt", target="model"), Pattern(2, 4)).sequential
 
 
 def test_an_unknown_target_is_one_clear_line():

@@ -83,12 +83,14 @@ LLAMA = [
 POSITION_IN_GROUP = {"k_proj": 1, "v_proj": 2, "up_proj": 1}  # q/k/v and gate/up read one input
 
 
-@pytest.mark.parametrize("sequential", [False, True], ids=["block-at-once", "sequential"])
-def test_every_layer_sees_the_inputs_of_the_model_pruned_before_it_and_the_dense_models(sequential):
+@pytest.mark.parametrize("label", ["sparsegpt(target=model)", "sparsegpt(target=model, sequential=True)"])
+def test_every_layer_sees_the_inputs_of_the_model_pruned_before_it_and_the_dense_models(label):
+    """A dense-model target always calibrates sequentially: on the block's already-pruned layers."""
     dense = tiny_model("llama")
     model = copy.deepcopy(dense)
     windows = random_calibration(nsamples=3, seqlen=16).windows
-    method = spy(f"sparsegpt(target=model, sequential={sequential})")
+    method = spy(label)
+    sequential = method.sequential
     walk(model, method, windows)
     assert len(method.seen) == len(LLAMA)
     for number, name in enumerate(LLAMA):
@@ -110,15 +112,15 @@ def test_every_layer_sees_the_inputs_of_the_model_pruned_before_it_and_the_dense
             assert not stats.drift.any(), name  # nothing pruned before it: the streams agree exactly
 
 
-def test_first_block_of_a_dense_target_is_pruned_as_without_it():
+def test_the_first_group_of_a_dense_target_is_pruned_as_without_it():
+    """q/k/v of block 0 see the same inputs in both streams; everything after them differs."""
     windows = random_calibration(nsamples=3, seqlen=16).windows
     plain, target = tiny_model("llama"), tiny_model("llama")
     walk(plain, build_method(parse_method("sparsegpt"), PATTERN), windows)
     walk(target, build_method(parse_method("sparsegpt(target=model)"), PATTERN), windows)
-    first = [n for n in LLAMA if ".layers.0." in n]
-    for name in first:
+    for name in LLAMA[:3]:
         assert torch.equal(plain.get_submodule(name).weight, target.get_submodule(name).weight), name
-    assert any(not torch.equal(plain.get_submodule(n).weight, target.get_submodule(n).weight) for n in LLAMA[7:])
+    assert any(not torch.equal(plain.get_submodule(n).weight, target.get_submodule(n).weight) for n in LLAMA[3:])
 
 
 def test_a_dense_target_fits_the_dense_models_outputs_better():
@@ -187,3 +189,36 @@ def test_moe_families_prune_with_a_dense_target_sequentially(family):
 def test_permute_and_sequential_are_refused_together():
     with pytest.raises(ValueError, match="--permute or --sequential"):
         PruneConfig(method=parse_method("sparsegpt(sequential=True)"), permute=True)
+
+
+@pytest.mark.parametrize("target", ["layer", "model"])
+def test_block_reconstruction_brings_the_last_block_closer_to_the_dense_model(target):
+    dense = tiny_model("llama", num_hidden_layers=3)
+    windows = random_calibration(nsamples=16, seqlen=32).windows
+    held_out = random_calibration(nsamples=8, seqlen=32, seed=5).windows
+    errors = {}
+    for epochs in (0, 3):
+        model = copy.deepcopy(dense)
+        reports = walk(
+            model, build_method(parse_method(f"sparsegpt(target={target}, reconstruct={epochs})"), PATTERN), windows
+        )
+        with torch.no_grad():
+            got = model(held_out, output_hidden_states=True).hidden_states[-1]
+            want = dense(held_out, output_hidden_states=True).hidden_states[-1]
+        errors[epochs] = float((got - want).norm() / want.norm())
+        for name in LLAMA:
+            weight = model.get_submodule(name).weight
+            assert float((weight == 0).float().mean()) == 0.5, name  # the masks stayed as pruned
+    assert errors[3] < errors[0]
+    record = reports[0].settings["block_reconstruction"]
+    assert record["held_out_error_after"] <= record["held_out_error_before"]
+    assert record["train_windows"] + record["held_out_windows"] == 16
+
+
+def test_block_reconstruction_refuses_several_processes():
+    model = tiny_model("llama")
+    prefix, blocks = find_blocks(model)
+    hidden, calls = capture_block_inputs(model, blocks, random_calibration(2, 16).windows, progress=False)
+    method = build_method(parse_method("sparsegpt(reconstruct=1)"), PATTERN)
+    with pytest.raises(ValueError, match="drop --nproc"):
+        walk_and_prune(blocks, prefix, calls, hidden, method, PATTERN, progress=False, ranks=object())

@@ -47,7 +47,7 @@ class MethodConfig:
         "layer",
         "What each pruned layer is fitted to: the dense layer on the pruned model's inputs (layer), or the "
         "dense model's own outputs (model; carries the dense model's activations, one more block forward "
-        "per block).",
+        "per block, and calibrates sequentially).",
         choices=TARGETS,
     )
     sequential: bool = setting(
@@ -60,10 +60,17 @@ class MethodConfig:
         "N:M: improve each mask by exact swaps inside its M-groups under the layer's reconstruction error "
         "(keeping EGGS's guarantee), then re-fit the kept weights.",
     )
+    reconstruct: int = setting(
+        0,
+        "Block reconstruction: at most this many epochs of Adam on each pruned block's kept weights, masks "
+        "fixed, so that its outputs match the dense block's; stops early on held-out windows (0 = off).",
+    )
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
+        if self.reconstruct < 0:
+            raise ValueError(f"reconstruct must be a number of epochs, 0 or more, got {self.reconstruct}")
         self.validate()
 
     def validate(self) -> None:

@@ -13,7 +13,14 @@ from eggs_ptp.scores import Score
 from eggs_ptp.selectors import EggsSelector, Selector, select_in_chunks
 from eggs_ptp.selectors.auto import EggsSettingSearch
 from eggs_ptp.stats import LayerStats
-from eggs_ptp.updates import DenseModelTarget, LeastSquaresRefit, MaskSwapRefinement, ObsUpdate, output_error
+from eggs_ptp.updates import (
+    BlockReconstruction,
+    DenseModelTarget,
+    LeastSquaresRefit,
+    MaskSwapRefinement,
+    ObsUpdate,
+    output_error,
+)
 
 
 @dataclass
@@ -42,6 +49,8 @@ class Method:
     swaps: after the update (and re-fit), improve the mask by exact swaps inside each M-group
         under the layer's reconstruction error, keeping an EGGS selector's guarantee; the kept
         weights are then re-fitted (``swap_refit``), since each swap re-fits only the weight it keeps.
+    reconstruct: once a block is pruned, train its linear layers' kept weights together so that the
+        block's outputs match the dense block's (the dense model's, with ``target``).
     """
 
     name: str
@@ -54,6 +63,7 @@ class Method:
     sequential: bool = False
     swaps: MaskSwapRefinement | None = None
     swap_refit: LeastSquaresRefit | None = None
+    reconstruct: BlockReconstruction | None = None
 
     def __post_init__(self) -> None:
         if self.score is None and self.update is None:
@@ -70,6 +80,7 @@ class Method:
             "target": self.target,
             "swaps": self.swaps,
             "swap_refit": self.swap_refit,
+            "reconstruct": self.reconstruct,
         }
         described = {name: repr(stage) if stage else None for name, stage in stages.items()}
         described["sequential"] = "each group of layers sharing an input, in block order" if self.sequential else None
@@ -77,7 +88,8 @@ class Method:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.needs_hessian or bool(self.score and self.score.needs_calibration)
+        scored = bool(self.score and self.score.needs_calibration)
+        return self.needs_hessian or scored or self.reconstruct is not None
 
     @property
     def needs_hessian(self) -> bool:

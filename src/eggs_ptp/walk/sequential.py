@@ -88,8 +88,10 @@ def _calibrate(
     ranks: Ranks | None,
     twin: nn.Module | None = None,
     dense_outputs: ActivationStore | None = None,
+    outputs: ActivationStore | None = None,
 ) -> None:
-    """Add every target's inputs over the windows to its statistics (summed over ranks).
+    """Add every target's inputs over the windows to its statistics (summed over ranks), and the
+    block's outputs on the pruned stream to ``outputs`` when given (no dense stream only).
 
     With a dense stream, each window first runs through ``twin`` (the block with its dense
     weights) on the dense model's activations, so that every paired layer's statistics see its
@@ -100,7 +102,7 @@ def _calibrate(
     if streams.dense is None or (not paired and dense_outputs is None):
         handles = [layer.observe_inputs(stats[layer.name].add) for layer in targets]
         try:
-            run_block(block, call, streams.pruned, index, "calibration")
+            run_block(block, call, streams.pruned, index, "calibration", outputs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -285,6 +287,12 @@ def _prune_block(
         if ranks:
             ranks.broadcast_module(block)
 
+    # What block reconstruction matches: the dense model's outputs, or the dense block's on the pruned inputs.
+    reference = None
+    if method.reconstruct is not None and targets:
+        if ranks:
+            raise ValueError("block reconstruction trains on every calibration window in one process; drop --nproc")
+        reference = dense_outputs if dense_outputs is not None else streams.pruned.sibling(f"dense-out-{index:05d}")
     if method.needs_calibration and targets:
         groups = layer_groups(block, index, call, streams.pruned[0], targets) if method.sequential else [targets]
         twin = copy.deepcopy(block) if dense_outputs is not None and len(groups) > 1 else block
@@ -292,7 +300,11 @@ def _prune_block(
             device = block_placement(block)[0]  # accumulate where the activations are, in fp64
             stats.update(_fresh_stats(group, method, device))
             counted = [expert_group.routed.clone() for expert_group in found.groups]
-            _calibrate(block, index, call, streams, group, stats, ranks, twin, dense_outputs if number == 0 else None)
+            first = number == 0
+            outputs = reference if first and reference is not dense_outputs else None
+            _calibrate(
+                block, index, call, streams, group, stats, ranks, twin, dense_outputs if first else None, outputs
+            )
             for expert_group, before in zip(found.groups, counted):
                 if bool(before.any()):  # routed in an earlier group's pass already: count each token once
                     expert_group.routed.copy_(before)
@@ -311,6 +323,10 @@ def _prune_block(
         prune(targets)
     if dense_outputs is not None and not len(dense_outputs):  # nothing calibrated: the block is still dense
         run_block(block, call, streams.dense, index, "dense output", dense_outputs)
+    if reference is not None:
+        _reconstruct(block, call, streams.pruned, reference, targets, method, reports)
+        if reference is not dense_outputs:
+            reference.release()
     if ranks:
         ranks.broadcast_tensors(list(references.values()))
     meters = {layer.name: ErrorMeter(layer, references[layer.name]) for layer in targets}
@@ -333,6 +349,30 @@ def _prune_block(
         if isinstance(layer, ExpertMatrix):
             reports[layer.name].expert = layer.record(stats[layer.name].tokens if layer.name in stats else None)
     return Streams(outputs, dense_outputs), list(reports.values())
+
+
+def _reconstruct(
+    block: nn.Module,
+    call: BlockCall,
+    inputs: ActivationStore,
+    reference: ActivationStore,
+    targets: list[Prunable],
+    method: Method,
+    reports: dict[str, LayerReport],
+) -> None:
+    """Train the block's pruned linear weights (their zeros fixed) towards ``reference``; expert
+    matrices keep their layer-wise weights. The record goes into every trained layer's settings."""
+    linears = [layer for layer in targets if isinstance(layer, PrunableLinear)]
+    if not linears:
+        return
+    device, dtype = block_placement(block)
+    placed = call.to(device)
+    parameters = [(layer.module.weight, layer.module.weight.detach() != 0) for layer in linears]
+    record = method.reconstruct.apply(
+        lambda hidden: placed(block, hidden.to(device=device, dtype=dtype)), parameters, inputs, reference
+    )
+    for layer in linears:
+        reports[layer.name].settings = {**(reports[layer.name].settings or {}), "block_reconstruction": record}
 
 
 def _prune_layers(
