@@ -218,6 +218,10 @@ def test_the_recorded_config_nests_the_method_settings(tiny_llama_dir, tmp_path,
     assert record["method"] == "eggs+update(b=2, tile_height=8, damping=0.05)"
     assert record["config"]["method"] == {
         "name": "eggs+update",
+        "target": "layer",
+        "sequential": False,
+        "swaps": False,
+        "reconstruct": 0,
         "b": 2,
         "rule": "repair",
         "tile_height": 8,

@@ -47,6 +47,7 @@ class Identity:
     needs_hessian = False
     needs_dense_stream = False
     sequential = False
+    reconstruct = None
 
     def prune(self, weight, stats, pattern):
         return PrunedLayer(weight.clone(), torch.ones_like(weight, dtype=torch.bool))
