@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -100,12 +100,8 @@ def _calibrate(
     """
     paired = [layer for layer in targets if stats[layer.name].with_drift]
     if streams.dense is None or (not paired and dense_outputs is None):
-        handles = [layer.observe_inputs(stats[layer.name].add) for layer in targets]
-        try:
-            run_block(block, call, streams.pruned, index, "calibration", outputs)
-        finally:
-            for handle in handles:
-                handle.remove()
+        observers = [stats[layer.name].add for layer in targets]
+        _observed_run(targets, observers, block, call, streams.pruned, index, "calibration", outputs)
     else:
         _calibrate_paired(block, index, call, streams, targets, stats, twin or block, paired, dense_outputs)
     if ranks:
@@ -140,7 +136,7 @@ def _calibrate_paired(
                 [queues[layer.name].append for layer in paired],
                 twin,
                 call,
-                streams.dense[window],
+                [streams.dense[window]],
                 index,
                 "dense calibration",
                 dense_outputs,
@@ -150,7 +146,7 @@ def _calibrate_paired(
             [observer(layer) for layer in targets],
             block,
             call,
-            streams.pruned[window],
+            [streams.pruned[window]],
             index,
             "calibration",
             dense_outputs if same else None,
@@ -162,14 +158,14 @@ def _observed_run(
     observers: list[Callable[[torch.Tensor], None]],
     block: nn.Module,
     call: BlockCall,
-    window: torch.Tensor,
+    windows: Iterable[torch.Tensor],
     index: int,
     stage: str,
     out: ActivationStore | None,
 ) -> None:
     handles = [layer.observe_inputs(observer) for layer, observer in zip(layers, observers)]
     try:
-        run_block(block, call, [window], index, stage, out)
+        run_block(block, call, windows, index, stage, out)
     finally:
         for handle in handles:
             handle.remove()
