@@ -25,7 +25,7 @@ from eggs_ptp.config import PruneConfig
 from eggs_ptp.data import CalibrationSet, SequenceStart, load_text, sample_windows
 from eggs_ptp.data.calibration import tokenize
 from eggs_ptp.eval import perplexity
-from eggs_ptp.formats.checkpoint import REPORT_FILE, save_pruned, staged_folder, write_json_atomic
+from eggs_ptp.formats.checkpoint import save_pruned, staged_folder, write_record
 from eggs_ptp.formats.output import check_output_target, claim_output
 from eggs_ptp.formats.sharded import write_sharded
 from eggs_ptp.methods import build_method
@@ -309,7 +309,7 @@ def _prune_lazily(
             if (location / GENERATION_CONFIG).is_file():
                 shutil.copyfile(location / GENERATION_CONFIG, staging / GENERATION_CONFIG)
             report.peak_rss_mb = peak_rss_mb()
-            write_json_atomic(staging / REPORT_FILE, report.to_dict())
+            write_record(staging, report)
     progress.finish()
     return report
 
@@ -403,6 +403,7 @@ class _Walk:
                     allocation,
                     time.perf_counter() - clock,
                     outputs.dense,
+                    {layer.name: layer.grid for layer in block_layers if layer.grid is not None},
                 )
 
         walk_and_prune(

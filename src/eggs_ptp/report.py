@@ -12,6 +12,7 @@ from typing import Any
 
 from eggs_ptp.config import PruneConfig
 from eggs_ptp.methods import build_method
+from eggs_ptp.quant import GRID_FILE, Grid
 from eggs_ptp.walk import LayerReport
 
 REPORT_TYPE = "eggs-ptp/sparsity"
@@ -68,6 +69,11 @@ class PruneReport:
     peak_cuda_mb: float | None = None  # when the run used CUDA
 
     @property
+    def grids(self) -> dict[str, Grid]:
+        """Each quantized layer's grid, by name."""
+        return {layer.name: layer.grid for layer in self.layers if layer.grid is not None}
+
+    @property
     def pruned_layers(self) -> list[LayerReport]:
         return [layer for layer in self.layers if layer.skipped is None]
 
@@ -98,6 +104,7 @@ class PruneReport:
         }
 
     def to_dict(self) -> dict[str, Any]:
+        scheme = self.config.method.quant_scheme
         return {
             "type": REPORT_TYPE,
             "schema_version": REPORT_VERSION,
@@ -112,6 +119,7 @@ class PruneReport:
             "evaluation": self.evaluation,
             "allocation": self.allocation,
             "resumed_at_block": self.resumed_at_block,
+            "quantization": {**scheme.to_dict(), "file": GRID_FILE} if scheme else None,
             "layers": [layer.to_dict() for layer in self.layers],
         }
 

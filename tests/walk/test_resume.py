@@ -12,8 +12,12 @@ from helpers import Killed, assert_same_weights, kill_after_block, one_error_lin
 @pytest.mark.parametrize("low_memory", [False, True], ids=["in-memory", "low-memory"])
 @pytest.mark.parametrize(
     "method",
-    [("--method", "sparsegpt", "--permute"), ("--method", "sparsegpt", "--target", "model", "--sequential")],
-    ids=["permute", "dense-target-sequential"],
+    [
+        ("--method", "sparsegpt", "--permute"),
+        ("--method", "sparsegpt", "--target", "model", "--sequential"),
+        ("--method", "sparsegpt", "--quantize", "int4", "--group-size", "32", "--asymmetric"),
+    ],
+    ids=["permute", "dense-target-sequential", "int4-grids"],
 )
 def test_kill_and_resume_equals_an_uninterrupted_run(model_dir, calib, tmp_path, monkeypatch, low_memory, method):
     """A dense-model target resumes with the dense model's stream as it was saved."""

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 from eggs_ptp.atomic import share_tree, write_atomic
 from eggs_ptp.errors import read_json, writing
 from eggs_ptp.formats.output import check_output_target, claim_output
+from eggs_ptp.quant import GRID_FILE, save_grids
 from eggs_ptp.report import PruneReport
 
 REPORT_FILE = "sparsity.json"
@@ -64,8 +65,16 @@ def save_pruned(
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        write_json_atomic(staging / REPORT_FILE, report.to_dict())
+        write_record(staging, report)
     return out
+
+
+def write_record(folder: Path, report: PruneReport) -> None:
+    """``sparsity.json``, and beside it the grids of a quantized run (:data:`~eggs_ptp.quant.GRID_FILE`)."""
+    grids = report.grids
+    if grids:
+        save_grids(folder / GRID_FILE, grids)
+    write_json_atomic(folder / REPORT_FILE, report.to_dict())
 
 
 def read_report(folder: Path) -> dict[str, Any]:
@@ -89,4 +98,5 @@ __all__ = [
     "save_pruned",
     "staged_folder",
     "write_json_atomic",
+    "write_record",
 ]

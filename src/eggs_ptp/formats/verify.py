@@ -1,5 +1,6 @@
 """Check a saved checkpoint against its ``sparsity.json``: the record against itself, then every
-pruned layer's stored weight against the record.
+pruned layer's stored weight against the record, and, for a quantized run, every weight against
+its layer's grid.
 
 Reads the safetensors files directly, one layer at a time; expert matrices are found through a
 meta-device model of the folder's config (:mod:`eggs_ptp.formats.tensors`).
@@ -14,6 +15,7 @@ from eggs_ptp.errors import FileError
 from eggs_ptp.formats.checkpoint import read_report
 from eggs_ptp.formats.tensors import CheckpointTensors
 from eggs_ptp.pattern import Pattern, pattern_violations
+from eggs_ptp.quant import GRID_FILE, Grid, QuantScheme, load_grids
 
 
 class VerifyError(ValueError):
@@ -86,6 +88,7 @@ def verify_checkpoint(folder: Path) -> int:
         raise
     except ValueError as error:
         raise VerifyError(str(error)) from None
+    grids = _grids(folder, report)
     for layer in layers:  # in walk order, so "first" means first in the model
         try:
             weight = tensors.matrix(layer)
@@ -109,7 +112,46 @@ def verify_checkpoint(folder: Path) -> int:
                 f"{layer['name']} keeps {int(weight.count_nonzero())} weights, more than the recorded "
                 f"{kept:.4f} of {weight.numel()}"
             )
+        if grids is not None:
+            _check_grid(layer["name"], weight, grids.get(layer["name"]))
     return len(layers)
+
+
+def _grids(folder: Path, report: dict[str, Any]) -> dict[str, Grid] | None:
+    """A quantized run's grids, by layer name (None when the run did not quantize)."""
+    record = report.get("quantization")
+    if record is None:
+        return None
+    try:
+        scheme = QuantScheme.from_dict(record)
+    except ValueError as error:
+        raise VerifyError(f"the record's quantization entry is unreadable: {error}") from None
+    path = folder / record.get("file", GRID_FILE)
+    if not path.is_file():
+        raise VerifyError(f"the record says the run quantized ({scheme.name}) but {path.name} is missing")
+    try:
+        grids = load_grids(path)
+    except FileError:
+        raise
+    except ValueError as error:
+        raise VerifyError(f"{path.name}: {error}") from None
+    if any(grid.scheme != scheme for grid in grids.values()):
+        raise VerifyError(f"{path.name} holds grids of another scheme than the record's {scheme.to_dict()}")
+    return grids
+
+
+def _check_grid(name: str, weight: Any, grid: Grid | None) -> None:
+    if grid is None:
+        raise VerifyError(f"{name}: the run quantized, but {GRID_FILE} has no grid for this layer")
+    if grid.cols != weight.shape[1] or grid.scales.shape[0] != weight.shape[0]:
+        raise VerifyError(f"{name}: its grid is for {grid.scales.shape[0]}x{grid.cols}, not {list(weight.shape)}")
+    off = grid.off_grid(weight, weight != 0)
+    if bool(off.any()):
+        row, column = (int(i) for i in off.nonzero()[0])
+        raise VerifyError(
+            f"{name}: {int(off.sum())} kept weights lie off their {grid.scheme.name} grid "
+            f"(first at row {row}, column {column})"
+        )
 
 
 __all__ = ["VerifyError", "check_record", "verify_checkpoint"]

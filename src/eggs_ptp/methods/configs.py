@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, ClassVar
 
 from eggs_ptp.pattern import Pattern
+from eggs_ptp.quant import QUANTIZE, QuantScheme
 from eggs_ptp.selectors import RULES
 from eggs_ptp.settings import setting
 
@@ -65,13 +66,35 @@ class MethodConfig:
         "Block reconstruction: at most this many epochs of Adam on each pruned block's kept weights, masks "
         "fixed, so that its outputs match the dense block's; stops early on held-out windows (0 = off).",
     )
+    quantize: str = setting(
+        "none",
+        "Quantize the kept weights: int8 (symmetric, per output channel) or int4 (groups of --group-size "
+        "inputs). Methods with a Hessian quantize in an OBS sweep that spreads each rounding error (GPTQ); "
+        "the others round to nearest.",
+        choices=QUANTIZE,
+    )
+    group_size: int = setting(128, "int4: input columns sharing a scale, a multiple of 32.")
+    asymmetric: bool = setting(False, "int4: a zero point per group, the grid spanning min to max.")
+    rtn: bool = setting(False, "Quantize by rounding to nearest even where the method has a Hessian (for comparison).")
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {self.target!r}")
         if self.reconstruct < 0:
             raise ValueError(f"reconstruct must be a number of epochs, 0 or more, got {self.reconstruct}")
+        scheme = self.quant_scheme
+        if scheme is None and self.rtn:
+            raise ValueError("rtn chooses how weights are quantized; it needs --quantize int8 or int4")
+        if scheme is not None and self.reconstruct:
+            raise ValueError(
+                "block reconstruction trains the kept weights off their quantization grid; "
+                "use --reconstruct or --quantize, not both"
+            )
         self.validate()
+
+    @property
+    def quant_scheme(self) -> QuantScheme | None:
+        return QuantScheme.parse(self.quantize, self.group_size, self.asymmetric)
 
     def validate(self) -> None:
         """Raise ValueError naming a setting that is wrong whatever the pattern."""

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from eggs_ptp.pattern import Pattern
+from eggs_ptp.quant import Grid
 from eggs_ptp.scores import Score
 from eggs_ptp.selectors import EggsSelector, Selector, select_in_chunks
 from eggs_ptp.selectors.auto import EggsSettingSearch
@@ -19,17 +20,20 @@ from eggs_ptp.updates import (
     LeastSquaresRefit,
     MaskSwapRefinement,
     ObsUpdate,
+    Quantization,
     output_error,
 )
 
 
 @dataclass
 class PrunedLayer:
-    """One layer's pruned weight (out, in), its boolean kept mask, and any per-layer choices made."""
+    """One layer's pruned weight (out, in), its boolean kept mask, any per-layer choices made, and
+    the grid its kept weights lie on when quantized."""
 
     weight: torch.Tensor
     mask: torch.Tensor
     settings: dict[str, Any] | None = None
+    grid: Grid | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class Method:
         weights are then re-fitted (``swap_refit``), since each swap re-fits only the weight it keeps.
     reconstruct: once a block is pruned, train its linear layers' kept weights together so that the
         block's outputs match the dense block's (the dense model's, with ``target``).
+    quantization: last, round the finished layer's kept weights to an integer grid (jointly in an
+        OBS sweep where the method has a Hessian).
     """
 
     name: str
@@ -64,6 +70,7 @@ class Method:
     swaps: MaskSwapRefinement | None = None
     swap_refit: LeastSquaresRefit | None = None
     reconstruct: BlockReconstruction | None = None
+    quantization: Quantization | None = None
 
     def __post_init__(self) -> None:
         if self.score is None and self.update is None:
@@ -81,6 +88,7 @@ class Method:
             "swaps": self.swaps,
             "swap_refit": self.swap_refit,
             "reconstruct": self.reconstruct,
+            "quantization": self.quantization,
         }
         described = {name: repr(stage) if stage else None for name, stage in stages.items()}
         described["sequential"] = "each group of layers sharing an input, in block order" if self.sequential else None
@@ -93,7 +101,8 @@ class Method:
 
     @property
     def needs_hessian(self) -> bool:
-        return any(stage is not None for stage in (self.update, self.refit, self.search, self.target, self.swaps))
+        stages = (self.update, self.refit, self.search, self.target, self.swaps)
+        return any(stage is not None for stage in stages) or bool(self.quantization and self.quantization.needs_hessian)
 
     @property
     def needs_dense_stream(self) -> bool:
@@ -101,13 +110,19 @@ class Method:
 
     def prune(self, weight: torch.Tensor, stats: LayerStats | None, pattern: Pattern) -> PrunedLayer:
         """Prune ``weight`` (out, in); the result keeps ``weight``'s dtype."""
-        if self.target is None:
-            return self._search(weight, stats, pattern)
-        target = self.target.apply(weight, stats)
-        result = self._search(target, stats, pattern)
+        reference = weight if self.target is None else self.target.apply(weight, stats)
+        result = self._search(reference, stats, pattern)
+        settings = dict(result.settings or {})
+        if self.target is not None:
+            settings["dense_target_shift"] = float(
+                (reference - weight.float()).norm() / weight.float().norm().clamp_min(1e-30)
+            )
+        if self.quantization is not None:
+            result.weight, result.grid, settings["quantization"] = self.quantization.apply(
+                reference, result.weight, result.mask, stats
+            )
         result.weight = result.weight.to(weight.dtype)
-        shift = float((target - weight.float()).norm() / weight.float().norm().clamp_min(1e-30))
-        result.settings = {**(result.settings or {}), "dense_target_shift": shift}
+        result.settings = settings or None
         return result
 
     def _search(self, weight: torch.Tensor, stats: LayerStats | None, pattern: Pattern) -> PrunedLayer:

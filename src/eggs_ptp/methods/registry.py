@@ -8,7 +8,14 @@ from typing import Callable, TypeVar
 from eggs_ptp.methods.configs import MethodConfig
 from eggs_ptp.methods.method import Method
 from eggs_ptp.pattern import Pattern
-from eggs_ptp.updates import BlockReconstruction, DenseModelTarget, LeastSquaresRefit, MaskSwapRefinement
+from eggs_ptp.updates import (
+    BlockReconstruction,
+    DenseModelTarget,
+    LeastSquaresRefit,
+    MaskSwapRefinement,
+    ObsUpdate,
+    Quantization,
+)
 
 C = TypeVar("C", bound=MethodConfig)
 Factory = Callable[[C, Pattern], Method]
@@ -43,7 +50,7 @@ def build_method(config: MethodConfig, pattern: Pattern) -> Method:
     swaps = MaskSwapRefinement(damping) if config.swaps else None
     swap_refit = LeastSquaresRefit(damping) if config.swaps else None
     reconstruct = BlockReconstruction(epochs=config.reconstruct) if config.reconstruct else None
-    return replace(
+    method = replace(
         method,
         target=target,
         # A dense-model target corrects each layer for how its inputs drifted; calibrated on the dense
@@ -54,6 +61,13 @@ def build_method(config: MethodConfig, pattern: Pattern) -> Method:
         swap_refit=swap_refit,
         reconstruct=reconstruct,
     )
+    scheme = config.quant_scheme
+    if scheme is None:
+        return method
+    # A method with a Hessian quantizes jointly, in its own damping and block size.
+    joint = method.needs_hessian and not config.rtn
+    sweep = ObsUpdate(damping, getattr(config, "blocksize", ObsUpdate.blocksize)) if joint else None
+    return replace(method, quantization=Quantization(scheme, sweep))
 
 
 __all__ = ["Factory", "build_method", "register_method"]

@@ -2,6 +2,7 @@
 
 from eggs_ptp.updates.block import BlockReconstruction
 from eggs_ptp.updates.obs import ObsUpdate
+from eggs_ptp.updates.quantize import Quantization
 from eggs_ptp.updates.refit import LeastSquaresRefit, output_error
 from eggs_ptp.updates.swaps import MaskSwapRefinement
 from eggs_ptp.updates.target import DenseModelTarget, TargetError
@@ -12,6 +13,7 @@ __all__ = [
     "LeastSquaresRefit",
     "MaskSwapRefinement",
     "ObsUpdate",
+    "Quantization",
     "TargetError",
     "output_error",
 ]

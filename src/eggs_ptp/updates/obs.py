@@ -5,6 +5,11 @@ not-yet-visited columns through the inverse Hessian ``H = X^T X + damping``. Whe
 the mask is chosen inside the sweep from the OBS saliency ``w^2 / [H^-1]_jj^2`` of the partly
 updated weights, per M-group for N:M (by whatever selector the method composes) and per column
 block for unstructured sparsity.
+
+The same sweep quantizes jointly (GPTQ; SparseGPT's own joint mode): with the mask fixed, each
+kept weight is rounded to its grid as its column is visited and its rounding error is spread over
+the columns not yet visited, like a pruned weight's. A group's scale is fitted on its kept weights
+when the sweep reaches the group's first column, so it sees the errors already spread into it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from eggs_ptp.pattern import Pattern
+from eggs_ptp.quant import Grid, QuantScheme
 from eggs_ptp.selectors import Selector
 from eggs_ptp.stats import LayerStats
 
@@ -70,20 +76,53 @@ class ObsUpdate:
         Returns:
             The updated weight (zeros where pruned, fp32) and the boolean kept mask.
         """
+        w, hinv = self._prepare(weight, stats)
+        rows, cols = w.shape
+        group = pattern.m if pattern.structured else 1
+        block = max(group, (self.blocksize // group) * group)
+        kept = torch.zeros(rows, cols, dtype=torch.bool, device=w.device)
+        pruned, _ = self._sweep(w, hinv, block, kept, pattern, selector, mask, None)
+        return pruned, kept
+
+    def quantize(
+        self, weight: torch.Tensor, stats: LayerStats, mask: torch.Tensor, scheme: QuantScheme
+    ) -> tuple[torch.Tensor, Grid]:
+        """Quantize the kept entries of ``weight`` (out, in) to ``scheme`` and prune the rest, with
+        every rounding error spread forward; the result (fp32, +0.0 where pruned) lies on the grid."""
+        w, hinv = self._prepare(weight, stats)
+        width = scheme.group_columns(w.shape[1])
+        block = width * max(1, self.blocksize // width)  # a group never spans two lazy blocks
+        kept = mask.to(device=w.device).clone()
+        return self._sweep(w, hinv, block, kept, None, None, kept, scheme)
+
+    def _prepare(self, weight: torch.Tensor, stats: LayerStats) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fp32 working copy (dead inputs zeroed) and the upper Cholesky factor of H^-1."""
         if stats.hessian is None:
             raise ValueError("the OBS update needs the layer Hessian; collect stats with_hessian=True")
         w = weight.detach().clone().float()
         hessian = stats.hessian.to(w.device)
-        rows, cols = w.shape
         dead = torch.diag(hessian) == 0
         hessian = hessian.clone()
         hessian[dead, dead] = 1.0  # an input that is always zero carries no information
         w[:, dead] = 0.0
-        hinv = _inverse_hessian_factor(hessian, self.damping)  # (in, in) upper
-        group = pattern.m if pattern.structured else 1
-        block = max(group, (self.blocksize // group) * group)
-        kept = torch.zeros(rows, cols, dtype=torch.bool, device=w.device)
+        return w, _inverse_hessian_factor(hessian, self.damping)
 
+    def _sweep(
+        self,
+        w: torch.Tensor,
+        hinv: torch.Tensor,
+        block: int,
+        kept: torch.Tensor,
+        pattern: Pattern | None,
+        selector: Selector | None,
+        mask: torch.Tensor | None,
+        scheme: QuantScheme | None,
+    ) -> tuple[torch.Tensor, Grid | None]:
+        """Visit the columns left to right, filling ``kept`` when no ``mask`` is given."""
+        rows, cols = w.shape
+        group = pattern.m if pattern is not None and pattern.structured else 1
+        grid = scheme.fit(w, kept) if scheme is not None else None  # per-channel scales: fitted up front
+        width = scheme.group_columns(cols) if scheme is not None else cols
         for start in range(0, cols, block):
             end = min(start + block, cols)
             w_block = w[:, start:end].clone()
@@ -99,15 +138,18 @@ class ObsUpdate:
                 if mask is None and pattern.structured and i % group == 0:
                     saliency = w_block[:, i : i + group].pow(2) / hinv_diag[i : i + group].pow(2)
                     kept[:, column : column + group] = selector.select(saliency, pattern)
+                if grid is not None and width < cols and column % width == 0:
+                    grid.refit_group(column // width, w_block[:, i : i + width], kept[:, column : column + width])
                 w_col = w_block[:, i]
-                quantised = torch.where(kept[:, column], w_col, torch.zeros_like(w_col))
+                target = w_col if grid is None else grid.round_column(w_col, column)
+                quantised = torch.where(kept[:, column], target, torch.zeros_like(w_col))
                 error = (w_col - quantised) / hinv_block[i, i]
                 w_block[:, i:] -= error.unsqueeze(1) @ hinv_block[i, i:].unsqueeze(0)
                 w_block[:, i] = quantised
                 errors[:, i] = error
             w[:, start:end] = w_block
             w[:, end:] -= errors @ hinv[start:end, end:]
-        return torch.where(kept, w, torch.zeros_like(w)), kept  # +0.0 where pruned, never -0.0
+        return torch.where(kept, w, torch.zeros_like(w)), grid  # +0.0 where pruned, never -0.0
 
 
 __all__ = ["HessianError", "ObsUpdate"]

@@ -7,13 +7,14 @@ distributed reductions all build on it, and it imports none of them.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from eggs_ptp.models.layers import Prunable
+from eggs_ptp.quant import Grid
 from eggs_ptp.walk.activations import ActivationStore
 
 
@@ -34,9 +35,12 @@ class LayerReport:
     permutation: dict[str, Any] | None = None  # input-channel permutation, or why there was none
     pattern: str | None = None  # the pattern this layer was pruned to (blocks may differ, e.g. OWL)
     expert: dict[str, Any] | None = None  # an expert's matrix: its fused parameter, index and calibration tokens
+    grid: Grid | None = field(default=None, repr=False, compare=False)  # tensors: written beside, not in, the record
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(replace(self, grid=None))
+        del record["grid"]
+        return record
 
 
 @dataclass

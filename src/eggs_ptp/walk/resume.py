@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from eggs_ptp.atomic import atomic_path, write_atomic
 from eggs_ptp.errors import read_json, writing
+from eggs_ptp.quant import Grid, load_grids, save_grids
 from eggs_ptp.walk.activations import ActivationStore, persist, restore
 from eggs_ptp.walk.block import LayerReport
 from eggs_ptp.walk.distributed import Ranks
@@ -123,9 +124,16 @@ class RunProgress:
             if state.get("dense"):
                 dense_offload = offload.with_name(f"dense-{offload.name}") if offload else None
                 dense = restore(saved / f"dense-rank-{self._rank}", dtype, dense_offload)
+            layers = [_layer_report(r) for r in state["layers"]]
+            grids: dict[str, Grid] = {}
+            for index in range(state["next_block"]):
+                if self.grid_file(index).is_file():
+                    grids.update(load_grids(self.grid_file(index)))
+            for layer in layers:
+                layer.grid = grids.get(layer.name)
             return Resumed(
                 state["next_block"],
-                [_layer_report(r) for r in state["layers"]],
+                layers,
                 state["allocation"],
                 state["seconds"],
                 inputs,
@@ -156,6 +164,9 @@ class RunProgress:
     def block_file(self, index: int) -> Path:
         return self.folder / "blocks" / f"block-{index:05d}.safetensors"
 
+    def grid_file(self, index: int) -> Path:
+        return self.folder / "blocks" / f"grids-{index:05d}.safetensors"
+
     def save_block(
         self,
         index: int,
@@ -165,9 +176,10 @@ class RunProgress:
         allocation: dict[str, Any] | None,
         seconds: float,
         dense: ActivationStore | None = None,
+        grids: dict[str, Grid] | None = None,
     ) -> None:
-        """Persist block ``index`` as done: its tensors, block ``index + 1``'s inputs (and their dense
-        model counterparts, when carried), then the state."""
+        """Persist block ``index`` as done: its tensors, its layers' quantization grids, block
+        ``index + 1``'s inputs (and their dense model counterparts, when carried), then the state."""
         name = f"inputs-{index + 1:05d}"
         if self._writer:
             with writing(self.block_file(index)), atomic_path(self.block_file(index)) as temporary:
@@ -176,6 +188,9 @@ class RunProgress:
                     str(temporary),
                     metadata={"format": "pt"},
                 )
+            if grids:
+                with writing(self.grid_file(index)), atomic_path(self.grid_file(index)) as temporary:
+                    save_grids(temporary, grids)
         with writing(self.folder / name):
             persist(inputs, self.folder / name / f"rank-{self._rank}")
             if dense is not None:

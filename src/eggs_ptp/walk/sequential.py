@@ -410,6 +410,7 @@ def _prune_layers(
         report.seconds = time.perf_counter() - started
         report.kept_fraction = float(result.mask.float().mean())
         report.settings = result.settings
+        report.grid = result.grid
 
 
 BlockDone = Callable[[int, list[LayerReport], Streams], None]
