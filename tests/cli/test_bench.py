@@ -9,7 +9,7 @@ from eggs_ptp.cli import main
 
 from helpers import one_error_line, pruned_checkpoint
 
-FAST = ["--tokens", "1,3", "--repeats", "1", "--prompt-tokens", "4", "--new-tokens", "3", "-q"]
+FAST = ["--tokens", "1,3", "--repeats", "1", "--prompt-tokens", "4", "--new-tokens", "3", "--threads", "1", "-q"]
 
 
 def run(*args):
@@ -48,6 +48,8 @@ def test_existing_results_are_kept_without_overwrite(checkpoint, tmp_path):
         (["--tokens", "1,x"], "--tokens must be comma-separated counts"),
         (["-o", "result.txt"], "--output must end in .json"),
         (["--threads", "0"], "--threads must be >= 1"),
+        (["--threads", "1,many"], "--threads must be comma-separated counts or 'all'"),
+        (["--baselines", "int3"], "unknown baseline int3"),
         (["--repeats", "0"], "repeats must be >= 1"),
     ],
 )

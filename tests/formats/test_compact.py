@@ -127,7 +127,7 @@ def test_pack_then_load_matches_the_dense_checkpoint(packed):
 def test_packed_folder_layout_and_sizes(packed):
     family, dense_dir, result = packed
     record = json.loads((result.out / "compact.json").read_text())
-    assert record["type"] == "eggs-ptp/compact" and record["schema_version"] == 1
+    assert record["type"] == "eggs-ptp/compact" and record["schema_version"] == 2 and record["quantization"] is None
     assert record["pattern"] == "2:4" and record["bitmask_bit_order"] == "little"
     pruned = [l for l in json.loads((dense_dir / "sparsity.json").read_text())["layers"] if l["skipped"] is None]
     assert len(record["layers"]) == result.layers == len(pruned) == (14 if family == "llama" else 8)

@@ -1,5 +1,9 @@
 """The compiled CPU kernel against dense matmul: hand-checked answers, every N:M, odd shapes, both dtypes."""
 
+import ctypes
+import mmap
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -73,6 +77,37 @@ def test_decompress_is_bit_exact(isa, dtype):
         assert torch.equal(
             dense.view(BITS[dtype]), decompress(values, bitmask, (rows, cols), Pattern(n, m)).view(BITS[dtype])
         )
+
+
+def guarded(tensor):
+    """A copy of ``tensor`` whose last byte sits just before a page the process may not touch, so
+    a read past its end kills the test run instead of passing unseen."""
+    page, nbytes = mmap.PAGESIZE, tensor.numel() * tensor.element_size()
+    pages = -(-nbytes // page) + 1
+    memory = mmap.mmap(-1, pages * page)
+    start = ctypes.addressof(ctypes.c_char.from_buffer(memory))
+    libc = ctypes.CDLL(None)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    assert libc.mprotect(start + (pages - 1) * page, page, 0) == 0  # PROT_NONE
+    end = (pages - 1) * page
+    copy = torch.frombuffer(memory, dtype=torch.uint8)[end - nbytes : end].view(tensor.dtype).view(tensor.shape)
+    copy.copy_(tensor)
+    return copy
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="guard pages via mprotect")
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_no_read_past_the_last_value(isa, dtype):
+    # last rows shorter than a vector load, 2:4 rows (the AVX2 whole-byte path) with a tail, one value per row
+    for n, m, rows, cols in [(1, 8, 3, 24), (2, 4, 2, 36), (2, 4, 3, 40), (1, 16, 2, 16), (3, 8, 5, 72)]:
+        weight = random_nm(rows, cols, n, m, dtype, seed=cols)
+        values, bitmask = compress(weight, Pattern(n, m))
+        values = guarded(values)
+        for tokens in (1, 5):
+            x = torch.randn(tokens, cols)
+            torch.testing.assert_close(nm_linear(x, values, bitmask, cols, isa=isa), F.linear(x, weight.float()))
+        assert torch.equal(nm_decompress(values, bitmask, cols, isa=isa), weight)
 
 
 def test_threads_split_rows_without_changing_a_bit():

@@ -17,14 +17,35 @@ def _token_counts(text: str) -> tuple[int, ...]:
         raise ValueError(f"--tokens must be comma-separated counts such as 1,8,128, got {text!r}") from None
 
 
+def _thread_counts(text: str) -> tuple[int | None, ...]:
+    """``1,all``: ``all`` is torch's default thread count."""
+    try:
+        counts = tuple(None if part.strip() == "all" else int(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError(f"--threads must be comma-separated counts or 'all', such as 1,all, got {text!r}") from None
+    if any(count is not None and count < 1 for count in counts):
+        raise ValueError(f"--threads must be >= 1, got {text}")
+    return counts
+
+
+def _baselines(text: str) -> tuple[str, ...]:
+    return () if text.strip() == "none" else tuple(part.strip() for part in text.split(","))
+
+
 @click.command(name="bench")
-@click.argument("folder", metavar="MODEL_DIR", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.argument(
+    "folders",
+    metavar="MODEL_DIR...",
+    nargs=-1,
+    required=True,
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+)
 @click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
     default=None,
-    help="JSON result; the markdown table goes beside it as .md [default: ./bench-MODEL_DIR.json].",
+    help="JSON result; the markdown table goes beside it as .md [default: ./bench-FIRST_MODEL_DIR.json].",
 )
 @click.option("--overwrite", is_flag=True, help="Replace existing result files.")
 @click.option("--tokens", default="1,8,128", show_default=True, help="Token counts for the per-layer times.")
@@ -37,7 +58,18 @@ def _token_counts(text: str) -> tuple[int, ...]:
     default=None,
     help="Load both models in this dtype [default: the checkpoint's].",
 )
-@click.option("--threads", type=int, default=None, help="Torch and kernel threads [default: torch's default].")
+@click.option(
+    "--threads",
+    default="1,all",
+    show_default=True,
+    help="Thread counts, each a full pass of the timings ('all' = torch's default count).",
+)
+@click.option(
+    "--baselines",
+    default="bf16,int8",
+    show_default=True,
+    help="Dense references besides fp: bf16 (the same weights) and int8 (torch's dynamic int8 nn.Linear); or none.",
+)
 @click.option(
     "--seed",
     type=int,
@@ -48,7 +80,7 @@ def _token_counts(text: str) -> tuple[int, ...]:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def bench_command(
-    folder: Path,
+    folders: tuple[Path, ...],
     output: Path | None,
     overwrite: bool,
     tokens: str,
@@ -56,22 +88,25 @@ def bench_command(
     prompt_tokens: int,
     new_tokens: int,
     dtype: str | None,
-    threads: int | None,
+    threads: str,
+    baselines: str,
     seed: int,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Measure the pruned checkpoint MODEL_DIR dense against its compact N:M form.
+    """Measure pruned checkpoints of one model against its dense form, side by side in one process.
 
-    MODEL_DIR is an eggs-ptp prune output (dense with zeros; packed into a temporary folder here)
-    or an eggs-ptp pack output. Reports weight bytes on disk and in memory, per-layer times at each
-    token count, prefill time and greedy decode tokens/s, each as a sparse/dense ratio.
+    Each MODEL_DIR is an eggs-ptp prune output (dense with zeros; packed into a temporary folder
+    here) or an eggs-ptp pack output, with fp, int8 or int4 kept values; the first one's weights
+    computed dense are the reference, and also give the bf16 and torch int8 dense baselines.
+    Reports weight bytes, per-layer times at each token count, prefill time and greedy decode
+    tokens/s as ratios to the reference, at each thread count, and whether each compact model's
+    greedy output equals its own dense form's.
 
     \b
     Example:
-      eggs-ptp bench smollm2-2of4 -o benchmarks/results/bench.json
+      eggs-ptp bench smollm2-2of4 smollm2-2of4-int8 -o benchmarks/results/bench.json
     """
-    import torch
 
     from eggs_ptp.atomic import write_atomic
     from eggs_ptp.eval.speed import BenchSettings, render_markdown, run_bench
@@ -84,22 +119,20 @@ def bench_command(
         new_tokens=new_tokens,
         dtype=dtype,
         seed=seed,
+        threads=_thread_counts(threads),
+        baselines=_baselines(baselines),
     )
-    output = output if output is not None else Path(f"bench-{folder.resolve().name}.json")
+    output = output if output is not None else Path(f"bench-{folders[0].resolve().name}.json")
     if output.suffix != ".json":
         raise ValueError(f"--output must end in .json (the markdown goes beside it), got {output}")
     markdown = output.with_suffix(".md")
     existing = [str(path) for path in (output, markdown) if path.exists()]
     if existing and not overwrite:
         raise ValueError(f"{' and '.join(existing)} already exist; pass --overwrite to replace them")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
     if quiet:
         hide_loading_bars()
     output.resolve().parent.mkdir(parents=True, exist_ok=True)
-    result = run_bench(folder, settings, progress=not quiet)
+    result = run_bench(list(folders), settings, progress=not quiet)
     table = render_markdown(result)
     write_json_atomic(output, result)
     write_atomic(markdown, table)
@@ -110,9 +143,11 @@ def bench_command(
         {
             "output": str(output),
             "markdown": str(markdown),
-            "decode_speedup": result["decode_tokens_per_s"]["ratio"]["median"],
-            "pruned_layers_1_token_time_ratio": result["pruned_layers_total"].get("1", {}).get("ratio"),
-            "greedy_identical": result["greedy"]["identical"],
+            "decode_speedup": {
+                str(run["threads"]): {label: ratio["median"] for label, ratio in run["decode_speedup"].items()}
+                for run in result["runs"]
+            },
+            "greedy_identical": all(entry["identical"] for entry in result["greedy"]["variants"].values()),
         },
     )
 

@@ -1,12 +1,14 @@
-"""Dense against compact-sparse size and speed of one pruned checkpoint, side by side in one process.
+"""Size and speed of pruned checkpoints against dense references, side by side in one process.
 
-Both models are loaded from the same packed folder: the dense one with its pruned layers rebuilt as
-weights with zeros (bit for bit), the sparse one with :class:`eggs_ptp.kernels.SparseNMLinear`
-layers. Every timed quantity is measured ``repeats`` times, dense and sparse back to back in each
-repeat so both see the same machine load; each ratio is sparse / dense within one repeat, reported
-as min / median / max over repeats. Wall times depend on the machine and its load: the record
-keeps the CPU, its vector features, the thread count and the load average, and nothing here
-asserts a time.
+Every model measured is a *variant*: the first checkpoint's dense form (with zeros, bit for bit) is
+the reference; optional dense baselines are the same weights in bfloat16 and PyTorch's dynamic
+int8 ``nn.Linear`` (``torch.ao.quantization.quantize_dynamic``, the field's dense int8 on CPU);
+then each checkpoint's compact form computed by :class:`eggs_ptp.kernels.SparseNMLinear` (fp,
+int8 or int4 kept values), and the fp ones again in bfloat16. Within each repeat every variant runs
+back to back, so all see the same machine load; each ratio is variant / reference within one
+repeat, reported as min / median / max over repeats, at every thread count asked for. Wall times
+depend on the machine and its load: the record keeps the CPU, its vector features, the thread
+counts and the load average, and nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,8 @@ from eggs_ptp.kernels.swap import load_sparse
 from eggs_ptp.report import library_versions
 
 BENCH_TYPE = "eggs-ptp/bench"
-BENCH_VERSION = 1
+BENCH_VERSION = 2  # 2: any number of variants (dense baselines, several checkpoints), several thread counts
+BASELINES = ("bf16", "int8")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 _CPU_FEATURES = (
     "avx2",
@@ -44,15 +48,21 @@ _CPU_FEATURES = (
     "avx512vl",
     "avx512_bf16",
     "avx512_vnni",
+    "avx_vnni",
     "amx_bf16",
     "asimd",
     "sve",
 )
+REFERENCE = "dense"
 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """What ``eggs-ptp bench`` runs; ``dtype`` None keeps the checkpoint's own."""
+    """What ``eggs-ptp bench`` runs; ``dtype`` None keeps the first checkpoint's own.
+
+    ``threads``: each count is a full pass of every timing; None is torch's default count.
+    ``baselines``: dense references besides the reference itself (``bf16``, ``int8``).
+    """
 
     tokens: tuple[int, ...] = (1, 8, 128)
     repeats: int = 5
@@ -60,6 +70,8 @@ class BenchSettings:
     new_tokens: int = 32
     dtype: str | None = None
     seed: int = 0
+    threads: tuple[int | None, ...] = (None,)
+    baselines: tuple[str, ...] = BASELINES
 
     def __post_init__(self) -> None:
         if not self.tokens or min(self.tokens) < 1:
@@ -72,23 +84,49 @@ class BenchSettings:
             )
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if not self.threads or any(count is not None and count < 1 for count in self.threads):
+            raise ValueError(f"threads must be counts >= 1, got {self.threads}")
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(f"unknown baseline {', '.join(unknown)}; choose from {', '.join(BASELINES)}")
+
+
+@dataclass
+class Variant:
+    """One model measured: how it is labelled, computed and stored, and the model its greedy output
+    must match (its own dense form; None for a dense baseline)."""
+
+    label: str
+    kind: str  # "dense" (weights with zeros), "dense int8" (torch dynamic) or "compact"
+    model: torch.nn.Module
+    dtype: str
+    scheme: str | None = None  # the compact values' quantization, None for fp values
+    folder: Path | None = None
+    twin: torch.nn.Module | None = field(default=None, repr=False)
 
 
 def spread(values: list[float]) -> dict[str, float]:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def paired_times(dense: Callable[[], Any], sparse: Callable[[], Any], repeats: int) -> dict[str, dict[str, float]]:
-    """Seconds of ``dense`` and ``sparse`` per repeat (after one untimed call of each) and their ratio."""
-    dense(), sparse()
-    times: dict[str, list[float]] = {"dense": [], "sparse": []}
+def interleaved_times(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of every call per repeat, all calls back to back in each repeat (after one untimed
+    call of each), so each repeat's ratios compare runs under the same load."""
+    for call in calls.values():
+        call()
+    times: dict[str, list[float]] = {label: [] for label in calls}
     for _ in range(repeats):
-        for name, fn in (("dense", dense), ("sparse", sparse)):
+        for label, call in calls.items():
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    ratios = [s / d for s, d in zip(times["sparse"], times["dense"])]
-    return {"dense": spread(times["dense"]), "sparse": spread(times["sparse"]), "ratio": spread(ratios)}
+            call()
+            times[label].append(time.perf_counter() - start)
+    return times
+
+
+def ratios(values: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """Each label's per-repeat ratio to the reference's value in the same repeat."""
+    reference = values[REFERENCE]
+    return {label: spread([v / r for v, r in zip(series, reference)]) for label, series in values.items()}
 
 
 def machine() -> dict[str, Any]:
@@ -132,29 +170,25 @@ def _storage_bytes(tensors: list[torch.Tensor]) -> int:
     return sum(storages.values())
 
 
-def _sizes(
-    dense_dir: Path, compact_dir: Path, record: dict[str, Any], dense: torch.nn.Module, sparse: torch.nn.Module
-) -> dict[str, Any]:
-    names = [layer["name"] for layer in record["layers"]]
-    dense_layers = [dense.get_submodule(name).weight for name in names]
-    sparse_layers = [
-        t for name in names for t in (sparse.get_submodule(name).values, sparse.get_submodule(name).bitmask)
-    ]
+def _dynamic_int8_layer(module: torch.nn.Module) -> bool:
+    """A torch dynamic int8 ``Linear``: its weight is a method returning the quantized tensor."""
+    return hasattr(module, "_packed_params") and callable(getattr(module, "weight", None))
 
-    def pair(d: int, s: int) -> dict[str, float]:
-        return {"dense": d, "sparse": s, "ratio": s / d}
 
-    return {
-        "disk_weight_files": pair(
-            sum(p.stat().st_size for p in tensor_files(dense_dir)),
-            sum(p.stat().st_size for p in tensor_files(compact_dir)),
-        ),
-        "resident_model": pair(
-            _storage_bytes([*dense.parameters(), *dense.buffers()]),
-            _storage_bytes([*sparse.parameters(), *sparse.buffers()]),
-        ),
-        "resident_pruned_layers": pair(_storage_bytes(dense_layers), _storage_bytes(sparse_layers)),
-    }
+def _module_bytes(module: torch.nn.Module) -> int:
+    """What one linear layer holds: its tensors, or a dynamic int8 layer's packed weight and bias."""
+    if _dynamic_int8_layer(module):
+        weight, bias = module.weight(), module.bias()
+        per_channel = weight.qscheme() == torch.per_channel_affine
+        scales = 12 * (weight.q_per_channel_scales().numel() if per_channel else 1)  # fp64 scale + int32 zero
+        return weight.numel() + scales + (0 if bias is None else bias.numel() * bias.element_size())
+    return _storage_bytes([*module.parameters(), *module.buffers()])
+
+
+def _model_bytes(model: torch.nn.Module) -> int:
+    tensors = [*model.parameters(), *model.buffers()]
+    packed = [m for m in model.modules() if _dynamic_int8_layer(m)]
+    return _storage_bytes(tensors) + sum(_module_bytes(m) for m in packed)
 
 
 def _shape_groups(record: dict[str, Any]) -> dict[tuple[int, int], list[str]]:
@@ -212,147 +246,252 @@ def greedy_decode(
     return prefilled - start, done - prefilled, torch.cat(generated, dim=1)[0].tolist()
 
 
+def dynamic_int8(model: torch.nn.Module) -> torch.nn.Module | str:
+    """``model``'s ``nn.Linear`` layers as PyTorch's dynamic int8 ones (a copy), or why it cannot run here."""
+    try:
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():  # deprecation notices of torch.ao's quantized tensors
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+    except (ImportError, RuntimeError, NotImplementedError, AttributeError) as error:
+        return f"torch dynamic int8 unavailable: {type(error).__name__}: {error}"
+
+
+def _scheme_label(record: dict[str, Any]) -> str | None:
+    scheme = record.get("quantization")
+    if not scheme:
+        return None
+    grouping = "per channel" if scheme["group_size"] is None else f"g{scheme['group_size']}"
+    return f"int{scheme['bits']} {grouping}" + ("" if scheme["symmetric"] else " asym")
+
+
+def _variants(
+    folders: list[tuple[Path, Path]], settings: BenchSettings
+) -> tuple[list[Variant], list[dict[str, Any]], list[str]]:
+    """Every variant, the compact records, and the baselines that could not be built (and why)."""
+    dtype = _DTYPES.get(settings.dtype) if settings.dtype else None
+    records = [read_compact(packed) for _, packed in folders]
+    for other, (source, _) in zip(records[1:], folders[1:]):
+        if [(layer["name"], layer["shape"]) for layer in other["layers"]] != [
+            (layer["name"], layer["shape"]) for layer in records[0]["layers"]
+        ]:
+            raise ValueError(f"{source} prunes other layers than {folders[0][0]}; bench checkpoints of one model")
+    reference = load_compact(folders[0][1], dtype)
+    name = str(next(reference.parameters()).dtype).removeprefix("torch.")
+    variants = [Variant(REFERENCE, "dense", reference, name, folder=folders[0][0])]
+    skipped: list[str] = []
+    in_bf16 = "bf16" in settings.baselines and name == "float32"
+    if in_bf16:
+        variants.append(Variant("dense bf16", "dense", load_compact(folders[0][1], torch.bfloat16), "bfloat16"))
+    if "int8" in settings.baselines:
+        quantized = dynamic_int8(load_compact(folders[0][1], torch.float32))
+        names = [layer["name"] for layer in records[0]["layers"]]
+        if not isinstance(quantized, str) and not all(
+            _dynamic_int8_layer(quantized.get_submodule(name)) for name in names
+        ):
+            quantized = (
+                "torch dynamic int8: it quantizes nn.Linear only, and some pruned layers are not (GPT-2's Conv1D)"
+            )
+        if isinstance(quantized, str):
+            skipped.append(quantized)
+        else:
+            variants.append(
+                Variant("dense int8 (torch dynamic)", "dense int8", quantized, "float32", "int8 per tensor")
+            )
+    for (_, packed), record in zip(folders, records):
+        scheme = _scheme_label(record)
+        label = f"compact {record['pattern']}" + (f" + {scheme}" if scheme else "")
+        twin = reference if packed == folders[0][1] else load_compact(packed, dtype)
+        variants.append(Variant(label, "compact", load_sparse(packed, dtype), name, scheme, packed, twin))
+        if in_bf16 and scheme is None:
+            twin_bf16 = load_compact(packed, torch.bfloat16)
+            variants.append(
+                Variant(
+                    f"{label} bf16", "compact", load_sparse(packed, torch.bfloat16), "bfloat16", None, packed, twin_bf16
+                )
+            )
+    labels = [variant.label for variant in variants]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"two checkpoints give the same variant ({labels}); bench each pattern and scheme once")
+    return variants, records, skipped
+
+
+def _sizes(variants: list[Variant], names: list[str]) -> dict[str, dict[str, Any]]:
+    sizes = {}
+    for variant in variants:
+        layers = sum(_module_bytes(variant.model.get_submodule(name)) for name in names)
+        disk = sum(p.stat().st_size for p in tensor_files(variant.folder)) if variant.folder else None
+        sizes[variant.label] = {"pruned_layers": layers, "model": _model_bytes(variant.model), "disk": disk}
+    reference = sizes[REFERENCE]
+    for entry in sizes.values():
+        entry["pruned_layers_ratio"] = entry["pruned_layers"] / reference["pruned_layers"]
+        entry["model_ratio"] = entry["model"] / reference["model"]
+    return sizes
+
+
 def _call_all(modules: list[torch.nn.Module], x: torch.Tensor) -> None:
     for module in modules:
         module(x)
 
 
 def _layers(
-    dense: torch.nn.Module,
-    sparse: torch.nn.Module,
-    record: dict[str, Any],
-    settings: BenchSettings,
-    dtype: torch.dtype,
-    bar: tqdm,
+    variants: list[Variant], record: dict[str, Any], settings: BenchSettings, bar: tqdm
 ) -> list[dict[str, Any]]:
     """Per distinct layer shape and token count: one pass over all layers of that shape, per layer.
 
     Cycling through every layer of a shape (instead of one layer in a loop) keeps the weights
-    coming from memory, not cache, as they do in a forward pass.
+    coming from memory, not cache, as they do in a forward pass. Inputs are in each variant's dtype.
     """
     generator, rows = torch.Generator().manual_seed(settings.seed), []
     for (out_features, in_features), names in _shape_groups(record).items():
-        dense_modules = [dense.get_submodule(name) for name in names]
-        sparse_modules = [sparse.get_submodule(name) for name in names]
+        modules = {v.label: [v.model.get_submodule(name) for name in names] for v in variants}
         for tokens in settings.tokens:
             bar.set_postfix_str(f"{out_features}x{in_features}, {tokens} tokens")
-            x = torch.randn(tokens, in_features, generator=generator).to(dtype)
+            x = torch.randn(tokens, in_features, generator=generator)
+            inputs = {v.label: x.to(_DTYPES[v.dtype]) for v in variants}
+            calls = {label: partial(_call_all, group, inputs[label]) for label, group in modules.items()}
             with torch.inference_mode():
-                timing = paired_times(
-                    partial(_call_all, dense_modules, x), partial(_call_all, sparse_modules, x), settings.repeats
-                )
-            per_layer = {
-                side: {k: v / len(names) * 1e6 for k, v in timing[side].items()} for side in ("dense", "sparse")
-            }
+                times = interleaved_times(calls, settings.repeats)
+            paths = {label: group[0].path(tokens) for label, group in modules.items() if hasattr(group[0], "path")}
             rows.append(
                 {
                     "shape": [out_features, in_features],
                     "layers": len(names),
                     "tokens": tokens,
-                    "sparse_path": sparse_modules[0].path(tokens),
-                    "dense_us": per_layer["dense"],
-                    "sparse_us": per_layer["sparse"],
-                    "ratio": timing["ratio"],
+                    "paths": paths,
+                    "us_per_layer": {label: spread([t / len(names) * 1e6 for t in ts]) for label, ts in times.items()},
+                    "time_ratio": ratios(times),
                 }
             )
             bar.update()
     return rows
 
 
-def _totals(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+def _totals(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
     """All pruned layers of one forward, per token count, from the per-layer medians."""
-    totals: dict[str, dict[str, float]] = {}
+    totals: dict[str, dict[str, dict[str, float]]] = {}
     for row in rows:
-        entry = totals.setdefault(str(row["tokens"]), {"dense_us": 0.0, "sparse_us": 0.0})
-        entry["dense_us"] += row["dense_us"]["median"] * row["layers"]
-        entry["sparse_us"] += row["sparse_us"]["median"] * row["layers"]
+        entry = totals.setdefault(str(row["tokens"]), {})
+        for label, times in row["us_per_layer"].items():
+            entry.setdefault(label, {"us": 0.0})["us"] += times["median"] * row["layers"]
     for entry in totals.values():
-        entry["ratio"] = entry["sparse_us"] / entry["dense_us"]
+        for values in entry.values():
+            values["time_ratio"] = values["us"] / entry[REFERENCE]["us"]
     return totals
 
 
-def _generation(
-    dense: torch.nn.Module, sparse: torch.nn.Module, prompt: torch.Tensor, settings: BenchSettings, bar: tqdm
-) -> dict[str, Any]:
-    """Prefill time and greedy decode tokens/s, interleaved per repeat, after one untimed run each."""
+def _generation(variants: list[Variant], prompt: torch.Tensor, settings: BenchSettings, bar: tqdm) -> dict[str, Any]:
+    """Prefill time and greedy decode tokens/s, all variants interleaved per repeat after one untimed run each."""
     bar.set_postfix_str("greedy decode")
-    outputs = {
-        name: greedy_decode(model, prompt, settings.new_tokens)[2]
-        for name, model in (("dense", dense), ("sparse", sparse))
-    }
-    bar.update()
-    prefill: dict[str, list[float]] = {"dense": [], "sparse": []}
-    speed: dict[str, list[float]] = {"dense": [], "sparse": []}
+    for variant in variants:
+        greedy_decode(variant.model, prompt, 2)
+    prefill: dict[str, list[float]] = {v.label: [] for v in variants}
+    speed: dict[str, list[float]] = {v.label: [] for v in variants}
     for _ in range(settings.repeats):
-        for name, model in (("dense", dense), ("sparse", sparse)):
-            prefill_s, decode_s, _ = greedy_decode(model, prompt, settings.new_tokens)
-            prefill[name].append(prefill_s)
-            speed[name].append((settings.new_tokens - 1) / decode_s)
+        for variant in variants:
+            prefill_s, decode_s, _ = greedy_decode(variant.model, prompt, settings.new_tokens)
+            prefill[variant.label].append(prefill_s)
+            speed[variant.label].append((settings.new_tokens - 1) / decode_s)
         bar.update()
-    first_difference = next((i for i, (a, b) in enumerate(zip(outputs["dense"], outputs["sparse"])) if a != b), None)
     return {
-        "prefill_s": {
-            **{name: spread(v) for name, v in prefill.items()},
-            "ratio": spread([s / d for s, d in zip(prefill["sparse"], prefill["dense"])]),
-        },
-        "decode_tokens_per_s": {
-            **{name: spread(v) for name, v in speed.items()},
-            "ratio": spread([s / d for s, d in zip(speed["sparse"], speed["dense"])]),
-        },
-        "greedy": {
-            "identical": first_difference is None,
-            "first_difference": first_difference,
-            "dense_ids": outputs["dense"],
-            "sparse_ids": outputs["sparse"],
-        },
+        "prefill_s": {label: spread(values) for label, values in prefill.items()},
+        "prefill_time_ratio": ratios(prefill),
+        "decode_tokens_per_s": {label: spread(values) for label, values in speed.items()},
+        "decode_speedup": ratios(speed),
     }
 
 
-def run_bench(folder: Path, settings: BenchSettings = BenchSettings(), progress: bool = True) -> dict[str, Any]:
-    """Measure the pruned checkpoint ``folder`` (dense with zeros, or packed) dense against compact sparse.
+def _greedy(variants: list[Variant], prompt: torch.Tensor, new_tokens: int) -> dict[str, dict[str, Any]]:
+    """Each compact variant's greedy tokens against its own checkpoint's dense form in the same dtype
+    (the dequantized weights for a quantized one); a dense baseline against the reference."""
+    reference = greedy_decode(variants[0].model, prompt, new_tokens)[2]
+    outputs = {}
+    for variant in variants[1:]:
+        ids = greedy_decode(variant.model, prompt, new_tokens)[2]
+        expected = greedy_decode(variant.twin, prompt, new_tokens)[2] if variant.twin is not None else reference
+        first = next((i for i, (a, b) in enumerate(zip(expected, ids)) if a != b), None)
+        outputs[variant.label] = {
+            "against": "its dense form" if variant.twin is not None else REFERENCE,
+            "identical": first is None,
+            "first_difference": first,
+            "ids": ids,
+            "expected_ids": expected,
+        }
+    return {"reference_ids": reference, "variants": outputs}
 
-    Returns the JSON-ready record: sizes, per-layer-shape times at each token count, totals over
-    all pruned layers, prefill time, greedy decode tokens/s, and whether greedy outputs agree.
+
+def run_bench(
+    folders: Path | list[Path], settings: BenchSettings = BenchSettings(), progress: bool = True
+) -> dict[str, Any]:
+    """Measure the pruned checkpoints ``folders`` (dense with zeros, or packed; the first also gives
+    the dense references) against the dense reference.
+
+    Returns the JSON-ready record: every variant's sizes, then per thread count the per-layer-shape
+    times at each token count, totals over all pruned layers, prefill time and greedy decode
+    tokens/s, each as a ratio to the reference; and whether each compact model's greedy output
+    equals its dense form's.
     """
-    folder = Path(folder)
-    dtype = _DTYPES.get(settings.dtype) if settings.dtype else None
+    folders = [Path(folders)] if isinstance(folders, (str, Path)) else [Path(f) for f in folders]
+    default_threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="eggs-ptp-bench-") as work:
-        dense_dir, compact_dir = _prepare(folder, Path(work))
-        record = read_compact(compact_dir)
-        dense = load_compact(compact_dir, dtype)
-        sparse = load_sparse(compact_dir, dtype)
-        sizes = _sizes(dense_dir, compact_dir, record, dense, sparse)
-        model_dtype = next(dense.parameters()).dtype
-        positions = getattr(dense.config, "max_position_embeddings", None)
+        prepared = [_prepare(folder, Path(work) / str(number)) for number, folder in enumerate(folders)]
+        variants, records, skipped = _variants(prepared, settings)
+        record = records[0]
+        reference = variants[0].model
+        positions = getattr(reference.config, "max_position_embeddings", None)
         if positions is not None and settings.prompt_tokens + settings.new_tokens > positions:
             raise ValueError(
                 f"prompt_tokens + new_tokens = {settings.prompt_tokens + settings.new_tokens} exceeds "
                 f"the model's {positions} positions; pass smaller --prompt-tokens/--new-tokens"
             )
-        prompt, prompt_source = _prompt(compact_dir, settings.prompt_tokens, dense.config.vocab_size, settings.seed)
-        total = len(_shape_groups(record)) * len(settings.tokens) + 1 + settings.repeats
-        with tqdm(total=total, desc="bench", disable=not progress, leave=False) as bar:
-            layers = _layers(dense, sparse, record, settings, model_dtype, bar)
-            generation = _generation(dense, sparse, prompt, settings, bar)
+        prompt, prompt_source = _prompt(
+            prepared[0][1], settings.prompt_tokens, reference.config.vocab_size, settings.seed
+        )
+        sizes = _sizes(variants, [layer["name"] for layer in record["layers"]])
+        threads = list(dict.fromkeys(count or default_threads for count in settings.threads))
+        steps = len(threads) * (len(_shape_groups(record)) * len(settings.tokens) + settings.repeats)
+        runs = []
+        try:
+            with tqdm(total=steps, desc="bench", disable=not progress, leave=False) as bar:
+                for count in threads:
+                    torch.set_num_threads(count)
+                    layers = _layers(variants, record, settings, bar)
+                    runs.append(
+                        {
+                            "threads": count,
+                            "layers": layers,
+                            "pruned_layers_total": _totals(layers),
+                            **_generation(variants, prompt, settings, bar),
+                            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                        }
+                    )
+            greedy = _greedy(variants, prompt, settings.new_tokens)
+        finally:
+            torch.set_num_threads(default_threads)
     return {
         "type": BENCH_TYPE,
         "schema_version": BENCH_VERSION,
-        "source": str(folder),
+        "sources": [str(folder) for folder in folders],
         "pattern": record["pattern"],
-        "dtype": str(model_dtype).removeprefix("torch."),
+        "dtype": variants[0].dtype,
         "pruned_layers": len(record["layers"]),
         "settings": asdict(settings),
         "prompt": prompt_source,
         "machine": machine(),
+        "variants": [
+            {"label": v.label, "kind": v.kind, "dtype": v.dtype, "scheme": v.scheme, "folder": str(v.folder or "")}
+            for v in variants
+        ],
+        "skipped_baselines": skipped,
         "sizes": sizes,
-        "layers": layers,
-        "pruned_layers_total": _totals(layers),
-        **generation,
+        "runs": runs,
+        "greedy": greedy,
     }
 
 
-def _mib(count: float) -> str:
-    return f"{count / 2**20:.1f} MiB"
+def _mib(count: float | None) -> str:
+    return "-" if count is None else f"{count / 2**20:.1f} MiB"
 
 
 def _ratio(spread_: dict[str, float]) -> str:
@@ -360,76 +499,102 @@ def _ratio(spread_: dict[str, float]) -> str:
 
 
 def render_markdown(result: dict[str, Any]) -> str:
-    """The record as markdown tables: sizes, per-layer times, totals, prefill and decode."""
+    """The record as markdown tables: sizes, then per thread count per-layer times, totals, prefill and decode."""
     m = result["machine"]
-    load = f"{m['load_average'][0]:.2f}" if m["load_average"] else "unknown"
+    labels = [variant["label"] for variant in result["variants"]]
     lines = [
-        f"# eggs-ptp bench: {Path(result['source']).name}",
+        f"# eggs-ptp bench: {', '.join(Path(source).name for source in result['sources'])}",
         "",
-        f"Pattern {result['pattern']}, {result['dtype']}, {result['pruned_layers']} pruned layers. "
-        f"{m['cpu']} ({', '.join(m['cpu_features']) or 'no vector features listed'}), {m['torch_threads']} "
-        f"thread{'s' * (m['torch_threads'] != 1)}, kernel path `{m['kernel']['isa']}`, load average at the end {load}. "
-        f"{result['settings']['repeats']} repeats; ratios are sparse / dense per repeat, median (min-max).",
+        f"Pattern {result['pattern']}, reference `{REFERENCE}` = the first checkpoint's weights with zeros in "
+        f"{result['dtype']}, computed dense; {result['pruned_layers']} pruned layers. {m['cpu']} "
+        f"({', '.join(m['cpu_features']) or 'no vector features listed'}), {m['logical_cpus']} logical CPUs, "
+        f"kernel path `{m['kernel']['isa']}`. {result['settings']['repeats']} repeats; every ratio is "
+        "variant / reference per repeat (speed-ups: reference time / variant time), median (min-max).",
         "",
-        "| size | dense | compact sparse | ratio |",
-        "|---|---|---|---|",
     ]
-    for name, label in (
-        ("disk_weight_files", "weight files on disk"),
-        ("resident_model", "resident, whole model"),
-        ("resident_pruned_layers", "resident, pruned layers"),
-    ):
-        entry = result["sizes"][name]
-        lines.append(f"| {label} | {_mib(entry['dense'])} | {_mib(entry['sparse'])} | {entry['ratio']:.4f} |")
+    lines += [f"Not measured: {reason}." for reason in result["skipped_baselines"]]
     lines += [
         "",
-        "| layer shape (out x in) | layers | tokens | sparse path | dense µs/layer | sparse µs/layer | time ratio |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | pruned layers | ratio | whole model | ratio | weight files on disk |",
+        "|---|---|---|---|---|---|",
     ]
-    for row in result["layers"]:
+    for label in labels:
+        size = result["sizes"][label]
         lines.append(
-            f"| {row['shape'][0]} x {row['shape'][1]} | {row['layers']} | {row['tokens']} | {row['sparse_path']} | "
-            f"{row['dense_us']['median']:.1f} | {row['sparse_us']['median']:.1f} | {_ratio(row['ratio'])} |"
+            f"| {label} | {_mib(size['pruned_layers'])} | {size['pruned_layers_ratio']:.4f} | {_mib(size['model'])} | "
+            f"{size['model_ratio']:.4f} | {_mib(size['disk'])} |"
         )
+    for run in result["runs"]:
+        load = f"{run['load_average'][0]:.2f}" if run["load_average"] else "unknown"
+        lines += [
+            "",
+            f"## {run['threads']} thread{'s' * (run['threads'] != 1)} (load average after: {load})",
+            "",
+            "| layer shape (out x in) | layers | tokens | "
+            + " | ".join(f"{label} µs/layer" for label in labels)
+            + " |",
+            "|---|---|---|" + "---|" * len(labels),
+        ]
+        for row in run["layers"]:
+            cells = [
+                f"{row['us_per_layer'][label]['median']:.1f}"
+                + ("" if label == REFERENCE else f" ({1 / row['time_ratio'][label]['median']:.2f}x)")
+                for label in labels
+            ]
+            lines.append(
+                f"| {row['shape'][0]} x {row['shape'][1]} | {row['layers']} | {row['tokens']} | "
+                + " | ".join(cells)
+                + " |"
+            )
+        lines += [
+            "",
+            "| all pruned layers, one forward | " + " | ".join(f"{label}" for label in labels) + " |",
+            "|---|" + "---|" * len(labels),
+        ]
+        for tokens, entry in run["pruned_layers_total"].items():
+            cells = [f"{entry[label]['us'] / 1e3:.2f} ms ({1 / entry[label]['time_ratio']:.2f}x)" for label in labels]
+            lines.append(f"| {tokens} tokens | " + " | ".join(cells) + " |")
+        settings = result["settings"]
+        lines += [
+            "",
+            f"| end to end | prefill {settings['prompt_tokens']} tokens (ms) | prefill time ratio | "
+            "greedy decode (tokens/s) | decode speed-up |",
+            "|---|---|---|---|---|",
+        ]
+        for label in labels:
+            lines.append(
+                f"| {label} | {run['prefill_s'][label]['median'] * 1e3:.1f} | "
+                f"{_ratio(run['prefill_time_ratio'][label])} | "
+                f"{run['decode_tokens_per_s'][label]['median']:.2f} | {_ratio(run['decode_speedup'][label])} |"
+            )
     lines += [
         "",
-        "| all pruned layers, one forward | dense ms | sparse ms | time ratio | speed-up |",
-        "|---|---|---|---|---|",
+        f"Prompt: {result['prompt']}; decode speed over the {result['settings']['new_tokens'] - 1} "
+        "one-token steps after it. Greedy outputs:",
+        "",
     ]
-    for tokens, entry in result["pruned_layers_total"].items():
-        lines.append(
-            f"| {tokens} tokens | {entry['dense_us'] / 1e3:.2f} | {entry['sparse_us'] / 1e3:.2f} | "
-            f"{entry['ratio']:.3f} | {1 / entry['ratio']:.2f}x |"
-        )
-    prefill, decode, greedy = result["prefill_s"], result["decode_tokens_per_s"], result["greedy"]
-    settings = result["settings"]
-    lines += [
-        "",
-        "| end to end | dense | sparse | ratio |",
-        "|---|---|---|---|",
-        f"| prefill, {settings['prompt_tokens']} tokens (ms) | {prefill['dense']['median'] * 1e3:.1f} | "
-        f"{prefill['sparse']['median'] * 1e3:.1f} | {_ratio(prefill['ratio'])} (time) |",
-        f"| greedy decode (tokens/s) | {decode['dense']['median']:.2f} | {decode['sparse']['median']:.2f} | "
-        f"{_ratio(decode['ratio'])} (speed) |",
-        "",
-        f"Prompt: {result['prompt']}; decode speed over the {settings['new_tokens'] - 1} one-token steps after it. "
-        + (
-            f"Greedy outputs identical for all {settings['new_tokens']} tokens."
+    for label, greedy in result["greedy"]["variants"].items():
+        verdict = (
+            f"identical for all {result['settings']['new_tokens']} tokens"
             if greedy["identical"]
-            else f"Greedy outputs first differ at token {greedy['first_difference']} of {settings['new_tokens']}."
-        ),
-        "",
-    ]
+            else f"first differ at token {greedy['first_difference']}"
+        )
+        lines.append(f"- {label} against {greedy['against']}: {verdict}.")
+    lines.append("")
     return "\n".join(lines)
 
 
 __all__ = [
+    "BASELINES",
     "BENCH_TYPE",
     "BENCH_VERSION",
     "BenchSettings",
+    "Variant",
+    "dynamic_int8",
     "greedy_decode",
+    "interleaved_times",
     "machine",
-    "paired_times",
+    "ratios",
     "render_markdown",
     "run_bench",
     "spread",

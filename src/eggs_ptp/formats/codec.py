@@ -8,8 +8,9 @@
 The bitmask marks *stored* positions, not non-zero ones: a group with fewer than N non-zeros (a
 kept weight that is exactly zero) fills its spare slots with zeros, negative zeros first, then
 lowest index first, so every group stores exactly N and every stored bit pattern survives.
-Positions not stored decode to +0.0. Pure tensor code: the file format (:mod:`.compact`) and the
-sparse modules (:mod:`eggs_ptp.kernels`) both build on it.
+Positions not stored decode to +0.0. Quantized layers store 4-bit integers two to a byte
+(:func:`pack_nibbles`). Pure tensor code: the file format (:mod:`.compact`) and the sparse modules
+(:mod:`eggs_ptp.kernels`) both build on it.
 """
 
 from __future__ import annotations
@@ -71,6 +72,14 @@ def check_compact(
         raise ValueError(
             f"values shape {list(values.shape)} is not [{rows}, {cols // m * n}] for {rows}x{cols} at {pattern}"
         )
+    return check_bitmask(bitmask, shape, pattern)
+
+
+def check_bitmask(bitmask: torch.Tensor, shape: tuple[int, int] | list[int], pattern: Pattern) -> torch.Tensor:
+    """Check that ``bitmask`` marks exactly N of every M columns of an (out, in) weight; returns the
+    unpacked (out, in) bool mask of stored positions (quantized layers store no float values to check)."""
+    rows, cols = shape
+    n, m = _check_pattern(pattern, cols)
     if bitmask.dtype != torch.uint8 or list(bitmask.shape) != [rows, -(-cols // 8)]:
         raise ValueError(f"bitmask must be uint8 [{rows}, {-(-cols // 8)}], got {bitmask.dtype} {list(bitmask.shape)}")
     stored = unpack_bits(bitmask, cols)  # (out, in)
@@ -108,4 +117,36 @@ def unpack_bits(bitmask: torch.Tensor, cols: int) -> torch.Tensor:
     return bits.reshape(bitmask.shape[0], -1)[:, :cols].bool()
 
 
-__all__ = ["check_compact", "compress", "decompress", "negative_zeros", "pack_bits", "scatter_stored", "unpack_bits"]
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """(rows, kept) integers in [0, 15] -> (rows, ceil(kept/2)) uint8: value k in the low nibble of byte
+    k // 2 when k is even, the high nibble when odd; an odd ``kept`` leaves each row's last high nibble 0."""
+    if q.dim() != 2:
+        raise ValueError(f"pack_nibbles needs a 2-D (rows, kept) tensor, got shape {list(q.shape)}")
+    if q.numel() and (int(q.min()) < 0 or int(q.max()) > 15):
+        raise ValueError(f"4-bit values must lie in [0, 15], got [{int(q.min())}, {int(q.max())}]")
+    rows, kept = q.shape
+    pairs = torch.nn.functional.pad(q.to(torch.uint8), (0, kept % 2)).reshape(rows, -(-kept // 2), 2)
+    return pairs[..., 0] | (pairs[..., 1] << 4)
+
+
+def unpack_nibbles(packed: torch.Tensor, kept: int) -> torch.Tensor:
+    """(rows, ceil(kept/2)) uint8 -> (rows, kept) uint8, the inverse of :func:`pack_nibbles`."""
+    if packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != -(-kept // 2):
+        raise ValueError(
+            f"packed 4-bit values must be uint8 [rows, {-(-kept // 2)}], got {packed.dtype} {list(packed.shape)}"
+        )
+    return torch.stack((packed & 15, packed >> 4), dim=-1).reshape(packed.shape[0], 2 * packed.shape[1])[:, :kept]
+
+
+__all__ = [
+    "check_bitmask",
+    "check_compact",
+    "compress",
+    "decompress",
+    "negative_zeros",
+    "pack_bits",
+    "pack_nibbles",
+    "scatter_stored",
+    "unpack_bits",
+    "unpack_nibbles",
+]

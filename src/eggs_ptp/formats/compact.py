@@ -1,21 +1,49 @@
 """Compact N:M checkpoints: only the kept values plus a one-bit-per-weight position mask.
 
-A dense-with-zeros checkpoint is no smaller than the model it came from. Here each pruned layer,
-seen as (out, in), is stored as
+A dense-with-zeros checkpoint is no smaller than the model it came from. A packed folder holds
+``model.safetensors``, ``compact.json`` and copies of the source's other files (config, tokenizer,
+``sparsity.json``). Each pruned layer, seen as (out, in) with ``kept = in * N / M`` stored columns
+per row, is stored as
 
-* ``NAME.weight.values``: exactly N values of every M-group, row-major, in the layer's dtype,
-  shape (out, in * N / M);
 * ``NAME.weight.bitmask``: uint8, shape (out, ceil(in / 8)); bit j of byte k (least significant
-  bit first, numpy's ``bitorder="little"``) is set when column 8k + j is stored.
+  bit first, numpy's ``bitorder="little"``) is set when column 8k + j is stored. Row r's stored
+  values are its set columns in increasing order.
+* unquantized: ``NAME.weight.values``: the stored values in the layer's dtype, (out, kept), row-major;
+* quantized (``compact.json``'s ``quantization`` is not null), in place of the values:
+
+  * ``NAME.weight.qvalues``: the stored integers q, row-major. int8: int8 (out, kept), signed.
+    int4: uint8 (out, ceil(kept / 2)), two to a byte: stored value k of a row is the low nibble
+    (bits 0-3) of the row's byte k // 2 when k is even, the high nibble (bits 4-7) when k is odd;
+    an odd kept leaves each row's last high nibble 0;
+  * ``NAME.weight.scales``: float16 (out, groups), ``groups = ceil(in / group_size)`` (1 when
+    group_size is null: one scale per output channel);
+  * ``NAME.weight.zeros``: uint8 (out, groups), asymmetric int4 only.
+
+  The weight at row r, column c is ``(q - z) * float32(scales[r, g])`` in fp32, ``g = c // group_size``
+  (0 when group_size is null), ``z = zeros[r, g]``, else 0 for int8 and 8 for symmetric int4,
+  then rounded to the layer's dtype. The product is exact, so every reader gets the same bits.
+
+Every other tensor is stored as in the source. ``compact.json`` (schema_version 2)::
+
+    {"type": "eggs-ptp/compact", "schema_version": 2, "pattern": "2:4", "bitmask_bit_order": "little",
+     "quantization": null | {"bits": 8 | 4, "symmetric": bool, "group_size": int | null},
+     "layers": [{"name": str, "shape": [out, in], "transposed": bool, "dtype": "float32" | ...,
+                 "expert": {"parameter": str, "index": int}  (expert matrices only)}]}
+
+``dtype`` is the dense dtype a layer loads back in; ``transposed`` marks a GPT-2 Conv1D, whose
+dense weight is stored (in, out). Schema version 1 is version 2 without ``quantization``.
 
 This is the layout of compressed-tensors' former ``sparse-24-bitmask`` generalised to N:M, so a
-2:4 layer costs 0.5 + 1/16 = 0.5625 of its dense bytes in 16-bit dtypes (0.53125 in fp32).
+2:4 layer costs 0.5 + 1/16 = 0.5625 of its dense bytes in 16-bit dtypes (0.53125 in fp32). In
+int8 it costs 1/8 + 1/32 of its fp32 bytes plus a scale per row (about 0.157 at 576 inputs); in
+int4 with groups of 128, 1/16 + 1/32 plus 2 bytes of scale (and 1 of zero point) per group per row.
 
 The bitmask marks *stored* positions, not non-zero ones: a group with fewer than N non-zeros (a
 kept weight that is exactly zero) fills its spare slots with zeros, negative zeros first, then
 lowest index first, so every group stores exactly N and every stored bit pattern survives.
 Positions not stored decode to +0.0; a -0.0 there (``weight * mask`` writes one for every pruned
-negative weight) comes back as +0.0, equal in value, and ``pack_checkpoint`` counts them.
+negative weight) comes back as +0.0, equal in value, and ``pack_checkpoint`` counts them, as it
+counts the stored -0.0 of a quantized layer (an integer grid has only +0.0).
 """
 
 from __future__ import annotations
@@ -32,22 +60,34 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from eggs_ptp.errors import read_json, reading
 from eggs_ptp.formats.checkpoint import read_report, staged_folder, write_json_atomic
-from eggs_ptp.formats.codec import compress, decompress, negative_zeros
+from eggs_ptp.formats.codec import (
+    check_bitmask,
+    compress,
+    decompress,
+    negative_zeros,
+    pack_nibbles,
+    scatter_stored,
+    unpack_bits,
+    unpack_nibbles,
+)
 from eggs_ptp.formats.output import check_output_target, claim_output
 from eggs_ptp.formats.tensors import CheckpointTensors, tensor_files
 from eggs_ptp.models.loading import load_config
 from eggs_ptp.pattern import Pattern
+from eggs_ptp.quant import GRID_FILE, Grid, QuantScheme
 
 COMPACT_FILE = "compact.json"
 COMPACT_TYPE = "eggs-ptp/compact"
-COMPACT_VERSION = 1
+COMPACT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt", ".pth")
 
 
 @dataclass(frozen=True)
 class PackResult:
-    """Sizes in bytes: the pruned layers' tensors, and the weight files on disk."""
+    """Sizes in bytes: the pruned layers' tensors (quantized: qvalues, bitmask, scales and zero
+    points), and the weight files on disk (a quantized source's grid file is not a weight file)."""
 
     out: Path
     pattern: str
@@ -56,7 +96,8 @@ class PackResult:
     pruned_compact_bytes: int
     file_dense_bytes: int
     file_compact_bytes: int
-    signed_zeros_cleared: int  # -0.0 at positions not stored, which load back as +0.0
+    signed_zeros_cleared: int  # -0.0 at positions not stored, or stored on an integer grid: they load as +0.0
+    quantization: dict[str, Any] | None = None  # the scheme's record, None when not quantized
 
     @property
     def pruned_ratio(self) -> float:
@@ -71,6 +112,7 @@ class PackResult:
             "out": str(self.out),
             "pattern": self.pattern,
             "layers": self.layers,
+            "quantization": self.quantization,
             "pruned_dense_bytes": self.pruned_dense_bytes,
             "pruned_compact_bytes": self.pruned_compact_bytes,
             "pruned_ratio": self.pruned_ratio,
@@ -85,8 +127,51 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
+def quantize_compact(weight: torch.Tensor, pattern: Pattern, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """``qvalues`` and ``bitmask`` of ``weight`` (out, in), whose stored values must be values of ``grid``
+    in the weight's dtype (a spare slot's 0.0 always is: q = z); raises ValueError naming the first row
+    that has one off the grid."""
+    rows, cols = weight.shape
+    if grid.cols != cols or grid.scales.shape[0] != rows:
+        raise ValueError(f"its grid is for {grid.scales.shape[0]}x{grid.cols}, not {rows}x{cols}")
+    _, bitmask = compress(weight, pattern)
+    stored = unpack_bits(bitmask, cols)
+    q = grid.quantize(weight)  # (out, in) int16, clamped to the stored range
+    off = stored & (grid.dequantize(q).to(weight.dtype) != weight)
+    if bool(off.any()):
+        row = int(off.nonzero()[0, 0])
+        raise ValueError(f"{int(off.sum())} kept weights lie off its {grid.scheme.name} grid (first at row {row})")
+    q = q[stored].reshape(rows, -1)
+    return (q.to(torch.int8) if grid.scheme.bits == 8 else pack_nibbles(q)), bitmask
+
+
+def dequantize_compact(qvalues: torch.Tensor, bitmask: torch.Tensor, pattern: Pattern, grid: Grid) -> torch.Tensor:
+    """The dense (out, in) fp32 weight of a quantized compact layer: ``(q - z) * s`` where stored, +0.0
+    elsewhere. Bit-exact, as the CPU kernel's ``nm_qdecompress`` is."""
+    rows, cols = grid.scales.shape[0], grid.cols
+    stored = check_bitmask(bitmask, (rows, cols), pattern)
+    q = scatter_stored(unpack_qvalues(qvalues, grid.scheme.bits, (rows, cols // pattern.m * pattern.n)), stored)
+    return torch.where(stored, grid.dequantize(q), 0.0)
+
+
+def check_qvalues(qvalues: torch.Tensor, bits: int, shape: tuple[int, int]) -> None:
+    """Raise ValueError unless ``qvalues`` has the int8 or packed int4 layout of ``shape`` (rows, kept)."""
+    rows, kept = shape
+    expected = (torch.int8, [rows, kept]) if bits == 8 else (torch.uint8, [rows, -(-kept // 2)])
+    if (qvalues.dtype, list(qvalues.shape)) != expected:
+        dtype = str(expected[0]).removeprefix("torch.")
+        raise ValueError(f"int{bits} qvalues must be {dtype} {expected[1]}, got {qvalues.dtype} {list(qvalues.shape)}")
+
+
+def unpack_qvalues(qvalues: torch.Tensor, bits: int, shape: tuple[int, int]) -> torch.Tensor:
+    """The (rows, kept) stored integers (int16) of ``qvalues``, checked against their layout."""
+    check_qvalues(qvalues, bits, shape)
+    return (qvalues if bits == 8 else unpack_nibbles(qvalues, shape[1])).to(torch.int16)
+
+
 def pack_checkpoint(src: Path, out: Path, overwrite: bool = False) -> PackResult:
-    """Write the compact form of the eggs-ptp checkpoint ``src`` to ``out``, atomically."""
+    """Write the compact form of the eggs-ptp checkpoint ``src`` to ``out``, atomically; a quantized
+    checkpoint's pruned layers are stored as integers on their grids."""
     src, out = Path(src), Path(out)
     report = read_report(src)
     if (src / COMPACT_FILE).exists():
@@ -99,14 +184,27 @@ def pack_checkpoint(src: Path, out: Path, overwrite: bool = False) -> PackResult
         return _pack(src, out, report, pattern)
 
 
-def _model_side_tensors(src: Path, report: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _source_grids(src: Path, report: dict[str, Any]) -> tuple[QuantScheme | None, Path | None, dict[str, torch.Tensor]]:
+    """A quantized checkpoint's scheme, grid file and its tensors (None, None, {} when not quantized)."""
+    record = report.get("quantization")
+    if record is None:
+        return None, None, {}
+    scheme = QuantScheme.from_dict(record)
+    path = src / record.get("file", GRID_FILE)
+    if not path.is_file():
+        raise ValueError(f"{src} was quantized ({scheme.name}) but its grid file {path.name} is missing")
+    with reading(path):
+        return scheme, path, load_file(str(path))
+
+
+def _model_side_tensors(src: Path, report: dict[str, Any], grid_file: Path | None) -> dict[str, torch.Tensor]:
     """Every tensor of ``src`` under the model's own parameter names, with each fused expert
     parameter split into one ``NAME.weight`` per pruned expert matrix. Checkpoints without experts
-    are read as they are stored (their names are the model's)."""
+    are read as they are stored (their names are the model's), less the grid file's."""
     experts = [layer for layer in report["layers"] if layer["skipped"] is None and layer.get("expert")]
     checkpoint = CheckpointTensors(src)
     if not experts:
-        return {key: checkpoint.read(key) for key in checkpoint.where}
+        return {key: checkpoint.read(key) for key, path in checkpoint.where.items() if path != grid_file}
     tensors = checkpoint.model_side()
     for parameter in dict.fromkeys(layer["expert"]["parameter"] for layer in experts):
         matrices = checkpoint.fused(parameter)
@@ -124,8 +222,9 @@ def _model_side_tensors(src: Path, report: dict[str, Any]) -> dict[str, torch.Te
 
 
 def _pack(src: Path, out: Path, report: dict[str, Any], pattern: Pattern) -> PackResult:
-    files = tensor_files(src)
-    tensors = _model_side_tensors(src, report)
+    scheme, grid_file, grid_tensors = _source_grids(src, report)
+    files = [path for path in tensor_files(src) if path != grid_file]
+    tensors = _model_side_tensors(src, report, grid_file)
     layers, pruned_dense, pruned_compact, cleared = [], 0, 0, 0
     for layer in (l for l in report["layers"] if l["skipped"] is None):
         name, key = layer["name"], f"{layer['name']}.weight"
@@ -135,14 +234,22 @@ def _pack(src: Path, out: Path, report: dict[str, Any], pattern: Pattern) -> Pac
         weight = stored.T if layer["transposed"] and not layer.get("expert") else stored  # (out, in)
         if list(weight.shape) != list(layer["shape"]):
             raise ValueError(f"{name}: shape {list(weight.shape)} is not the recorded {layer['shape']}")
+        grid = None if scheme is None else Grid.from_tensors(scheme, name, grid_tensors, weight.shape[1])
         try:
-            values, bitmask = compress(weight, pattern)
+            if grid is None:
+                values, bitmask = compress(weight, pattern)
+                compact = {f"{key}.values": values}
+                cleared += int(negative_zeros(weight).sum() - negative_zeros(values).sum())
+            else:
+                qvalues, bitmask = quantize_compact(weight, pattern, grid)
+                compact = {f"{key}.qvalues": qvalues, **grid.tensors(name)}
+                cleared += int(negative_zeros(weight).sum())  # q - z is an integer: every zero loads as +0.0
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
-        tensors[f"{key}.values"], tensors[f"{key}.bitmask"] = values, bitmask
+        compact[f"{key}.bitmask"] = bitmask
+        tensors.update(compact)
         pruned_dense += _nbytes(stored)
-        pruned_compact += _nbytes(values) + _nbytes(bitmask)
-        cleared += int(negative_zeros(weight).sum() - negative_zeros(values).sum())
+        pruned_compact += sum(_nbytes(tensor) for tensor in compact.values())
         layers.append(
             {
                 "name": name,
@@ -156,6 +263,7 @@ def _pack(src: Path, out: Path, report: dict[str, Any], pattern: Pattern) -> Pac
         "type": COMPACT_TYPE,
         "schema_version": COMPACT_VERSION,
         "pattern": str(pattern),
+        "quantization": None if scheme is None else scheme.to_dict(),
         "layers": layers,
         "bitmask_bit_order": "little",
     }
@@ -175,6 +283,7 @@ def _pack(src: Path, out: Path, report: dict[str, Any], pattern: Pattern) -> Pac
         sum(path.stat().st_size for path in files),
         file_compact,
         cleared,
+        record["quantization"],
     )
 
 
@@ -186,53 +295,90 @@ def read_compact(folder: Path) -> dict[str, Any]:
     if (
         not isinstance(record, dict)
         or record.get("type") != COMPACT_TYPE
-        or record.get("schema_version") != COMPACT_VERSION
+        or record.get("schema_version") not in READABLE_VERSIONS
     ):
-        raise ValueError(f"{path} is not an eggs-ptp compact record of schema version {COMPACT_VERSION}")
+        raise ValueError(f"{path} is not an eggs-ptp compact record of schema version 1 or 2")
     return record
+
+
+def compact_scheme(record: dict[str, Any]) -> QuantScheme | None:
+    """The quantization scheme of a compact record (None for version 1 and unquantized folders)."""
+    quantization = record.get("quantization")
+    return None if quantization is None else QuantScheme.from_dict(quantization)
+
+
+def layer_dtype(layer: dict[str, Any]) -> torch.dtype:
+    """The dense dtype a packed layer loads back in."""
+    dtype = getattr(torch, str(layer["dtype"]), None)
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"{layer['name']}: unknown dtype {layer['dtype']!r}")
+    return dtype
 
 
 def read_compact_tensors(folder: Path) -> tuple[dict[str, Any], Pattern, dict[str, torch.Tensor]]:
     """The record, its pattern and the stored tensors of a packed folder, each layer's present."""
     record = read_compact(folder)
+    scheme = compact_scheme(record)
     with reading(folder / WEIGHTS_FILE):
         state = load_file(str(folder / WEIGHTS_FILE))
+    stored = ("values",) if scheme is None else ("qvalues", "scales") + (() if scheme.symmetric else ("zeros",))
     for layer in record["layers"]:
-        key = f"{layer['name']}.weight"
-        if f"{key}.values" not in state or f"{key}.bitmask" not in state:
-            raise ValueError(f"{layer['name']}: {key}.values or {key}.bitmask is missing from {folder / WEIGHTS_FILE}")
+        keys = [f"{layer['name']}.weight.{part}" for part in (*stored, "bitmask")]
+        missing = [key for key in keys if key not in state]
+        if missing:
+            raise ValueError(f"{layer['name']}: {', '.join(missing)} missing from {folder / WEIGHTS_FILE}")
     return record, Pattern.parse(record["pattern"]), state
 
 
-def _decompress(layer: dict[str, Any], pattern: Pattern, state: dict[str, torch.Tensor]) -> torch.Tensor:
-    """A packed layer's (out, in) dense-with-zeros weight; its compact tensors leave ``state``."""
+def take_grid(layer: dict[str, Any], scheme: QuantScheme, state: dict[str, torch.Tensor]) -> Grid:
+    """A quantized packed layer's grid, checked against its shape; its tensors leave ``state``."""
+    rows, cols = layer["shape"]
+    grid = Grid.from_tensors(scheme, layer["name"], state, cols)
+    for key in grid.tensors(layer["name"]):
+        del state[key]
+    if grid.scales.shape[0] != rows:
+        raise ValueError(f"{layer['name']}: its grid has {grid.scales.shape[0]} rows, not {rows}")
+    return grid
+
+
+def _decompress(
+    layer: dict[str, Any], pattern: Pattern, state: dict[str, torch.Tensor], scheme: QuantScheme | None
+) -> torch.Tensor:
+    """A packed layer's (out, in) dense-with-zeros weight in its dtype; its compact tensors leave ``state``."""
     key = f"{layer['name']}.weight"
+    grid = None if scheme is None else take_grid(layer, scheme, state)
     try:
-        return decompress(state.pop(f"{key}.values"), state.pop(f"{key}.bitmask"), layer["shape"], pattern)
+        if grid is None:
+            return decompress(state.pop(f"{key}.values"), state.pop(f"{key}.bitmask"), layer["shape"], pattern)
+        weight = dequantize_compact(state.pop(f"{key}.qvalues"), state.pop(f"{key}.bitmask"), pattern, grid)
     except ValueError as error:
         raise ValueError(f"{layer['name']}: {error}") from None
+    return weight.to(layer_dtype(layer))
 
 
 def expand_experts(record: dict[str, Any], pattern: Pattern, state: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
     """Rebuild every packed fused expert parameter in ``state``, dense with zeros (transformers
     computes experts from the fused tensor), and return the other packed layers."""
+    scheme = compact_scheme(record)
     experts: dict[str, list[dict[str, Any]]] = {}
     for layer in record["layers"]:
         if layer.get("expert"):
             experts.setdefault(layer["expert"]["parameter"], []).append(layer)
     for parameter, members in experts.items():
         members = sorted(members, key=lambda layer: layer["expert"]["index"])
-        matrices = torch.stack([_decompress(layer, pattern, state) for layer in members])  # (experts, out, in)
+        matrices = torch.stack([_decompress(layer, pattern, state, scheme) for layer in members])  # (experts, out, in)
         state[parameter] = matrices.transpose(1, 2).contiguous() if members[0]["transposed"] else matrices
     return [layer for layer in record["layers"] if not layer.get("expert")]
 
 
 def load_compact_state_dict(folder: Path) -> dict[str, torch.Tensor]:
-    """The dense-with-zeros state dict (as stored, Conv1D layers (in, out)) of a packed folder."""
+    """The dense-with-zeros state dict (as stored, Conv1D layers (in, out)) of a packed folder;
+    quantized layers dequantized in their dtype."""
     folder = Path(folder)
     record, pattern, state = read_compact_tensors(folder)
+    scheme = compact_scheme(record)
     for layer in expand_experts(record, pattern, state):
-        weight = _decompress(layer, pattern, state)
+        weight = _decompress(layer, pattern, state, scheme)
         state[f"{layer['name']}.weight"] = weight.T.contiguous() if layer["transposed"] else weight
     return state
 
@@ -270,7 +416,8 @@ def model_from_state(
 
 def load_compact(folder: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """A working causal LM (eval mode) from a packed folder, in ``dtype`` or the saved one, with
-    the pruned layers rebuilt as dense weights with zeros, bit for bit. For modules that keep
+    the pruned layers rebuilt as dense weights with zeros, bit for bit (quantized ones dequantized:
+    the checkpoint that was packed, bit for bit). For modules that keep
     only the compact form and compute from it, see :func:`eggs_ptp.kernels.load_sparse`."""
     folder = Path(folder)
     return model_from_state(folder, load_compact_state_dict(folder), dtype)
@@ -280,13 +427,21 @@ __all__ = [
     "COMPACT_FILE",
     "COMPACT_TYPE",
     "COMPACT_VERSION",
+    "READABLE_VERSIONS",
     "WEIGHTS_FILE",
     "PackResult",
+    "check_qvalues",
+    "compact_scheme",
+    "dequantize_compact",
     "expand_experts",
+    "layer_dtype",
     "load_compact",
     "load_compact_state_dict",
     "model_from_state",
     "pack_checkpoint",
+    "quantize_compact",
     "read_compact",
     "read_compact_tensors",
+    "take_grid",
+    "unpack_qvalues",
 ]

@@ -29,10 +29,12 @@ from eggs_ptp.models.conversion import (
     swap_layout,
 )
 from eggs_ptp.models.loading import load_config
+from eggs_ptp.quant import GRID_FILE
 
 
 def tensor_files(folder: Path) -> list[Path]:
-    files = sorted(Path(folder).glob("*.safetensors"))
+    """The model's weight files: every ``*.safetensors`` but a quantized run's grids."""
+    files = sorted(path for path in Path(folder).glob("*.safetensors") if path.name != GRID_FILE)
     if not files:
         raise ValueError(f"{folder} holds no .safetensors weights")
     return files

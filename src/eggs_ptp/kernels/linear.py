@@ -1,4 +1,5 @@
-"""``SparseNMLinear``: a linear layer that keeps only the compact N:M form of its weight.
+"""``SparseNMLinear``: a linear layer that keeps only the compact N:M form of its weight, and
+``QuantSparseNMLinear``: the same with its kept values as int8 or int4 integers on a grid.
 
 On CPU, calls with at most ``dense_above_tokens`` tokens (decode) run the compiled kernel on the
 compact form, which reads about N/M of the dense bytes; larger calls (prefill) rebuild the dense
@@ -18,22 +19,28 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from eggs_ptp.formats.codec import check_compact, compress, scatter_stored, unpack_bits
+from eggs_ptp.formats.codec import check_bitmask, check_compact, compress, scatter_stored, unpack_bits
+from eggs_ptp.formats.compact import check_qvalues, dequantize_compact, quantize_compact
 from eggs_ptp.kernels import gpu
-from eggs_ptp.kernels.cpu import DTYPE_CODES, CompactLayer, library, nm_decompress
+from eggs_ptp.kernels.cpu import DTYPE_CODES, CompactLayer, QuantCompactLayer, library, nm_decompress, nm_qdecompress
 from eggs_ptp.pattern import Pattern
+from eggs_ptp.quant import SCALE_DTYPE, Grid
 
 # Tokens per call up to which the CPU kernel runs; above it, decompressing the weight for the call
 # and running dense F.linear (MKL / oneDNN) is faster. Measured on SmolLM2-135M's layer shapes on
 # the 2-core development machine: benchmarks/results/kernel_threshold.md, made by
 # benchmarks/kernel_threshold.py. Other dtypes (fp16) have no kernel and always take the dense path.
 DENSE_ABOVE_TOKENS = {torch.float32: 12, torch.bfloat16: 8}
+# The same for quantized layers, by the dtype the layer computes in: the float layers' numbers until
+# benchmarks/kernel_threshold.py measures the integer kernel.
+QUANT_DENSE_ABOVE_TOKENS = {torch.float32: 12, torch.bfloat16: 8}
 
 
 class SparseNMLinear(nn.Module):
     """``y = x @ W.T + bias`` computed from the compact N:M form of W (out, in).
 
     Inference only: the kernel has no backward, so a call that needs gradients takes the dense path.
+    For integer values on a grid, see :class:`QuantSparseNMLinear`.
 
     Args:
         values: (out, in * N / M) stored weights, row-major, fp32 or bf16 for the CPU kernel.
@@ -90,42 +97,60 @@ class SparseNMLinear(nn.Module):
         weight = module.weight.T if isinstance(module, Conv1D) else module.weight
         return cls.from_dense(weight, pattern, module.bias, **options)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the layer computes in outside the kernel, as an ``nn.Linear``'s weight's."""
+        return self.values.dtype
+
     def path(self, tokens: int) -> str:
         """Which computation a call with ``tokens`` tokens takes: "kernel", "dense", "torch"
         (no compiled kernel: the weight is rebuilt in torch) or "semi-structured" (CUDA)."""
-        if self.values.is_cuda:
+        if self.bitmask.is_cuda:
             limit = gpu.SPARSE_FROM_TOKENS if self.sparse_from_tokens is None else self.sparse_from_tokens
-            return "semi-structured" if tokens >= limit and gpu.supports(self.pattern, self.values.dtype) else "dense"
-        if self.values.dtype not in DTYPE_CODES or library() is None:
+            return "semi-structured" if tokens >= limit and gpu.supports(self.pattern, self.dtype) else "dense"
+        if not self._has_kernel():
             return "torch"
-        return "kernel" if tokens <= self._kernel_limit(self.values.dtype) else "dense"
+        return "kernel" if tokens <= self._kernel_limit(self.dtype) else "dense"
 
     def _kernel_limit(self, dtype: torch.dtype) -> int:
         return DENSE_ABOVE_TOKENS.get(dtype, -1) if self.dense_above_tokens is None else self.dense_above_tokens
 
+    def _has_kernel(self) -> bool:
+        """Whether the compiled CPU kernel can compute this layer where it is."""
+        return not self.bitmask.is_cuda and self.values.dtype in DTYPE_CODES and library() is not None
+
+    def _kernel_layer(self) -> CompactLayer:
+        return CompactLayer(self.values, self.bitmask, self.in_features, self.bias)
+
+    def _rebuild(self) -> torch.Tensor:
+        """The (out, in) weight with zeros in :attr:`dtype`, from the buffers."""
+        if self._has_kernel():
+            return nm_decompress(self.values, self.bitmask, self.in_features)
+        return scatter_stored(self.values, unpack_bits(self.bitmask, self.in_features))
+
     def _forget(self) -> None:
         """Drop what is derived from the buffers; it is rebuilt on the next call."""
         self._prepared = False
-        self._layer: CompactLayer | None = None  # CPU: the kernel's checked arguments, None without a kernel
+        self._layer: CompactLayer | QuantCompactLayer | None = None  # CPU: the kernel's checked arguments
+        self._kernel_dtype: torch.dtype | None = None  # CPU: the dtype whose threshold the kernel runs under
         self._dense: torch.Tensor | None = None  # CUDA only: the dense path's weight
         self._semi: gpu.SemiStructuredWeight | None = None  # CUDA only
 
-    def _prepare(self) -> CompactLayer | None:
+    def _prepare(self) -> CompactLayer | QuantCompactLayer | None:
         """Check and keep the kernel's arguments once (None where the kernel cannot run)."""
-        if not self.values.is_cuda and self.values.dtype in DTYPE_CODES and library() is not None:
-            self._layer = CompactLayer(self.values, self.bitmask, self.in_features, self.bias)
+        if self._has_kernel():
+            self._layer = self._kernel_layer()
+        self._kernel_dtype = self.dtype
         self._prepared = True
         return self._layer
 
     def dense_weight(self) -> torch.Tensor:
         """The (out, in) weight with zeros: rebuilt per call on CPU, cached on CUDA."""
-        if self.values.is_cuda:
-            if self._dense is None:
-                self._dense = scatter_stored(self.values, unpack_bits(self.bitmask, self.in_features))
-            return self._dense
-        if self.values.dtype in DTYPE_CODES and library() is not None:
-            return nm_decompress(self.values, self.bitmask, self.in_features)
-        return scatter_stored(self.values, unpack_bits(self.bitmask, self.in_features))
+        if not self.bitmask.is_cuda:
+            return self._rebuild()
+        if self._dense is None:
+            self._dense = self._rebuild()
+        return self._dense
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
@@ -135,7 +160,7 @@ class SparseNMLinear(nn.Module):
         layer = self._layer if self._prepared else self._prepare()
         if (
             layer is not None
-            and tokens <= self._kernel_limit(layer.values.dtype)
+            and tokens <= self._kernel_limit(self._kernel_dtype)
             and not (torch.is_grad_enabled() and x.requires_grad)
         ):
             out = layer.linear(x)
@@ -146,8 +171,10 @@ class SparseNMLinear(nn.Module):
             return self._semi.linear(x)
         return F.linear(x, self.dense_weight(), self.bias)
 
+    _BUFFERS = ("values", "bitmask", "bias")
+
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("values", "bitmask", "bias"):  # a buffer replaced: the prepared pointers are stale
+        if name in self._BUFFERS:  # a buffer replaced: the prepared pointers are stale
             self.__dict__["_prepared"] = False
         super().__setattr__(name, value)
 
@@ -168,8 +195,136 @@ class SparseNMLinear(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.pattern.n}:"
-            f"{self.pattern.m}, bias={self.bias is not None}, dtype={str(self.values.dtype).removeprefix('torch.')}"
+            f"{self.pattern.m}, bias={self.bias is not None}, dtype={str(self.dtype).removeprefix('torch.')}"
         )
 
 
-__all__ = ["DENSE_ABOVE_TOKENS", "SparseNMLinear"]
+class QuantSparseNMLinear(SparseNMLinear):
+    """``y = x @ W.T + bias`` with W's kept values stored as integers q on a grid: ``w = (q - z) * s``
+    in fp32 (see :mod:`eggs_ptp.quant.grid`), computed by the CPU kernel from the integers, or from
+    the dense weight rebuilt in :attr:`dtype` (bit for bit the weight ``load_compact`` gives).
+
+    A subclass rather than an option of :class:`SparseNMLinear`: its buffers are others (``qvalues``,
+    ``scales``, ``zeros`` in place of ``values``), so the float layer's state dict and checks stay as
+    they were, while the paths, thresholds, moves and copies are shared, and ``isinstance(m,
+    SparseNMLinear)`` still finds every compact layer. A dtype conversion (``.to(torch.bfloat16)``,
+    ``.half()``) changes :attr:`dtype` and the bias; the float16 scales keep their bits.
+
+    Args:
+        qvalues: the stored integers, row-major: int8 (out, kept) for int8; for int4 uint8
+            (out, ceil(kept / 2)), value k of a row in the low nibble of byte k // 2 when k is even,
+            the high nibble when odd (the compact format's layout).
+        bitmask, in_features, pattern: as for :class:`SparseNMLinear`.
+        grid: the layer's :class:`~eggs_ptp.quant.Grid`: its scheme, float16 scales (out, groups) and
+            uint8 zero points (asymmetric) or None.
+        bias: (out,) or None, converted to ``dtype``.
+        dtype: the floating-point dtype of the dense path and the bias [default: float32].
+        dense_above_tokens, sparse_from_tokens: as for :class:`SparseNMLinear`
+            [default: :data:`QUANT_DENSE_ABOVE_TOKENS` for ``dtype``].
+    """
+
+    _BUFFERS = ("qvalues", "bitmask", "scales", "zeros", "bias")
+
+    def __init__(
+        self,
+        qvalues: torch.Tensor,
+        bitmask: torch.Tensor,
+        in_features: int,
+        pattern: Pattern | str,
+        grid: Grid,
+        bias: torch.Tensor | None = None,
+        dtype: torch.dtype = torch.float32,
+        dense_above_tokens: int | None = None,
+        sparse_from_tokens: int | None = None,
+    ) -> None:
+        nn.Module.__init__(self)  # SparseNMLinear.__init__ checks float values, which this layer has none of
+        pattern = Pattern.parse(pattern) if isinstance(pattern, str) else pattern
+        if not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
+        out_features = qvalues.shape[0] if qvalues.dim() == 2 else -1
+        check_bitmask(bitmask, (out_features, in_features), pattern)
+        check_qvalues(qvalues, grid.scheme.bits, (out_features, in_features // pattern.m * pattern.n))
+        scales = [out_features, grid.scheme.groups(in_features)]
+        if grid.cols != in_features or grid.scales.dtype != SCALE_DTYPE or list(grid.scales.shape) != scales:
+            raise ValueError(
+                f"the grid must have float16 scales {scales} for {in_features} columns, "
+                f"got {grid.scales.dtype} {list(grid.scales.shape)} for {grid.cols}"
+            )
+        if bias is not None and list(bias.shape) != [out_features]:
+            raise ValueError(f"bias must have shape [{out_features}], got {list(bias.shape)}")
+        self.in_features, self.out_features, self.pattern = in_features, out_features, pattern
+        self.scheme, self.bits, self.group_size = grid.scheme, grid.scheme.bits, grid.scheme.group_size
+        self.dense_above_tokens, self.sparse_from_tokens = dense_above_tokens, sparse_from_tokens
+        self._dtype = dtype
+        self.register_buffer("qvalues", qvalues.contiguous())
+        self.register_buffer("bitmask", bitmask.contiguous())
+        self.register_buffer("scales", grid.scales.contiguous())
+        self.register_buffer("zeros", None if grid.zeros is None else grid.zeros.contiguous())
+        self.register_buffer("bias", None if bias is None else bias.to(dtype).contiguous())
+        self._forget()
+
+    @classmethod
+    def from_dense(
+        cls,
+        weight: torch.Tensor,
+        pattern: Pattern | str,
+        bias: torch.Tensor | None = None,
+        grid: Grid | None = None,
+        **options: Any,
+    ) -> QuantSparseNMLinear:
+        """From a dense-with-zeros (out, in) weight whose kept values lie on ``grid``, computing in the
+        weight's dtype; raises ValueError if it breaks ``pattern`` or leaves the grid."""
+        if grid is None:
+            raise ValueError("a quantized layer needs the grid its weights lie on (grid=...)")
+        pattern = Pattern.parse(pattern) if isinstance(pattern, str) else pattern
+        qvalues, bitmask = quantize_compact(weight.detach(), pattern, grid)
+        bias = None if bias is None else bias.detach()
+        return cls(qvalues, bitmask, weight.shape[1], pattern, grid, bias, **{"dtype": weight.dtype, **options})
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._dtype
+
+    @property
+    def grid(self) -> Grid:
+        """The layer's grid, over its current buffers."""
+        return Grid(self.scheme, self.scales, self.zeros, self.in_features)
+
+    def _kernel_limit(self, dtype: torch.dtype) -> int:
+        return QUANT_DENSE_ABOVE_TOKENS.get(dtype, -1) if self.dense_above_tokens is None else self.dense_above_tokens
+
+    def _has_kernel(self) -> bool:
+        return not self.bitmask.is_cuda and library() is not None
+
+    def _kernel_layer(self) -> QuantCompactLayer:
+        return QuantCompactLayer(
+            self.qvalues, self.bits, self.bitmask, self.in_features, self.scales, self.zeros, self.group_size, self.bias
+        )
+
+    def _rebuild(self) -> torch.Tensor:
+        if self._has_kernel():
+            weight = nm_qdecompress(
+                self.qvalues, self.bits, self.bitmask, self.in_features, self.scales, self.zeros, self.group_size
+            )
+        else:
+            weight = dequantize_compact(self.qvalues, self.bitmask, self.pattern, self.grid)
+        return weight.to(self._dtype)
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> QuantSparseNMLinear:
+        # The scales ride through as their bits (int16), which a dtype conversion leaves alone and a
+        # device move moves; the dtype the layer computes in follows the conversion instead.
+        self._buffers["scales"] = self.scales.view(torch.int16)
+        try:
+            super()._apply(fn, *args, **kwargs)
+        finally:
+            self._buffers["scales"] = self._buffers["scales"].view(SCALE_DTYPE)
+        self._dtype = fn(torch.empty(0, dtype=self._dtype)).dtype
+        return self
+
+    def extra_repr(self) -> str:
+        group = "row" if self.group_size is None else self.group_size
+        symmetric = "symmetric" if self.scheme.symmetric else "asymmetric"
+        return f"{super().extra_repr()}, int{self.bits} {symmetric}, group={group}"
+
+
+__all__ = ["DENSE_ABOVE_TOKENS", "QUANT_DENSE_ABOVE_TOKENS", "QuantSparseNMLinear", "SparseNMLinear"]

@@ -1,19 +1,28 @@
 """A packed folder as a model whose pruned layers compute from their compact form.
 
 Inference only: each pruned layer becomes a :class:`~eggs_ptp.kernels.SparseNMLinear` holding its
-values and bitmask, never a dense copy.
+values and bitmask (a :class:`~eggs_ptp.kernels.linear.QuantSparseNMLinear` holding its integers,
+bitmask and grid when the folder is quantized), never a dense copy.
 """
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 
-from eggs_ptp.formats.compact import expand_experts, model_from_state, read_compact_tensors
-from eggs_ptp.kernels.linear import SparseNMLinear
+from eggs_ptp.formats.compact import (
+    compact_scheme,
+    expand_experts,
+    layer_dtype,
+    model_from_state,
+    read_compact_tensors,
+    take_grid,
+)
+from eggs_ptp.kernels.linear import QuantSparseNMLinear, SparseNMLinear
 from eggs_ptp.pattern import Pattern
 
 
@@ -27,24 +36,31 @@ def _swap_in_sparse(
     """Replace each packed linear layer of ``model`` by a SparseNMLinear holding its compact tensors, and
     rename their keys in ``state`` to the new module's buffers (same tensors, so loading copies nothing).
     Packed experts are rebuilt dense with zeros: transformers computes them from the fused tensor."""
+    scheme = compact_scheme(record)
     for layer in expand_experts(record, pattern, state):
-        name = layer["name"]
-        values, bitmask = state.pop(f"{name}.weight.values"), state.pop(f"{name}.weight.bitmask")
-        bias = state.get(f"{name}.bias")
-        if dtype is not None:
-            values, bias = values.to(dtype), None if bias is None else bias.to(dtype)
+        name, cols = layer["name"], layer["shape"][1]
+        bitmask, bias = state.pop(f"{name}.weight.bitmask"), state.get(f"{name}.bias")
+        if scheme is None:
+            values = state.pop(f"{name}.weight.values")
+            if dtype is not None:
+                values, bias = values.to(dtype), None if bias is None else bias.to(dtype)
+            build = partial(SparseNMLinear, values, bitmask, cols, pattern, bias)
+        else:
+            qvalues, grid = state.pop(f"{name}.weight.qvalues"), take_grid(layer, scheme, state)
+            build = partial(
+                QuantSparseNMLinear, qvalues, bitmask, cols, pattern, grid, bias, dtype or layer_dtype(layer)
+            )
         try:
-            module = SparseNMLinear(values, bitmask, layer["shape"][1], pattern, bias)
+            module = build()
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
         model.set_submodule(name, module)
-        state[f"{name}.values"], state[f"{name}.bitmask"] = module.values, module.bitmask
-        if bias is not None:
-            state[f"{name}.bias"] = module.bias
+        state.update({f"{name}.{key}": buffer for key, buffer in module.named_buffers()})
 
 
 def load_sparse(folder: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
-    """A working causal LM (eval mode) from a packed folder, its pruned layers as SparseNMLinear."""
+    """A working causal LM (eval mode) from a packed folder, its pruned layers as SparseNMLinear
+    (QuantSparseNMLinear for a quantized folder), computing in ``dtype`` or the saved one."""
     folder = Path(folder)
     record, pattern, state = read_compact_tensors(folder)
     return model_from_state(folder, state, dtype, lambda model: _swap_in_sparse(model, record, pattern, state, dtype))
