@@ -26,14 +26,25 @@ def test_builtin_names_resolve_to_their_family_with_presets():
     assert PruneConfig(method="eggs+update").method == EggsConfig(update=True)
 
 
-STAGES = ["target", "sequential", "swaps", "reconstruct", "quantize", "group_size", "asymmetric", "rtn"]  # every family composes with these
+STAGES = [
+    "target",
+    "sequential",
+    "swaps",
+    "reconstruct",
+    "quantize",
+    "group_size",
+    "asymmetric",
+    "rtn",
+]  # every family composes with these
 
 
 def test_configs_hold_only_their_family_settings_and_the_shared_stages():
     assert [f.name for f in dataclasses.fields(RiaConfig)] == [*STAGES, "alpha"]
     assert [f.name for f in dataclasses.fields(MagnitudeConfig)] == STAGES
     with pytest.raises(
-        ValueError, match="method 'ria' has no setting b; its settings: alpha, asymmetric, group_size, quantize, reconstruct, rtn, sequential, swaps, target"
+        ValueError,
+        match="method 'ria' has no setting b; its settings: alpha, asymmetric, group_size, quantize, reconstruct, "
+        "rtn, sequential, swaps, target",
     ):
         method_config("ria", b=2)
 

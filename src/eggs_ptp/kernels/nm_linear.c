@@ -233,8 +233,9 @@ static void qdecompress_generic(const layer_t *layer, int64_t r0, int64_t r1) {
     default: row(L, r, t0, 8, __VA_ARGS__); break;                                                \
     }
 
-/* The quantized row variants (bits, grouped, offset): int4; int8 with one group and no zero points,
- * whose scale multiplies the row's sum once; any other int8. Grouped variants scale each chunk. */
+/* The whole-byte quantized row variants (bits, grouped, offset): int4; int8 with one group and no
+ * zero points, whose scale multiplies the row's sum once; any other int8, scaling each chunk. The
+ * other rows take QUANT_BITS's (bits): (q - z) * s per chunk, which serves any layer. */
 #define QUANT_KINDS(TOKENS, row, ...)                                                             \
     if (L->bits == 4) {                                                                           \
         TOKENS(row, 4, 1, 1, ##__VA_ARGS__)                                                       \
@@ -242,6 +243,12 @@ static void qdecompress_generic(const layer_t *layer, int64_t r0, int64_t r1) {
         TOKENS(row, 8, 0, 0, ##__VA_ARGS__)                                                       \
     } else {                                                                                      \
         TOKENS(row, 8, 1, 1, ##__VA_ARGS__)                                                       \
+    }
+#define QUANT_BITS(TOKENS, row, ...)                                                              \
+    if (L->bits == 4) {                                                                           \
+        TOKENS(row, 4, ##__VA_ARGS__)                                                             \
+    } else {                                                                                      \
+        TOKENS(row, 8, ##__VA_ARGS__)                                                             \
     }
 
 /* Tokens per pass over a row: as many as `most`, but few enough that their inputs stay in a 32 KiB
@@ -359,9 +366,10 @@ AVX2 INLINE float hsum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-/* Columns c.. to the row's end (fewer than 16), 8 at a time into acc, loads checked against `end`. */
-AVX2 INLINE void tail_avx2(const float *x, int64_t cols, int64_t c, const uint8_t *v, const uint8_t *end,
-                           const uint8_t *mask, __m256 *acc, const int nt, const int dtype) {
+/* Columns c.. to the row's end (fewer than 16), 8 at a time into acc, loads checked against `end`.
+ * Not inlined: it runs once a row, and a copy in every row variant tripled the compile time. */
+AVX2 static void tail_avx2(const float *x, int64_t cols, int64_t c, const uint8_t *v, const uint8_t *end,
+                           const uint8_t *mask, __m256 *acc, int nt, int dtype) {
     for (; c < cols; c += 8) {
         uint32_t cut = cols - c >= 8 ? 0xFFu : (1u << (cols - c)) - 1u;
         __m256 w = expand8(&v, end, mask[c >> 3] & cut, dtype, 1);
@@ -542,9 +550,9 @@ AVX2 INLINE __m256 qvalues8(const uint8_t *row, int64_t k, __m256i z, __m256 s, 
 }
 
 /* tail_avx2 for quantized values. */
-AVX2 INLINE void qtail_avx2(const float *x, int64_t cols, int64_t c, const uint8_t *row, int64_t k,
-                            const uint8_t *end, const uint8_t *mask, __m256i z, __m256 s, __m256 *acc, const int nt,
-                            const int bits, const int grouped, const int offset) {
+AVX2 static void qtail_avx2(const float *x, int64_t cols, int64_t c, const uint8_t *row, int64_t k,
+                            const uint8_t *end, const uint8_t *mask, __m256i z, __m256 s, __m256 *acc, int nt,
+                            int bits, int grouped, int offset) {
     for (; c < cols; c += 8) {
         uint32_t cut = cols - c >= 8 ? 0xFFu : (1u << (cols - c)) - 1u;
         __m256 w = qexpand8(row, &k, end, mask[c >> 3] & cut, z, s, bits, grouped, offset, 1);
@@ -561,9 +569,9 @@ AVX2 INLINE void qstore(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, 
         Q->base.out[(t0 + t) * Q->base.rows + r] = hsum8(_mm256_add_ps(even[t], odd[t])) * scale + bias;
 }
 
-/* row_avx2 for quantized values, a group's zero point and scale set up once as in qrow_avx512. */
-AVX2 INLINE void qrow_avx2(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits, const int grouped,
-                           const int offset, const int careful) {
+/* row_avx2 for quantized values, (q - z) * s per chunk, a group's zero point and scale set up once
+ * (groups hold whole 32-column chunks, so only the row's last columns are a tail). */
+AVX2 INLINE void qrow_avx2(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits, const int careful) {
     const layer_t *L = &Q->base;
     const int64_t cols = L->cols;
     const uint8_t *end = L->values + L->rows * Q->stride;
@@ -574,22 +582,22 @@ AVX2 INLINE void qrow_avx2(const qlayer_t *Q, int64_t r, int64_t t0, const int n
         even[t] = odd[t] = _mm256_setzero_ps();
     for (int64_t g = 0, c = 0, k = 0; c < cols; g++) {
         const int64_t stop = group_end(Q, c);
-        const __m256i z = offset ? _mm256_set1_epi32(group_zero(Q, r, g)) : _mm256_setzero_si256();
-        const __m256 s = _mm256_set1_ps(grouped ? group_scale(Q, r, g) : 1.0f);
+        const __m256i z = _mm256_set1_epi32(group_zero(Q, r, g));
+        const __m256 s = _mm256_set1_ps(group_scale(Q, r, g));
         for (; c + 16 <= stop; c += 16) {
-            __m256 w0 = qexpand8(row, &k, end, mask[c >> 3], z, s, bits, grouped, offset, careful);
-            __m256 w1 = qexpand8(row, &k, end, mask[(c >> 3) + 1], z, s, bits, grouped, offset, careful);
+            __m256 w0 = qexpand8(row, &k, end, mask[c >> 3], z, s, bits, 1, 1, careful);
+            __m256 w1 = qexpand8(row, &k, end, mask[(c >> 3) + 1], z, s, bits, 1, 1, careful);
             for (int t = 0; t < nt; t++) {
                 even[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * cols + c), even[t]);
                 odd[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * cols + c + 8), odd[t]);
             }
         }
         if (c < stop) {
-            qtail_avx2(x, cols, c, row, k, end, mask, z, s, even, nt, bits, grouped, offset);
+            qtail_avx2(x, cols, c, row, k, end, mask, z, s, even, nt, bits, 1, 1);
             c = stop;
         }
     }
-    qstore(Q, r, t0, nt, even, odd, grouped);
+    qstore(Q, r, t0, nt, even, odd, 1);
 }
 
 /* row_halves for quantized values. */
@@ -645,9 +653,9 @@ AVX2 static void qrows_avx2(const layer_t *layer, int64_t r0, int64_t r1) {
             if (halves) {
                 QUANT_KINDS(TOKENS_4, qrow_halves)
             } else if (careful) {
-                QUANT_KINDS(TOKENS_4, qrow_avx2, 1)
+                QUANT_BITS(TOKENS_4, qrow_avx2, 1)
             } else {
-                QUANT_KINDS(TOKENS_4, qrow_avx2, 0)
+                QUANT_BITS(TOKENS_4, qrow_avx2, 0)
             }
         }
     }
@@ -744,6 +752,8 @@ AVX512 INLINE void row_avx512(const layer_t *L, int64_t r, int64_t t0, const int
         L->out[(t0 + t) * L->rows + r] = _mm512_reduce_add_ps(_mm512_add_ps(even[t], odd[t])) + (L->bias ? L->bias[r] : 0.0f);
 }
 
+/* Whole-byte rows take row_halves in 256 bits: on Zen 5 the expanding rows ran slower than dense
+ * from memory, and a 512-bit gather (vpermt2ps over 32 inputs) was no faster than two halves. */
 AVX512 static void rows_avx512(const layer_t *L, int64_t r0, int64_t r1) {
     int64_t block = token_block(L->cols, 8);
     for (int64_t r = r0; r < r1; r++) {
@@ -809,18 +819,14 @@ AVX512 INLINE __m512i qexpand16(const uint8_t *row, int64_t *k, uint32_t m, __m5
     return _mm512_mask_expand_epi32(z, (__mmask16)m, q);
 }
 
-/* Dequantized weights of 16 columns: (q - z) * s, or only q when the scale is left to the row's sum. */
-AVX512 INLINE __m512 qweights16(const uint8_t *row, int64_t *k, uint32_t m, __m512i z, __m512 s, const int bits,
-                                const int grouped, const int offset) {
-    __m512i q = qexpand16(row, k, m, z, bits);
-    __m512 w = _mm512_cvtepi32_ps(offset ? _mm512_sub_epi32(q, z) : q);
-    return grouped ? _mm512_mul_ps(w, s) : w;
+/* Dequantized weights (q - z) * s of 16 columns, a zero of either sign where not stored. */
+AVX512 INLINE __m512 qweights16(const uint8_t *row, int64_t *k, uint32_t m, __m512i z, __m512 s, const int bits) {
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(qexpand16(row, k, m, z, bits), z)), s);
 }
 
 /* row_avx512 for quantized values. A group's zero point and scale are set up once: groups hold
  * whole 32-column chunks, so only the row's last columns take the 16-column loop. */
-AVX512 INLINE void qrow_avx512(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits,
-                               const int grouped, const int offset) {
+AVX512 INLINE void qrow_avx512(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits) {
     const layer_t *L = &Q->base;
     const int64_t cols = L->cols;
     const float *x = L->x + t0 * cols;
@@ -830,28 +836,26 @@ AVX512 INLINE void qrow_avx512(const qlayer_t *Q, int64_t r, int64_t t0, const i
         even[t] = odd[t] = _mm512_setzero_ps();
     for (int64_t g = 0, c = 0, k = 0; c < cols; g++) {
         const int64_t end = group_end(Q, c);
-        const __m512i z = offset ? _mm512_set1_epi32(group_zero(Q, r, g)) : _mm512_setzero_si512();
-        const __m512 s = _mm512_set1_ps(grouped ? group_scale(Q, r, g) : 1.0f);
+        const __m512i z = _mm512_set1_epi32(group_zero(Q, r, g));
+        const __m512 s = _mm512_set1_ps(group_scale(Q, r, g));
         for (; c + 32 <= end; c += 32) {
             uint32_t m;
             memcpy(&m, mask + (c >> 3), 4);
-            __m512 w0 = qweights16(row, &k, m & 0xFFFFu, z, s, bits, grouped, offset);
-            __m512 w1 = qweights16(row, &k, m >> 16, z, s, bits, grouped, offset);
+            __m512 w0 = qweights16(row, &k, m & 0xFFFFu, z, s, bits);
+            __m512 w1 = qweights16(row, &k, m >> 16, z, s, bits);
             for (int t = 0; t < nt; t++) {
                 even[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols + c), even[t]);
                 odd[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + c + 16), odd[t]);
             }
         }
         for (; c < end; c += 16) {
-            __m512 w = qweights16(row, &k, mask16(mask, c, cols), z, s, bits, grouped, offset);
+            __m512 w = qweights16(row, &k, mask16(mask, c, cols), z, s, bits);
             for (int t = 0; t < nt; t++)
                 even[t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(lanes16(cols - c), x + t * cols + c), even[t]);
         }
     }
-    const float scale = grouped ? 1.0f : group_scale(Q, r, 0);
     for (int t = 0; t < nt; t++)
-        L->out[(t0 + t) * L->rows + r] =
-            _mm512_reduce_add_ps(_mm512_add_ps(even[t], odd[t])) * scale + (L->bias ? L->bias[r] : 0.0f);
+        L->out[(t0 + t) * L->rows + r] = _mm512_reduce_add_ps(_mm512_add_ps(even[t], odd[t])) + (L->bias ? L->bias[r] : 0.0f);
 }
 
 AVX512 static void qrows_avx512(const layer_t *layer, int64_t r0, int64_t r1) {
@@ -864,7 +868,7 @@ AVX512 static void qrows_avx512(const layer_t *layer, int64_t r0, int64_t r1) {
             if (halves) {
                 QUANT_KINDS(TOKENS_8, qrow_halves)
             } else {
-                QUANT_KINDS(TOKENS_8, qrow_avx512)
+                QUANT_BITS(TOKENS_8, qrow_avx512)
             }
         }
     }
@@ -880,9 +884,8 @@ AVX512 INLINE void qdecompress_row_avx512(const qlayer_t *Q, int64_t r, const in
         const __m512 s = _mm512_set1_ps(group_scale(Q, r, g));
         for (; c < end; c += 16) {
             const uint32_t m = mask16(mask, c, cols);
-            __m512 q = _mm512_cvtepi32_ps(_mm512_sub_epi32(qexpand16(row, &k, m, z, bits), z));
-            /* zero where not stored: a negative scale would make the unstored lanes -0 */
-            _mm512_mask_storeu_ps(dst + c, lanes16(cols - c), _mm512_maskz_mul_ps((__mmask16)m, q, s));
+            __m512 w = _mm512_maskz_mov_ps((__mmask16)m, qweights16(row, &k, m, z, s, bits)); /* +0, never -0 */
+            _mm512_mask_storeu_ps(dst + c, lanes16(cols - c), w);
         }
     }
 }
