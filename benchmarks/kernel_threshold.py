@@ -1,6 +1,7 @@
 """Where the CPU kernel stops paying: SparseNMLinear's two CPU paths against each other, by token count.
 
-For each dtype and token count, one call of every layer of a stack shaped like the default model's
+For each stored form (fp values, int8 per channel, int4 in groups of 128), dtype and token count,
+one call of every layer of a stack shaped like the default model's
 pruned layers (SmolLM2-135M: 30 blocks of q, k, v, o 576-wide, gate/up 1536x576, down 576x1536;
 random 2:4 weights, so the weights stream from memory as in a forward pass) is timed three ways:
 
@@ -8,8 +9,9 @@ random 2:4 weights, so the weights stream from memory as in a forward pass) is t
 * ``dense path``: the weight decompressed for the call, then ``F.linear`` (forced low);
 * ``dense model``: plain ``F.linear`` on a dense weight with zeros, for reference.
 
-``DENSE_ABOVE_TOKENS`` in ``eggs_ptp/kernels/linear.py`` is the largest token count up to which the
-kernel is at least as fast as the dense path at every smaller count, per dtype. Each time is the
+``DENSE_ABOVE_TOKENS`` (and ``QUANT_DENSE_ABOVE_TOKENS`` per bit width) in
+``eggs_ptp/kernels/linear.py`` is the largest token count up to which the kernel is at least as
+fast as the dense path at every smaller count, per dtype. Each time is the
 fastest of ``--repeats`` interleaved repeats (the least disturbed by other work on a shared
 machine; medians are kept in the JSON); the load average is recorded beside them.
 
@@ -32,6 +34,8 @@ from eggs_ptp.atomic import write_atomic
 from eggs_ptp.eval.speed import machine
 from eggs_ptp.formats import write_json_atomic
 from eggs_ptp.kernels import SparseNMLinear
+from eggs_ptp.kernels.linear import QuantSparseNMLinear
+from eggs_ptp.quant import QuantScheme
 
 RESULTS = Path(__file__).parent / "results"
 BLOCK = [(576, 576), (192, 576), (192, 576), (576, 576), (1536, 576), (1536, 576), (576, 1536)]  # (out, in)
@@ -44,10 +48,22 @@ def random_2_of_4(rows: int, cols: int, generator: torch.Generator) -> torch.Ten
     return torch.randn(rows, cols, generator=generator) * keep.reshape(rows, cols)
 
 
-def measure(dtype: torch.dtype, blocks: int, tokens: tuple[int, ...], repeats: int) -> list[dict]:
+def compact(weight: torch.Tensor, scheme: QuantScheme | None) -> SparseNMLinear:
+    """The layer's compact module; quantized, its weight is first rounded to the scheme's grid."""
+    if scheme is None:
+        return SparseNMLinear.from_dense(weight, "2:4")
+    kept = weight != 0
+    grid = scheme.fit(weight, kept)
+    on_grid = torch.where(kept, grid.round(weight), 0.0)
+    return QuantSparseNMLinear.from_dense(on_grid, "2:4", grid=grid, dtype=weight.dtype)
+
+
+def measure(
+    dtype: torch.dtype, scheme: QuantScheme | None, blocks: int, tokens: tuple[int, ...], repeats: int
+) -> list[dict]:
     generator = torch.Generator().manual_seed(0)
     weights = [random_2_of_4(rows, cols, generator).to(dtype) for _ in range(blocks) for rows, cols in BLOCK]
-    sparse = [SparseNMLinear.from_dense(w, "2:4") for w in weights]
+    sparse = [compact(w, scheme) for w in weights]
     rows = []
     for count in tokens:
         inputs = {cols: torch.randn(count, cols, generator=generator).to(dtype) for cols in {c for _, c in BLOCK}}
@@ -81,7 +97,11 @@ def measure(dtype: torch.dtype, blocks: int, tokens: tuple[int, ...], repeats: i
                 "kernel / dense model": best["kernel"] / best["dense model"],
             }
         )
-        print(f"{dtype!s:15s} {count:4d} tokens  " + "  ".join(f"{k} {v:8.2f}" for k, v in best.items()), flush=True)
+        print(
+            f"{dtype!s:15s} {scheme.name if scheme else 'fp':5s} {count:4d} tokens  "
+            + "  ".join(f"{k} {v:8.2f}" for k, v in best.items()),
+            flush=True,
+        )
     return rows
 
 
@@ -102,14 +122,18 @@ def main() -> None:
     parser.add_argument("--tokens", default=",".join(map(str, TOKENS)))
     parser.add_argument("--name", default="kernel_threshold")
     parser.add_argument("--threads", type=int, default=None, help="torch and kernel threads [default: torch's]")
+    parser.add_argument("--quantize", default="none,int8,int4", help="stored values: none (fp), int8, int4 (g128)")
     args = parser.parse_args()
     tokens = tuple(int(t) for t in args.tokens.split(","))
     if args.threads:
         torch.set_num_threads(args.threads)
     record = {"blocks": args.blocks, "block_shapes": BLOCK, "repeats": args.repeats, "results": {}, "threshold": {}}
-    for name, dtype in DTYPES.items():
-        rows = measure(dtype, args.blocks, tokens, args.repeats)
-        record["results"][name], record["threshold"][name] = rows, threshold(rows)
+    for quantize in args.quantize.split(","):
+        scheme = QuantScheme.parse(quantize)
+        for dtype_name, dtype in DTYPES.items():
+            name = dtype_name if scheme is None else f"{dtype_name} {scheme.name}"
+            rows = measure(dtype, scheme, args.blocks, tokens, args.repeats)
+            record["results"][name], record["threshold"][name] = rows, threshold(rows)
     record["machine"] = machine()
     threads = record["machine"]["torch_threads"]
     write_json_atomic(RESULTS / f"{args.name}.json", record)

@@ -137,3 +137,25 @@ def test_bad_arguments_are_refused_in_one_line():
         nm_linear(torch.ones(1, 12), values, bitmask, 16)
     with pytest.raises(ValueError, match="unknown code path 'sse'"):
         nm_linear(torch.ones(1, 16), values, bitmask, 16, isa="sse")
+
+
+def test_the_environment_can_force_a_code_path(monkeypatch):
+    """$EGGS_PTP_KERNEL_ISA makes ``auto`` run another path, so one CPU can measure another's."""
+    import eggs_ptp.kernels.cpu as cpu_module
+
+    weight = torch.randn(8, 32) * (torch.rand(8, 8, 4).argsort(-1) < 2).reshape(8, 32)
+    values, bitmask = compress(weight, Pattern(2, 4))
+    x = torch.randn(3, 32)
+    for forced in ("generic", *kernel_info()["isas"]):
+        monkeypatch.setenv(cpu_module.ISA_VARIABLE, forced)
+        cpu_module._forced_isa.cache_clear()
+        info = kernel_info()
+        assert info["isa"] == forced and info["forced_by"] == f"EGGS_PTP_KERNEL_ISA={forced}"
+        torch.testing.assert_close(nm_linear(x, values, bitmask, 32), x @ weight.T, atol=1e-5, rtol=1e-5)
+    monkeypatch.setenv(cpu_module.ISA_VARIABLE, "avx9")
+    cpu_module._forced_isa.cache_clear()
+    with pytest.raises(ValueError, match="EGGS_PTP_KERNEL_ISA='avx9' is not a code path"):
+        nm_linear(x, values, bitmask, 32)
+    monkeypatch.delenv(cpu_module.ISA_VARIABLE)
+    cpu_module._forced_isa.cache_clear()
+    assert kernel_info()["forced_by"] is None

@@ -42,7 +42,7 @@ def on_grid_layer(rows, cols, scheme, bias=True, seed=0):
 def test_kernel_and_dense_paths_match_the_dequantized_layer(scheme):
     linear, grid = on_grid_layer(24, 128, scheme)
     sparse = QuantSparseNMLinear.from_linear(linear, "2:4", grid=grid)
-    many = QUANT_DENSE_ABOVE_TOKENS[torch.float32] + 1
+    many = QUANT_DENSE_ABOVE_TOKENS[(scheme.bits, torch.float32)] + 1
     assert sparse.path(1) == "kernel" and sparse.path(many) == "dense"
     assert (sparse.bits, sparse.group_size, sparse.dtype) == (scheme.bits, scheme.group_size, torch.float32)
     assert torch.equal(sparse.dense_weight(), linear.weight.detach())  # nm_qdecompress, bit for bit
@@ -178,16 +178,16 @@ def packed(request, tmp_path_factory):
 
 
 def test_quantized_folders_load_sparse_and_generate_like_dense(packed):
-    """Greedy tokens equal the dequantized dense model's, from a 16-token prompt: its prefill takes the
+    """Greedy tokens equal the dequantized dense model's, from a 32-token prompt: its prefill takes the
     dense path, each decode step the kernel (fp32 sums in another order: logits agree to 1e-4)."""
     scheme, folder = packed
     dense, sparse = load_compact(folder), load_sparse(folder)
     swapped = {name: module for name, module in sparse.named_modules() if isinstance(module, QuantSparseNMLinear)}
     assert len(swapped) == 14 and {module.bits for module in swapped.values()} == {scheme.bits}
-    assert all(module.path(1) == "kernel" and module.path(16) == "dense" for module in swapped.values())
+    assert all(module.path(1) == "kernel" and module.path(32) == "dense" for module in swapped.values())
     assert all(f"{name}.qvalues" in sparse.state_dict() for name in swapped)
     assert not any(key.endswith((".weight.qvalues", ".values")) for key in sparse.state_dict())
-    ids = torch.randint(2, 300, (1, 16), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(2, 300, (1, 32), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(sparse(ids).logits, dense(ids).logits)  # the dense path is bit for bit
         torch.testing.assert_close(sparse(ids[:, :4]).logits, dense(ids[:, :4]).logits, atol=1e-4, rtol=1e-4)

@@ -6,7 +6,8 @@ quantized ones (int8 / int4 with per-group fp16 scales: :class:`QuantCompactLaye
 first if needed, see :mod:`eggs_ptp.kernels.build`).
 When it cannot be built, :func:`library` warns once, in one line, and returns None; callers then use
 the pure-torch path. Pointers are passed straight from the tensors, so no copies are made beyond the
-fp32 input the kernel reads.
+fp32 input the kernel reads. ``$EGGS_PTP_KERNEL_ISA`` (``avx2``, ``generic``, ...) makes ``auto``
+run that code path instead of the best this CPU has, so one machine can measure the others' paths.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import operator
+import os
 import warnings
 from typing import Any
 
@@ -24,6 +26,7 @@ from eggs_ptp.kernels.build import KernelBuildError, build
 DTYPE_CODES = {torch.float32: 0, torch.bfloat16: 1}
 QUANT_DTYPES = {8: torch.int8, 4: torch.uint8}  # bits -> qvalues dtype (int4: two values a byte, low nibble first)
 ISAS = {"auto": 0, "generic": 1, "avx2": 2, "avx512": 3}
+ISA_VARIABLE = "EGGS_PTP_KERNEL_ISA"
 _ISA_NAMES = {code: name for name, code in ISAS.items()}
 _ERRORS = {
     -1: "this CPU cannot run the requested code path",
@@ -63,7 +66,8 @@ def kernel_info() -> dict[str, Any]:
     isas = [name for name, code in ISAS.items() if code and lib.eggs_nm_isa(code) > 0]
     return {
         "available": True,
-        "isa": _ISA_NAMES[lib.eggs_nm_isa(0)],
+        "isa": _ISA_NAMES[lib.eggs_nm_isa(_isa_code("auto"))],
+        "forced_by": f"{ISA_VARIABLE}={os.environ[ISA_VARIABLE]}" if _forced_isa() else None,
         "openmp": bool(lib.eggs_nm_openmp()),
         "isas": isas,
     }
@@ -147,10 +151,22 @@ def _check_quant(
     return kept, group_size
 
 
+@functools.cache
+def _forced_isa() -> str | None:
+    """The code path ``$EGGS_PTP_KERNEL_ISA`` asks ``auto`` to run (read once per process)."""
+    forced = os.environ.get(ISA_VARIABLE, "auto").strip() or "auto"
+    if forced not in ISAS:
+        raise ValueError(f"{ISA_VARIABLE}={forced!r} is not a code path; choose one of {', '.join(ISAS)}")
+    lib = library()
+    if forced != "auto" and lib is not None and lib.eggs_nm_isa(ISAS[forced]) < 0:
+        raise ValueError(f"{ISA_VARIABLE}={forced}: this CPU cannot run that code path; unset it")
+    return None if forced == "auto" else forced
+
+
 def _isa_code(isa: str) -> int:
     if isa not in ISAS:
         raise ValueError(f"unknown code path {isa!r}; choose one of {', '.join(ISAS)}")
-    return ISAS[isa]
+    return ISAS[_forced_isa() or "auto"] if isa == "auto" else ISAS[isa]
 
 
 def _raise_on(code: int, isa: str) -> None:
@@ -374,6 +390,7 @@ def nm_qdecompress(
 __all__ = [
     "DTYPE_CODES",
     "ISAS",
+    "ISA_VARIABLE",
     "QUANT_DTYPES",
     "CompactLayer",
     "QuantCompactLayer",

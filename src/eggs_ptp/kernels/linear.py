@@ -30,10 +30,14 @@ from eggs_ptp.quant import SCALE_DTYPE, Grid
 # and running dense F.linear (MKL / oneDNN) is faster. Measured on SmolLM2-135M's layer shapes on
 # the 2-core development machine: benchmarks/results/kernel_threshold.md, made by
 # benchmarks/kernel_threshold.py. Other dtypes (fp16) have no kernel and always take the dense path.
-DENSE_ABOVE_TOKENS = {torch.float32: 12, torch.bfloat16: 8}
-# The same for quantized layers, by the dtype the layer computes in: the float layers' numbers until
-# benchmarks/kernel_threshold.py measures the integer kernel.
-QUANT_DENSE_ABOVE_TOKENS = {torch.float32: 12, torch.bfloat16: 8}
+DENSE_ABOVE_TOKENS = {torch.float32: 16, torch.bfloat16: 12}
+# The same for quantized layers, by stored bits and the dtype the layer computes in (same benchmark).
+QUANT_DENSE_ABOVE_TOKENS = {
+    (8, torch.float32): 16,
+    (8, torch.bfloat16): 16,
+    (4, torch.float32): 24,
+    (4, torch.bfloat16): 16,
+}
 
 
 class SparseNMLinear(nn.Module):
@@ -220,7 +224,7 @@ class QuantSparseNMLinear(SparseNMLinear):
         bias: (out,) or None, converted to ``dtype``.
         dtype: the floating-point dtype of the dense path and the bias [default: float32].
         dense_above_tokens, sparse_from_tokens: as for :class:`SparseNMLinear`
-            [default: :data:`QUANT_DENSE_ABOVE_TOKENS` for ``dtype``].
+            [default: :data:`QUANT_DENSE_ABOVE_TOKENS` for the bits and ``dtype``].
     """
 
     _BUFFERS = ("qvalues", "bitmask", "scales", "zeros", "bias")
@@ -291,7 +295,9 @@ class QuantSparseNMLinear(SparseNMLinear):
         return Grid(self.scheme, self.scales, self.zeros, self.in_features)
 
     def _kernel_limit(self, dtype: torch.dtype) -> int:
-        return QUANT_DENSE_ABOVE_TOKENS.get(dtype, -1) if self.dense_above_tokens is None else self.dense_above_tokens
+        if self.dense_above_tokens is not None:
+            return self.dense_above_tokens
+        return QUANT_DENSE_ABOVE_TOKENS.get((self.bits, dtype), -1)
 
     def _has_kernel(self) -> bool:
         return not self.bitmask.is_cuda and library() is not None
