@@ -8,8 +8,16 @@ and each dtype, one call is timed for
 * ``int8`` and ``int4``: the quantized kernel (``QuantCompactLayer.linear``) on the same masks, int8
   per-channel symmetric and int4 in groups of 128 without zero points, per code path; their ratios
   are against the fp32 dense time, the model they would replace;
+* ``torch int8``: PyTorch's dynamic int8 ``nn.Linear`` (``torch.ao.quantization.quantize_dynamic``,
+  fbgemm: 8-bit activations and weights, per-tensor) on the same dense weight, the CPU int8 baseline
+  the quantized kernel is measured against (``... vs torch int8``: its time / ours);
 * with ``--baseline-source OLD.c`` (an earlier ``nm_linear.c``: ``git show REV:src/eggs_ptp/kernels/nm_linear.c
-  > OLD.c``), its fp32 / bf16 paths through the same Python call, to measure before and after in one run.
+  > OLD.c``), its paths through the same Python wrapper (calling its ``eggs_nm_linear`` /
+  ``eggs_nm_qlinear`` with every argument, as the wrapper did before prepared layers), to measure
+  before and after in one run.
+
+The summary sums each way's time over SmolLM2-135M's 210 pruned layers at one token
+(``MODEL_LAYERS``: 60 each of the first three shapes, 30 of 576x1536).
 
 Two settings: ``streamed`` cycles through copies of the layer totalling ``--stream-mib`` of dense
 fp32 weight per timed pass, so the weights come from memory as in decode (the setting that counts);
@@ -30,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,6 +55,7 @@ RESULTS = Path(__file__).parent / "results"
 SHAPES = [(576, 576), (192, 576), (1536, 576), (576, 1536)]  # (rows = out, cols = in)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 CACHED_CALLS = 50  # calls per timed sample when one layer is called over and over
+MODEL_LAYERS = {(576, 576): 60, (192, 576): 60, (1536, 576): 60, (576, 1536): 30}  # SmolLM2-135M's pruned layers
 
 
 def cpu_flags() -> dict[str, bool | str]:
@@ -63,15 +73,62 @@ def cpu_flags() -> dict[str, bool | str]:
     return {**found, "cpu family": fields.get("cpu family", "?"), "model": fields.get("model", "?")}
 
 
-def baseline_kernel(source: Path) -> Callable[..., int]:
-    """``eggs_nm_linear`` from another version of the kernel source, built as the package builds its own."""
+def baseline_kernel(source: Path) -> dict[str, Callable[..., int]]:
+    """``eggs_nm_linear`` and ``eggs_nm_qlinear`` from another version of the kernel source, built as
+    the package builds its own."""
     folder = Path(tempfile.mkdtemp(prefix="eggs-ptp-baseline-"))
     target = folder / "baseline.so"
     compiler = build.find_compiler() or "gcc"
     subprocess.run([compiler, *build.FLAGS, build.OPENMP_FLAG, "-o", str(target), str(source)], check=True)
-    function = ctypes.CDLL(str(target)).eggs_nm_linear
-    function.argtypes = cpu.library().eggs_nm_linear.argtypes
-    return function
+    library = ctypes.CDLL(str(target))
+    found = {}
+    for name in ("eggs_nm_linear", "eggs_nm_qlinear"):
+        found[name] = getattr(library, name)
+        found[name].argtypes = getattr(cpu.library(), name).argtypes
+    return found
+
+
+def baseline_layer(layer: cpu.CompactLayer | cpu.QuantCompactLayer, baseline: dict) -> object:
+    """A copy of `layer` whose ``linear`` calls the baseline build with all of its arguments."""
+    if isinstance(layer, cpu.QuantCompactLayer):
+        copy = cpu.QuantCompactLayer(
+            layer.qvalues, layer.bits, layer.bitmask, layer.cols, layer.scales, layer.zeros, layer.group_size
+        )
+        copy._kernel = baseline["eggs_nm_qlinear"]
+        copy._arguments = (
+            layer.qvalues.data_ptr(),
+            layer.bits,
+            layer.bitmask.data_ptr(),
+            layer.rows,
+            layer.cols,
+            layer.kept,
+            layer.scales.data_ptr(),
+            None if layer.zeros is None else layer.zeros.data_ptr(),
+            layer.group_size,
+            None,
+        )
+    else:
+        copy = cpu.CompactLayer(layer.values, layer.bitmask, layer.cols)
+        copy._kernel = baseline["eggs_nm_linear"]
+        copy._arguments = (
+            layer.values.data_ptr(),
+            cpu.DTYPE_CODES[layer.values.dtype],
+            layer.bitmask.data_ptr(),
+            layer.rows,
+            layer.cols,
+            layer.values.shape[1],
+            None,
+        )
+    return copy
+
+
+def torch_int8(weight: torch.Tensor) -> torch.nn.Module:
+    """PyTorch's dynamic int8 ``nn.Linear`` of a dense fp32 weight (no bias)."""
+    linear = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    linear.weight.data.copy_(weight)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
+        return torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, torch.qint8)[0]
 
 
 def random_layer(rows: int, cols: int, generator: torch.Generator) -> dict[str, object]:
@@ -83,6 +140,7 @@ def random_layer(rows: int, cols: int, generator: torch.Generator) -> dict[str, 
     q8 = torch.randint(-128, 128, (rows, kept), generator=generator, dtype=torch.int8)
     q4 = torch.randint(0, 256, (rows, kept // 2), generator=generator, dtype=torch.uint8)
     return {
+        "torch int8": torch_int8(weight),
         "dense float32": weight,
         "dense bfloat16": weight.bfloat16(),
         "float32": cpu.CompactLayer(values, bitmask, cols),
@@ -94,7 +152,7 @@ def random_layer(rows: int, cols: int, generator: torch.Generator) -> dict[str, 
     }
 
 
-def ways(layers: list[dict], cols: int, isas: list[str], baseline: Callable[..., int] | None) -> dict[str, Callable]:
+def ways(layers: list[dict], cols: int, isas: list[str], baseline: dict | None) -> dict[str, Callable]:
     """Every timed call, each over all `layers` (copies of one shape) with one token."""
     generator = torch.Generator().manual_seed(1)
     x = {name: torch.randn(1, cols, generator=generator).to(dtype) for name, dtype in DTYPES.items()}
@@ -107,19 +165,14 @@ def ways(layers: list[dict], cols: int, isas: list[str], baseline: Callable[...,
         return lambda: [layer.linear(inputs, isa, 1) for layer in compact]
 
     found = {f"dense {name}": dense(name) for name in DTYPES}
+    found["torch int8"] = lambda: [layer["torch int8"](x["float32"]) for layer in layers]
     for isa in isas:
-        for name in DTYPES:
-            found[f"{name} {isa}"] = kernel(name, isa, x[name])
-        for kind in ("int8", "int4"):
-            found[f"{kind} {isa}"] = kernel(kind, isa, x["float32"])
-        if baseline is not None:
-            for name in DTYPES:
-                old = []
-                for layer in layers:
-                    copy = cpu.CompactLayer(layer[name].values, layer[name].bitmask, cols)
-                    copy._kernel = baseline  # the same Python call into the other build
-                    old.append(copy)
-                found[f"{name} {isa} baseline"] = kernel(name, isa, x[name], old)
+        for name in (*DTYPES, "int8", "int4"):
+            inputs = x.get(name, x["float32"])
+            found[f"{name} {isa}"] = kernel(name, isa, inputs)
+            if baseline is not None:  # the same Python call into the other build
+                old = [baseline_layer(layer[name], baseline) for layer in layers]
+                found[f"{name} {isa} baseline"] = kernel(name, isa, inputs, old)
     return found
 
 
@@ -145,6 +198,7 @@ def measure(rows: int, cols: int, copies: int, calls: int, repeats: int, isas: l
             ratios[name] = median[reference] / value
             if name.startswith(("int8", "int4")):
                 ratios[f"{name} vs bfloat16"] = median["dense bfloat16"] / value
+                ratios[f"{name} vs torch int8"] = median["torch int8"] / value
     return {
         "rows": rows,
         "cols": cols,
@@ -165,6 +219,37 @@ def table(results: list[dict], columns: list[str]) -> list[str]:
             + " | ".join(cells)
             + " |"
         )
+    return lines
+
+
+def times_table(results: list[dict], columns: list[str]) -> list[str]:
+    """Microseconds a call per shape, ours against torch's int8, and the sum over SmolLM2's 210 layers."""
+    shown = ["torch int8", *columns]
+    lines = [
+        "| shape | "
+        + " | ".join(f"{c} us" for c in shown)
+        + " | "
+        + " | ".join(f"{c} vs torch int8" for c in columns)
+        + " |"
+    ]
+    lines.append("|---" * (2 * len(columns) + 2) + "|")
+    total = dict.fromkeys(shown, 0.0)
+    for r in results:
+        count = MODEL_LAYERS.get((r["rows"], r["cols"]), 0)
+        for c in shown:
+            total[c] += count * r["us"][c] / 1000
+        ratios = [f"{r['us']['torch int8'] / r['us'][c]:.2f}x" for c in columns]
+        lines.append(
+            f"| {r['rows']}x{r['cols']} | "
+            + " | ".join(f"{r['us'][c]:.1f}" for c in shown)
+            + " | "
+            + " | ".join(ratios)
+            + " |"
+        )
+    ratios = [f"{total['torch int8'] / total[c]:.2f}x" for c in columns]
+    lines.append(
+        "| SmolLM2 210 layers, ms | " + " | ".join(f"{total[c]:.2f}" for c in shown) + " | " + " | ".join(ratios) + " |"
+    )
     return lines
 
 
@@ -194,7 +279,9 @@ def main() -> None:
 
     suffixes = [" baseline", ""] if baseline is not None else [""]
     float_columns = [f"{name} {isa}{suffix}" for name in DTYPES for isa in isas for suffix in suffixes]
-    quant_columns = [f"{kind} {isa}" for kind in ("int8", "int4") for isa in isas]
+    quant_columns = ["torch int8"] + [
+        f"{kind} {isa}{suffix}" for kind in ("int8", "int4") for isa in isas for suffix in suffixes
+    ]
     flags = ", ".join(
         f"{flag} {present if isinstance(present, str) else 'yes' if present else 'no'}"
         for flag, present in record["cpu_flags"].items()
@@ -206,7 +293,9 @@ def main() -> None:
         f"{record['load_average']['after'][0]:.2f} after (a shared machine: other work skews single figures). "
         f"Median of {args.repeats} interleaved repeats of dense time / kernel time (above 1: the kernel is "
         "faster), random 2:4 layers of SmolLM2-135M's shapes. fp32 and bf16 columns compare with dense in "
-        "the same dtype; int8 (per channel, symmetric) and int4 (groups of 128, symmetric) with dense fp32"
+        "the same dtype; int8 (per channel, symmetric), int4 (groups of 128, symmetric) and torch's dynamic int8 "
+        "`nn.Linear` with dense fp32; the time tables give microseconds a call and `vs torch int8` = torch's "
+        "time / ours (above 1: ours is faster)"
         + (f"; `baseline` is `{args.baseline_source.name}` timed in the same run" if baseline is not None else "")
         + f". Reproduce: `{' '.join(['python', 'benchmarks/kernel_avx2.py', *sys.argv[1:]])}`.",
         "",
@@ -217,6 +306,7 @@ def main() -> None:
     ):
         lines += [f"## {setting}: {title}", "", *table(record[setting], float_columns), ""]
         lines += [*table(record[setting], quant_columns), ""]
+        lines += [*times_table(record[setting], quant_columns[1:]), ""]
     write_atomic(RESULTS / f"{args.name}.md", "\n".join(lines))
 
 

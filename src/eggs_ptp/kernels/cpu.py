@@ -38,6 +38,22 @@ _ERRORS = {
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
+class _Layer(ctypes.Structure):
+    """``eggs_nm_layer``: a float layer's constant kernel arguments, filled once."""
+
+    _fields_ = [("values", _P), ("bitmask", _P), ("bias", _P)] + [
+        (name, _I64) for name in ("dtype", "rows", "cols", "kept", "mask_info")
+    ]
+
+
+class _QuantLayer(ctypes.Structure):
+    """``eggs_nm_qlayer``: a quantized layer's constant kernel arguments, filled once."""
+
+    _fields_ = [(name, _P) for name in ("qvalues", "bitmask", "scales", "zeros", "bias")] + [
+        (name, _I64) for name in ("bits", "rows", "cols", "kept", "group_size", "mask_info")
+    ]
+
+
 @functools.cache
 def library() -> ctypes.CDLL | None:
     """The loaded kernel library, or None (after one warning) when it cannot be built."""
@@ -55,6 +71,9 @@ def library() -> ctypes.CDLL | None:
     lib.eggs_nm_qlinear.argtypes = [_P, _I64, _P, _INT, _P, _I64, _I64, _I64, _P, _P, _I64, _P, _P, _INT, _INT]
     lib.eggs_nm_qdecompress.argtypes = [_P, _INT, _P, _I64, _I64, _I64, _P, _P, _I64, _P, _INT, _INT]
     lib.eggs_nm_isa.argtypes = [_INT]
+    lib.eggs_nm_mask_info.argtypes = [_P, _I64, _I64, _I64, _INT]
+    lib.eggs_nm_linear_prepared.argtypes = [_P, _I64, _P, _P, _INT, _INT]
+    lib.eggs_nm_qlinear_prepared.argtypes = [_P, _I64, _P, _P, _INT, _INT]
     return lib
 
 
@@ -181,11 +200,21 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
+def _mask_info(lib: ctypes.CDLL, bitmask: torch.Tensor, rows: int, cols: int, kept: int) -> int:
+    """The bitmask checked once (every row marks `kept` columns, else ValueError), and whether every
+    row takes the whole-byte path (1) or not (0): the prepared kernels then check no row per call."""
+    code = lib.eggs_nm_mask_info(bitmask.data_ptr(), rows, cols, kept, _isa_code("auto"))
+    _raise_on(code, "auto")
+    return code
+
+
 class _KernelLayer:
     """A layer's kernel arguments, checked once, for many calls (decode calls each layer once per
-    token, so per-call Python work is kept to a pointer or two).
+    token, so per-call Python work is kept to a pointer or two): the arguments live in a C struct
+    and the bitmask is checked at construction, not on every call.
 
-    Holds references to the tensors it points into; rebuild it when they are replaced or moved.
+    Holds references to the tensors it points into; rebuild it when they are replaced or moved, and
+    do not modify them in place (the mask is not checked again).
     """
 
     _kernel: Any
@@ -229,20 +258,22 @@ class CompactLayer(_KernelLayer):
     def __init__(
         self, values: torch.Tensor, bitmask: torch.Tensor, cols: int, bias: torch.Tensor | None = None
     ) -> None:
-        self._kernel = _library().eggs_nm_linear
+        lib = _library()
+        self._kernel = lib.eggs_nm_linear_prepared
         _check(values, bitmask, cols)
         self.values, self.bitmask, self.cols, self.rows = values, bitmask, cols, values.shape[0]
         self.bias = _bias(bias, self.rows)
-        # eggs_nm_linear's: values, dtype, bitmask, rows, cols, kept, bias.
-        self._arguments = (
+        self._layer = _Layer(
             values.data_ptr(),
-            DTYPE_CODES[values.dtype],
             bitmask.data_ptr(),
+            None if self.bias is None else self.bias.data_ptr(),
+            DTYPE_CODES[values.dtype],
             self.rows,
             cols,
             values.shape[1],
-            None if self.bias is None else self.bias.data_ptr(),
+            _mask_info(lib, bitmask, self.rows, cols, values.shape[1]),
         )
+        self._arguments = (ctypes.addressof(self._layer),)
 
 
 class QuantCompactLayer(_KernelLayer):
@@ -259,24 +290,26 @@ class QuantCompactLayer(_KernelLayer):
         group_size: int | None = None,
         bias: torch.Tensor | None = None,
     ) -> None:
-        self._kernel = _library().eggs_nm_qlinear
+        lib = _library()
+        self._kernel = lib.eggs_nm_qlinear_prepared
         self.kept, self.group_size = _check_quant(qvalues, bits, bitmask, cols, scales, zeros, group_size)
         self.qvalues, self.bits, self.bitmask, self.scales, self.zeros = qvalues, bits, bitmask, scales, zeros
         self.cols, self.rows = cols, qvalues.shape[0]
         self.bias = _bias(bias, self.rows)
-        # eggs_nm_qlinear's: qvalues, bits, bitmask, rows, cols, kept, scales, zeros, group_size, bias.
-        self._arguments = (
+        self._layer = _QuantLayer(
             qvalues.data_ptr(),
-            bits,
             bitmask.data_ptr(),
+            scales.data_ptr(),
+            None if zeros is None else zeros.data_ptr(),
+            None if self.bias is None else self.bias.data_ptr(),
+            bits,
             self.rows,
             cols,
             self.kept,
-            scales.data_ptr(),
-            None if zeros is None else zeros.data_ptr(),
             self.group_size,
-            None if self.bias is None else self.bias.data_ptr(),
+            _mask_info(lib, bitmask, self.rows, cols, self.kept),
         )
+        self._arguments = (ctypes.addressof(self._layer),)
 
 
 def nm_linear(

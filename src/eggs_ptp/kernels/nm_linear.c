@@ -26,7 +26,12 @@
  * gain). Each expanded chunk is used for up to 8 tokens (4 with AVX2) from registers. The
  * AVX-512 and AVX2 variants are compiled with target attributes and picked at run time, so one
  * build serves any x86-64 CPU; the generic C loop serves the rest. Every row's bitmask is checked
- * to mark exactly `kept` columns before it is used, so a corrupt mask is refused, never over-read.
+ * to mark exactly `kept` columns before it is used, so a corrupt mask is refused, never over-read:
+ * on every call by eggs_nm_linear / eggs_nm_qlinear, once by eggs_nm_mask_info for the prepared
+ * entry points (eggs_nm_*linear_prepared), which layers called once per decoded token use.
+ * On AVX-512 the quantized whole-byte rows (2:4) dequantize 16 values where they lie and spread
+ * them to their columns with two register expands (vexpandps), four accumulator chains at one or
+ * two tokens; that was ~10% faster than gathering the inputs with table permutes, as AVX2 does.
  */
 #include <stdint.h>
 #include <string.h>
@@ -51,6 +56,7 @@ typedef struct {
     float *out;
     void *dense;
     int64_t tokens, rows, cols, kept, mask_stride, width;
+    int64_t whole_bytes; /* 1: every row's mask bytes were found to mark 4 columns each (mask_info) */
 } layer_t;
 
 /* A quantized layer: `base` (first, so row kernels take either) holds the qvalues as its values. */
@@ -446,7 +452,7 @@ INLINE int near_end(const layer_t *L, int64_t r, int64_t row_bytes) {
 AVX2 static void rows_avx2(const layer_t *L, int64_t r0, int64_t r1) {
     const int64_t block = token_block(L->cols, 4);
     for (int64_t r = r0; r < r1; r++) {
-        const int halves = bytes_hold_4(L->bitmask + r * L->mask_stride, L->cols >> 4 << 1);
+        const int halves = L->whole_bytes || bytes_hold_4(L->bitmask + r * L->mask_stride, L->cols >> 4 << 1);
         const int careful = near_end(L, r, L->kept * L->width);
         for (int64_t t0 = 0; t0 < L->tokens; t0 += block) {
             int64_t nt = L->tokens - t0 < block ? L->tokens - t0 : block;
@@ -646,7 +652,8 @@ AVX2 static void qrows_avx2(const layer_t *layer, int64_t r0, int64_t r1) {
     const qlayer_t *L = (const qlayer_t *)layer;
     const int64_t block = token_block(layer->cols, 4);
     for (int64_t r = r0; r < r1; r++) {
-        const int halves = bytes_hold_4(layer->bitmask + r * layer->mask_stride, layer->cols >> 4 << 1);
+        const int halves =
+            layer->whole_bytes || bytes_hold_4(layer->bitmask + r * layer->mask_stride, layer->cols >> 4 << 1);
         const int careful = near_end(layer, r, L->stride);
         for (int64_t t0 = 0; t0 < layer->tokens; t0 += block) {
             int64_t nt = layer->tokens - t0 < block ? layer->tokens - t0 : block;
@@ -757,7 +764,7 @@ AVX512 INLINE void row_avx512(const layer_t *L, int64_t r, int64_t t0, const int
 AVX512 static void rows_avx512(const layer_t *L, int64_t r0, int64_t r1) {
     int64_t block = token_block(L->cols, 8);
     for (int64_t r = r0; r < r1; r++) {
-        const int halves = bytes_hold_4(L->bitmask + r * L->mask_stride, L->cols >> 4 << 1);
+        const int halves = L->whole_bytes || bytes_hold_4(L->bitmask + r * L->mask_stride, L->cols >> 4 << 1);
         for (int64_t t0 = 0; t0 < L->tokens; t0 += block) {
             int64_t nt = L->tokens - t0 < block ? L->tokens - t0 : block;
             if (L->width == 4) {
@@ -858,15 +865,91 @@ AVX512 INLINE void qrow_avx512(const qlayer_t *Q, int64_t r, int64_t t0, const i
         L->out[(t0 + t) * L->rows + r] = _mm512_reduce_add_ps(_mm512_add_ps(even[t], odd[t])) + (L->bias ? L->bias[r] : 0.0f);
 }
 
+/* The 16 quantized values k.. of a row as fp32 integers; k % 16 == 0 (int4 values start at a byte). */
+AVX512 INLINE __m512 qcompact16(const uint8_t *row, int64_t k, const int bits) {
+    __m512i q;
+    if (bits == 8) {
+        q = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(row + k)));
+    } else {
+        const __m128i low = _mm_set1_epi8(15), b = _mm_loadl_epi64((const __m128i *)(row + (k >> 1)));
+        q = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(_mm_and_si128(b, low), _mm_and_si128(_mm_srli_epi16(b, 4), low)));
+    }
+    return _mm512_cvtepi32_ps(q);
+}
+
+/* 32 columns whose 4 mask bytes (m) each mark 4, from value k on: their 16 values are dequantized
+ * where they lie, (q - z) * s as q * s + zs with zs = -z * s (both products and their sum exact in
+ * fp32), or left as q when the row's scale multiplies its sum, then spread to their columns with
+ * two register expands and multiplied with the inputs as loaded: no gather of x, no table. */
+AVX512 INLINE void qwide32(const uint8_t *row, int64_t k, const uint8_t *m, const float *x, int64_t cols, __m512 s,
+                           __m512 zs, __m512 *lo, __m512 *hi, const int nt, const int bits, const int grouped,
+                           const int offset) {
+    __m512 w = qcompact16(row, k, bits);
+    if (grouped)
+        w = offset ? _mm512_fmadd_ps(w, s, zs) : _mm512_mul_ps(w, s);
+    const __m512 w0 = _mm512_maskz_expand_ps(_load_mask16((__mmask16 *)m), w);
+    const __m512 w1 = _mm512_maskz_expand_ps(_load_mask16((__mmask16 *)(m + 2)), _mm512_shuffle_f32x4(w, w, 0xEE));
+    for (int t = 0; t < nt; t++) {
+        lo[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols), lo[t]);
+        hi[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + 16), hi[t]);
+    }
+}
+
+/* A row whose mask bytes (those of whole 16-column chunks) each mark 4 columns, 32 columns at a
+ * time by qwide32; at one or two tokens 64 at a time into four chains, so that the FMAs' latency
+ * does not bound a row. Columns left in a group (at the row's end) take qrow_avx512's masked loop. */
+AVX512 INLINE void qrow_wide(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits,
+                             const int grouped, const int offset) {
+    const layer_t *L = &Q->base;
+    const int64_t cols = L->cols;
+    const float *x = L->x + t0 * cols;
+    const uint8_t *row = L->values + r * Q->stride, *mask = L->bitmask + r * L->mask_stride;
+    const int four = nt <= 2;
+    __m512 even[8], odd[8], even2[2], odd2[2];
+    for (int t = 0; t < nt; t++)
+        even[t] = odd[t] = _mm512_setzero_ps();
+    for (int t = 0; four && t < nt; t++)
+        even2[t] = odd2[t] = _mm512_setzero_ps();
+    for (int64_t g = 0, c = 0, k = 0; c < cols; g++) {
+        const int64_t end = group_end(Q, c);
+        const float scale = grouped ? group_scale(Q, r, g) : 1.0f;
+        const int32_t zero = offset ? group_zero(Q, r, g) : 0;
+        const __m512 s = _mm512_set1_ps(scale), zs = _mm512_set1_ps(-(float)zero * scale);
+        if (four)
+            for (; c + 64 <= end; c += 64, k += 32) {
+                qwide32(row, k, mask + (c >> 3), x + c, cols, s, zs, even, odd, nt, bits, grouped, offset);
+                qwide32(row, k + 16, mask + (c >> 3) + 4, x + c + 32, cols, s, zs, even2, odd2, nt, bits, grouped, offset);
+            }
+        for (; c + 32 <= end; c += 32, k += 16)
+            qwide32(row, k, mask + (c >> 3), x + c, cols, s, zs, even, odd, nt, bits, grouped, offset);
+        if (c < end) {
+            const __m512i z = _mm512_set1_epi32(zero);
+            for (; c < end; c += 16) {
+                __m512 w = qweights16(row, &k, mask16(mask, c, cols), z, s, bits);
+                for (int t = 0; t < nt; t++)
+                    even[t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(lanes16(cols - c), x + t * cols + c), even[t]);
+            }
+        }
+    }
+    const float scale = grouped ? 1.0f : group_scale(Q, r, 0), bias = L->bias ? L->bias[r] : 0.0f;
+    for (int t = 0; t < nt; t++) {
+        __m512 sum = _mm512_add_ps(even[t], odd[t]);
+        if (four)
+            sum = _mm512_add_ps(sum, _mm512_add_ps(even2[t < 2 ? t : 0], odd2[t < 2 ? t : 0]));
+        L->out[(t0 + t) * L->rows + r] = _mm512_reduce_add_ps(sum) * scale + bias;
+    }
+}
+
 AVX512 static void qrows_avx512(const layer_t *layer, int64_t r0, int64_t r1) {
     const qlayer_t *L = (const qlayer_t *)layer;
     const int64_t block = token_block(layer->cols, 8);
     for (int64_t r = r0; r < r1; r++) {
-        const int halves = bytes_hold_4(layer->bitmask + r * layer->mask_stride, layer->cols >> 4 << 1);
+        const int halves =
+            layer->whole_bytes || bytes_hold_4(layer->bitmask + r * layer->mask_stride, layer->cols >> 4 << 1);
         for (int64_t t0 = 0; t0 < layer->tokens; t0 += block) {
             int64_t nt = layer->tokens - t0 < block ? layer->tokens - t0 : block;
             if (halves) {
-                QUANT_KINDS(TOKENS_8, qrow_halves)
+                QUANT_KINDS(TOKENS_8, qrow_wide)
             } else {
                 QUANT_BITS(TOKENS_8, qrow_avx512)
             }
@@ -953,16 +1036,24 @@ static const struct {
 
 /* Run `kernel` over all rows, split into one contiguous range per thread, each thread getting at
  * least GRAIN multiply-adds (torch's own grain size): waking threads costs more than tiny layers
- * take. ERR_BITMASK (and that range skipped) if a row's mask does not mark exactly `kept` columns. */
+ * take. ERR_BITMASK (and that range skipped) if a row's mask does not mark exactly `kept` columns;
+ * check NULL: the mask was checked once by eggs_nm_mask_info (the prepared entry points). One part
+ * runs without entering an OpenMP region. */
 static int split_rows(const layer_t *L, check_fn check, rows_fn kernel, int threads, int64_t work) {
     int64_t most = work / GRAIN < L->rows ? work / GRAIN : L->rows;
     int parts = threads < 1 ? 1 : threads, bad = 0;
     if (parts > most)
         parts = most < 1 ? 1 : (int)most;
-#pragma omp parallel for num_threads(parts) schedule(static) if (parts > 1) reduction(| : bad)
+    if (parts == 1) {
+        if (check && !check(L, 0, L->rows))
+            return ERR_BITMASK;
+        kernel(L, 0, L->rows);
+        return 0;
+    }
+#pragma omp parallel for num_threads(parts) schedule(static) reduction(| : bad)
     for (int part = 0; part < parts; part++) {
         int64_t r0 = L->rows * part / parts, r1 = L->rows * (part + 1) / parts;
-        if (check(L, r0, r1 - r0))
+        if (!check || check(L, r0, r1 - r0))
             kernel(L, r0, r1);
         else
             bad = 1;
@@ -979,7 +1070,7 @@ int eggs_nm_linear(const float *x, int64_t tokens, const void *values, int dtype
         return ERR_DTYPE;
     if (isa < 0 || tokens <= 0 || rows <= 0)
         return isa;
-    layer_t L = {x, values, bitmask, bias, out, NULL, tokens, rows, cols, kept, (cols + 7) / 8, dtype == DTYPE_F32 ? 4 : 2};
+    layer_t L = {x, values, bitmask, bias, out, NULL, tokens, rows, cols, kept, (cols + 7) / 8, dtype == DTYPE_F32 ? 4 : 2, 0};
     int error = split_rows(&L, KERNELS[isa].check, KERNELS[isa].rows, threads, rows * kept * tokens);
     return error ? error : isa;
 }
@@ -992,7 +1083,7 @@ int eggs_nm_decompress(const void *values, int dtype, const uint8_t *bitmask, in
         return ERR_DTYPE;
     if (isa < 0 || rows <= 0)
         return isa;
-    layer_t L = {NULL, values, bitmask, NULL, NULL, dense, 0, rows, cols, kept, (cols + 7) / 8, dtype == DTYPE_F32 ? 4 : 2};
+    layer_t L = {NULL, values, bitmask, NULL, NULL, dense, 0, rows, cols, kept, (cols + 7) / 8, dtype == DTYPE_F32 ? 4 : 2, 0};
     int error = split_rows(&L, KERNELS[isa].check, KERNELS[isa].decompress, threads, rows * cols);
     return error ? error : isa;
 }
@@ -1021,7 +1112,7 @@ int eggs_nm_qlinear(const float *x, int64_t tokens, const void *qvalues, int bit
                     int64_t rows, int64_t cols, int64_t kept, const uint16_t *scales, const uint8_t *zeros,
                     int64_t group_size, const float *bias, float *out, int threads, int requested_isa) {
     int isa = eggs_nm_isa(requested_isa);
-    qlayer_t Q = {.base = {x, qvalues, bitmask, bias, out, NULL, tokens, rows, cols, kept, (cols + 7) / 8, 1}};
+    qlayer_t Q = {.base = {x, qvalues, bitmask, bias, out, NULL, tokens, rows, cols, kept, (cols + 7) / 8, 1, 0}};
     int error = isa < 0 ? isa : quant_layer(&Q, bits, scales, zeros, group_size);
     if (error || tokens <= 0 || rows <= 0)
         return error ? error : isa;
@@ -1034,10 +1125,82 @@ int eggs_nm_qdecompress(const void *qvalues, int bits, const uint8_t *bitmask, i
                         int64_t kept, const uint16_t *scales, const uint8_t *zeros, int64_t group_size, float *dense,
                         int threads, int requested_isa) {
     int isa = eggs_nm_isa(requested_isa);
-    qlayer_t Q = {.base = {NULL, qvalues, bitmask, NULL, NULL, dense, 0, rows, cols, kept, (cols + 7) / 8, 1}};
+    qlayer_t Q = {.base = {NULL, qvalues, bitmask, NULL, NULL, dense, 0, rows, cols, kept, (cols + 7) / 8, 1, 0}};
     int error = isa < 0 ? isa : quant_layer(&Q, bits, scales, zeros, group_size);
     if (error || rows <= 0)
         return error ? error : isa;
     error = split_rows(&Q.base, KERNELS[isa].check, KERNELS[isa].qdecompress, threads, rows * cols);
+    return error ? error : isa;
+}
+
+/* ---------------------------------------------------------------- prepared layers */
+
+/* A mask checked once, for layers called many times (one-token decode calls each layer once per
+ * token, and checking every row on every call took a tenth of the time): ERR_BITMASK if a row does
+ * not mark exactly `kept` columns, else 1 when every row's mask bytes (those of whole 16-column
+ * chunks) mark 4 columns each, so that the rows may take the whole-byte path unchecked, else 0. */
+int eggs_nm_mask_info(const uint8_t *bitmask, int64_t rows, int64_t cols, int64_t kept, int requested_isa) {
+    int isa = eggs_nm_isa(requested_isa);
+    if (isa < 0 || rows <= 0)
+        return isa < 0 ? isa : 0;
+    layer_t L = {.bitmask = bitmask, .rows = rows, .cols = cols, .kept = kept, .mask_stride = (cols + 7) / 8};
+    if (!KERNELS[isa].check(&L, 0, rows))
+        return ERR_BITMASK;
+#ifdef HAVE_X86
+    if (isa >= ISA_AVX2) {
+        for (int64_t r = 0; r < rows; r++)
+            if (!bytes_hold_4(bitmask + r * L.mask_stride, cols >> 4 << 1))
+                return 0;
+        return 1;
+    }
+#endif
+    return 0;
+}
+
+/* The constant arguments of eggs_nm_linear (float values) and eggs_nm_qlinear (quantized ones),
+ * laid out for a caller to fill once: every field 8 bytes. mask_info: what eggs_nm_mask_info
+ * returned for this bitmask, 0 or 1; the prepared calls trust it and check no row, so the caller
+ * must have checked the mask and keep it unchanged. */
+typedef struct {
+    const void *values;
+    const uint8_t *bitmask;
+    const float *bias;
+    int64_t dtype, rows, cols, kept, mask_info;
+} eggs_nm_layer;
+
+typedef struct {
+    const void *qvalues;
+    const uint8_t *bitmask;
+    const uint16_t *scales;
+    const uint8_t *zeros;
+    const float *bias;
+    int64_t bits, rows, cols, kept, group_size, mask_info;
+} eggs_nm_qlayer;
+
+/* eggs_nm_linear for a prepared layer: six arguments instead of twelve (a ctypes call costs about a
+ * tenth of a microsecond per argument) and no per-call mask check. */
+int eggs_nm_linear_prepared(const float *x, int64_t tokens, const eggs_nm_layer *P, float *out, int threads,
+                            int requested_isa) {
+    int isa = eggs_nm_isa(requested_isa);
+    if (isa >= 0 && P->dtype != DTYPE_F32 && P->dtype != DTYPE_BF16)
+        return ERR_DTYPE;
+    if (isa < 0 || tokens <= 0 || P->rows <= 0)
+        return isa;
+    layer_t L = {x,       P->values, P->bitmask, P->bias, out, NULL, tokens, P->rows, P->cols, P->kept,
+                 (P->cols + 7) / 8, P->dtype == DTYPE_F32 ? 4 : 2, P->mask_info == 1};
+    int error = split_rows(&L, NULL, KERNELS[isa].rows, threads, P->rows * P->kept * tokens);
+    return error ? error : isa;
+}
+
+/* eggs_nm_qlinear for a prepared layer, likewise. */
+int eggs_nm_qlinear_prepared(const float *x, int64_t tokens, const eggs_nm_qlayer *P, float *out, int threads,
+                             int requested_isa) {
+    int isa = eggs_nm_isa(requested_isa);
+    qlayer_t Q = {.base = {x, P->qvalues, P->bitmask, P->bias, out, NULL, tokens, P->rows, P->cols, P->kept,
+                           (P->cols + 7) / 8, 1, P->mask_info == 1}};
+    int error = isa < 0 ? isa : quant_layer(&Q, (int)P->bits, P->scales, P->zeros, P->group_size);
+    if (error || tokens <= 0 || P->rows <= 0)
+        return error ? error : isa;
+    error = split_rows(&Q.base, NULL, KERNELS[isa].qrows, threads, P->rows * P->kept * tokens);
     return error ? error : isa;
 }
