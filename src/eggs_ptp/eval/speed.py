@@ -508,7 +508,9 @@ def render_markdown(result: dict[str, Any]) -> str:
         f"Pattern {result['pattern']}, reference `{REFERENCE}` = the first checkpoint's weights with zeros in "
         f"{result['dtype']}, computed dense; {result['pruned_layers']} pruned layers. {m['cpu']} "
         f"({', '.join(m['cpu_features']) or 'no vector features listed'}), {m['logical_cpus']} logical CPUs, "
-        f"kernel path `{m['kernel']['isa']}`. {result['settings']['repeats']} repeats; every ratio is "
+        f"kernel path `{m['kernel']['isa']}`"
+        + (f" (forced by {m['kernel']['forced_by']})" if m["kernel"].get("forced_by") else "")
+        + f". {result['settings']['repeats']} repeats; every ratio is "
         "variant / reference per repeat (speed-ups: reference time / variant time), median (min-max).",
         "",
     ]
