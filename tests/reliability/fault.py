@@ -71,7 +71,6 @@ def act(action: str) -> None:
 
 
 def install(point: str, action: str) -> None:
-    import eggs_ptp.api as api
     import eggs_ptp.formats.checkpoint as checkpoint
     import eggs_ptp.walk.resume as resume
     import eggs_ptp.walk.sequential as sequential
@@ -95,15 +94,14 @@ def install(point: str, action: str) -> None:
 
         resume.RunProgress.save_block = save_then_fault
     elif point == "save":
-        for module in (api, checkpoint):  # the report is the last file written into the staging folder
-            write = module.write_json_atomic
+        write = checkpoint.write_json_atomic  # the report is the last file written into the staging folder
 
-            def fault_then_write(path, data, write=write):
-                if ".partial-" in str(path):
-                    act(action)
-                return write(path, data)
+        def fault_then_write(path, data):
+            if ".partial-" in str(path):
+                act(action)
+            return write(path, data)
 
-            module.write_json_atomic = fault_then_write
+        checkpoint.write_json_atomic = fault_then_write
     else:
         raise SystemExit(f"unknown fault point {point}")
 
