@@ -285,7 +285,8 @@ def _variants(
     if in_bf16:
         variants.append(Variant("dense bf16", "dense", load_compact(folders[0][1], torch.bfloat16), "bfloat16"))
     if "int8" in settings.baselines:
-        quantized = dynamic_int8(load_compact(folders[0][1], torch.float32))
+        # quantize_dynamic copies: an fp32 reference serves as its source without another load.
+        quantized = dynamic_int8(reference if name == "float32" else load_compact(folders[0][1], torch.float32))
         names = [layer["name"] for layer in records[0]["layers"]]
         if not isinstance(quantized, str) and not all(
             _dynamic_int8_layer(quantized.get_submodule(name)) for name in names
