@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM
 from eggs_ptp import PruneConfig, prune
 from eggs_ptp.formats import save_pruned
 from eggs_ptp.formats.codec import compress, negative_zeros, pack_nibbles, unpack_bits, unpack_nibbles
+from eggs_ptp.formats.verify import VerifyError, verify_checkpoint
 from eggs_ptp.formats.compact import (
     dequantize_compact,
     load_compact,
@@ -172,6 +173,11 @@ def test_quantized_pack_layout_record_and_sizes(packed):
     assert result.pruned_dense_bytes == sum(4 * l["shape"][0] * l["shape"][1] for l in record["layers"])
     assert result.file_dense_bytes == (dense_dir / "model.safetensors").stat().st_size  # not the grid file
     assert GRID_FILE not in {p.name for p in result.out.iterdir()}  # the grids are in the weights now
+    copied = json.loads((result.out / "sparsity.json").read_text())
+    assert copied["quantization"] == {**scheme.to_dict(), "file": "model.safetensors"}
+    assert copied["layers"] == json.loads((dense_dir / "sparsity.json").read_text())["layers"]
+    with pytest.raises(VerifyError, match=r"is packed \(compact.json\); verify checks the dense checkpoint"):
+        verify_checkpoint(result.out)
 
 
 def test_quantized_pack_loads_the_dequantized_model_bit_for_bit(packed):

@@ -59,7 +59,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from eggs_ptp.errors import read_json, reading
-from eggs_ptp.formats.checkpoint import read_report, staged_folder, write_json_atomic
+from eggs_ptp.formats.checkpoint import REPORT_FILE, read_report, staged_folder, write_json_atomic
 from eggs_ptp.formats.codec import (
     check_bitmask,
     compress,
@@ -272,6 +272,10 @@ def _pack(src: Path, out: Path, report: dict[str, Any], pattern: Pattern) -> Pac
         for path in src.iterdir():  # config, generation config, tokenizer files, sparsity.json
             if path.is_file() and not path.name.startswith(".") and not path.name.endswith(_WEIGHT_SUFFIXES):
                 shutil.copy2(path, staging / path.name)
+        if scheme is not None:  # the grids now live beside the integers, not in a grid file of their own
+            write_json_atomic(
+                staging / REPORT_FILE, {**report, "quantization": {**report["quantization"], "file": WEIGHTS_FILE}}
+            )
         write_json_atomic(staging / COMPACT_FILE, record)
         file_compact = (staging / WEIGHTS_FILE).stat().st_size
     return PackResult(

@@ -13,6 +13,7 @@ from typing import Any
 
 from eggs_ptp.errors import FileError
 from eggs_ptp.formats.checkpoint import read_report
+from eggs_ptp.formats.compact import COMPACT_FILE
 from eggs_ptp.formats.tensors import CheckpointTensors
 from eggs_ptp.pattern import Pattern, pattern_violations
 from eggs_ptp.quant import GRID_FILE, Grid, QuantScheme, load_grids
@@ -79,6 +80,11 @@ def verify_checkpoint(folder: Path) -> int:
     """Raise :class:`VerifyError` naming the first inconsistency or offending layer; return how
     many layers were checked."""
     folder = Path(folder)
+    if (folder / COMPACT_FILE).is_file():
+        raise VerifyError(
+            f"{folder} is packed ({COMPACT_FILE}); verify checks the dense checkpoint it was packed from, "
+            "and load_compact checks a packed one's masks as it loads"
+        )
     report = read_report(folder)
     pattern = _parse_pattern(report.get("pattern"), "the record")
     layers = check_record(report)
