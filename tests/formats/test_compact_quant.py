@@ -12,7 +12,6 @@ from transformers import AutoModelForCausalLM
 from eggs_ptp import PruneConfig, prune
 from eggs_ptp.formats import save_pruned
 from eggs_ptp.formats.codec import compress, negative_zeros, pack_nibbles, unpack_bits, unpack_nibbles
-from eggs_ptp.formats.verify import VerifyError, verify_checkpoint
 from eggs_ptp.formats.compact import (
     dequantize_compact,
     load_compact,
@@ -21,6 +20,7 @@ from eggs_ptp.formats.compact import (
     quantize_compact,
     unpack_qvalues,
 )
+from eggs_ptp.formats.verify import VerifyError, verify_checkpoint
 from eggs_ptp.kernels import load_sparse
 from eggs_ptp.methods.configs import method_config
 from eggs_ptp.pattern import Pattern
