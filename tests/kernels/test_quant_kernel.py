@@ -141,6 +141,30 @@ def test_matches_the_torch_reference(isa, bits, with_zeros, group_size):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("bits", [8, 4])
+def test_rows_of_each_path_in_one_layer(isa, bits):
+    # A 2:4 row (the pairs path: each nibble marks 2), a 4:8 row whose bytes mark 4 but whose
+    # nibbles do not (the expanding path) and a row of 64 columns anywhere (the masked path), in
+    # one layer and alone: the mask is classified per layer (2, 1, 0) and per row, every row exact.
+    generator = torch.Generator().manual_seed(11)
+    cols = 256
+    pairs = random_stored(1, cols, "2:4", generator)
+    halves = torch.tensor([[True] * 4 + [False] * 4]).repeat(1, cols // 8)  # 0b00001111 in every byte
+    anywhere = random_stored(1, cols, "random 128", generator)
+    layers = [(pairs.repeat(3, 1), 2), (torch.cat([pairs, halves]), 1), (torch.cat([pairs, halves, anywhere]), 0)]
+    for stored, info in layers:
+        rows, bitmask = stored.shape[0], pack_bits(stored)
+        qvalues, scales = quantized_layer(rows, cols, "2:4", bits, 128, True, seed=rows)[::2]
+        zeros = torch.randint(0, 1 << bits, scales.shape, generator=generator, dtype=torch.uint8)
+        layer = QuantCompactLayer(qvalues, bits, bitmask, cols, scales, zeros, 128)
+        assert layer._layer.mask_info == (info if kernel_info()["isa"] != "generic" else 0)  # classified by auto
+        weight = reference_weight(qvalues, bits, bitmask, cols, scales, zeros, 128)
+        x = torch.randn(9, cols, generator=generator)
+        for tokens in (1, 2, 5, 9):
+            assert_matches(layer.linear(x[:tokens], isa=isa, threads=1), x[:tokens], weight, None)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", [8, 4])
 def test_decompress_is_bit_exact(isa, bits):
     for index, (rows, cols, pattern) in enumerate(SHAPES):
         for group_size in GROUPS:

@@ -202,7 +202,8 @@ def _library() -> ctypes.CDLL:
 
 def _mask_info(lib: ctypes.CDLL, bitmask: torch.Tensor, rows: int, cols: int, kept: int) -> int:
     """The bitmask checked once (every row marks `kept` columns, else ValueError), and whether every
-    row takes the whole-byte path (1) or not (0): the prepared kernels then check no row per call."""
+    row takes the whole-byte path (1), and also the 2:4 pairs path (2), or not (0): the prepared
+    kernels then check no row per call."""
     code = lib.eggs_nm_mask_info(bitmask.data_ptr(), rows, cols, kept, _isa_code("auto"))
     _raise_on(code, "auto")
     return code

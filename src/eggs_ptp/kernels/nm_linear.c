@@ -56,7 +56,9 @@ typedef struct {
     float *out;
     void *dense;
     int64_t tokens, rows, cols, kept, mask_stride, width;
-    int64_t whole_bytes; /* 1: every row's mask bytes were found to mark 4 columns each (mask_info) */
+    /* What mask_info found of every row: 1, each mask byte (of whole 16-column chunks) marks 4 columns;
+     * 2, also each nibble of whole 32-column chunks marks 2 (2:4); 0, rows are checked as they come. */
+    int64_t whole_bytes;
 } layer_t;
 
 /* A quantized layer: `base` (first, so row kernels take either) holds the qvalues as its values. */
@@ -91,6 +93,22 @@ INLINE int consistent(const layer_t *L, int64_t r, int64_t n) {
 }
 
 static int rows_consistent(const layer_t *L, int64_t r, int64_t n) { return consistent(L, r, n); }
+
+/* Whether each nibble of the n mask bytes marks exactly 2 columns (a 2:4 row): counted 16 nibbles
+ * at a time in a 64-bit word, each nibble's count left in place. */
+static int nibbles_hold_2(const uint8_t *mask, int64_t n) {
+    const uint64_t twos = 0x2222222222222222ull, ones = 0x5555555555555555ull, pairs = 0x3333333333333333ull;
+    for (int64_t i = 0; i < n; i += 8) {
+        uint64_t word = 0;
+        memcpy(&word, mask + i, n - i < 8 ? (size_t)(n - i) : 8);
+        const uint64_t used = n - i < 8 ? (1ull << (8 * (n - i))) - 1 : ~0ull;
+        word -= (word >> 1) & ones;
+        word = (word & pairs) + ((word >> 2) & pairs);
+        if ((word & used) != (twos & used))
+            return 0;
+    }
+    return 1;
+}
 
 static inline float load_value(const uint8_t *p, int64_t width) {
     float f;
@@ -877,16 +895,44 @@ AVX512 INLINE __m512 qcompact16(const uint8_t *row, int64_t k, const int bits) {
     return _mm512_cvtepi32_ps(q);
 }
 
+/* The column (0..31) of each of the 16 values of a 32-column chunk whose 8 mask nibbles (m) each
+ * mark 2 (2:4): lane l holds value l, the lower stored column of nibble l / 2 when l is even, the
+ * upper when odd, read from a 32-entry table (PAIR_COLUMN: lower columns, then upper) by nibble and
+ * parity in one two-register permute. Costs 4 instructions, none of them an expand. */
+AVX512 INLINE __m512i pair_columns(uint32_t m) {
+    static const int32_t PAIR_COLUMN[32] = {0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 2, 0, 0, 0,
+                                            0, 0, 0, 1, 0, 2, 2, 0, 0, 3, 3, 0, 3, 0, 0, 0};
+    const __m512i base = _mm512_setr_epi32(0, 0, 4, 4, 8, 8, 12, 12, 16, 16, 20, 20, 24, 24, 28, 28);
+    const __m512i parity = _mm512_setr_epi32(0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16, 0, 16);
+    const __m512i nibble = _mm512_srlv_epi32(_mm512_set1_epi32((int)m), base);
+    const __m512i entry = _mm512_ternarylogic_epi32(nibble, _mm512_set1_epi32(15), parity, 0xEA); /* (a & b) | c */
+    const __m512i column = _mm512_permutex2var_epi32(_mm512_loadu_si512(PAIR_COLUMN), entry,
+                                                     _mm512_loadu_si512(PAIR_COLUMN + 16));
+    return _mm512_or_si512(column, base);
+}
+
 /* 32 columns whose 4 mask bytes (m) each mark 4, from value k on: their 16 values are dequantized
  * where they lie, (q - z) * s as q * s + zs with zs = -z * s (both products and their sum exact in
- * fp32), or left as q when the row's scale multiplies its sum, then spread to their columns with
- * two register expands and multiplied with the inputs as loaded: no gather of x, no table. */
+ * fp32), or left as q when the row's scale multiplies its sum. Then either (pairs: every nibble
+ * marks 2) the 16 inputs they multiply are gathered from the chunk's two input registers by
+ * pair_columns, into lo only, or the values are spread to their columns with two register expands
+ * and multiplied with the inputs as loaded, into lo and hi. No gather from memory, no table per byte.
+ * On an Intel Xeon (Sapphire Rapids class) the pairs form took about half the expands' time. */
 AVX512 INLINE void qwide32(const uint8_t *row, int64_t k, const uint8_t *m, const float *x, int64_t cols, __m512 s,
                            __m512 zs, __m512 *lo, __m512 *hi, const int nt, const int bits, const int grouped,
-                           const int offset) {
+                           const int offset, const int pairs) {
     __m512 w = qcompact16(row, k, bits);
     if (grouped)
         w = offset ? _mm512_fmadd_ps(w, s, zs) : _mm512_mul_ps(w, s);
+    if (pairs) {
+        uint32_t bits32;
+        memcpy(&bits32, m, 4);
+        const __m512i at = pair_columns(bits32);
+        for (int t = 0; t < nt; t++)
+            lo[t] = _mm512_fmadd_ps(
+                w, _mm512_permutex2var_ps(_mm512_loadu_ps(x + t * cols), at, _mm512_loadu_ps(x + t * cols + 16)), lo[t]);
+        return;
+    }
     const __m512 w0 = _mm512_maskz_expand_ps(_load_mask16((__mmask16 *)m), w);
     const __m512 w1 = _mm512_maskz_expand_ps(_load_mask16((__mmask16 *)(m + 2)), _mm512_shuffle_f32x4(w, w, 0xEE));
     for (int t = 0; t < nt; t++) {
@@ -895,11 +941,11 @@ AVX512 INLINE void qwide32(const uint8_t *row, int64_t k, const uint8_t *m, cons
     }
 }
 
-/* A row whose mask bytes (those of whole 16-column chunks) each mark 4 columns, 32 columns at a
- * time by qwide32; at one or two tokens 64 at a time into four chains, so that the FMAs' latency
+/* A row whose mask bytes (those of whole 16-column chunks) each mark 4 columns (and with pairs,
+ * whose nibbles of whole 32-column chunks each mark 2), 32 columns at a time by qwide32; at one or two tokens 64 at a time into four chains, so that the FMAs' latency
  * does not bound a row. Columns left in a group (at the row's end) take qrow_avx512's masked loop. */
 AVX512 INLINE void qrow_wide(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits,
-                             const int grouped, const int offset) {
+                             const int grouped, const int offset, const int pairs) {
     const layer_t *L = &Q->base;
     const int64_t cols = L->cols;
     const float *x = L->x + t0 * cols;
@@ -917,11 +963,11 @@ AVX512 INLINE void qrow_wide(const qlayer_t *Q, int64_t r, int64_t t0, const int
         const __m512 s = _mm512_set1_ps(scale), zs = _mm512_set1_ps(-(float)zero * scale);
         if (four)
             for (; c + 64 <= end; c += 64, k += 32) {
-                qwide32(row, k, mask + (c >> 3), x + c, cols, s, zs, even, odd, nt, bits, grouped, offset);
-                qwide32(row, k + 16, mask + (c >> 3) + 4, x + c + 32, cols, s, zs, even2, odd2, nt, bits, grouped, offset);
+                qwide32(row, k, mask + (c >> 3), x + c, cols, s, zs, even, odd, nt, bits, grouped, offset, pairs);
+                qwide32(row, k + 16, mask + (c >> 3) + 4, x + c + 32, cols, s, zs, even2, odd2, nt, bits, grouped, offset, pairs);
             }
         for (; c + 32 <= end; c += 32, k += 16)
-            qwide32(row, k, mask + (c >> 3), x + c, cols, s, zs, even, odd, nt, bits, grouped, offset);
+            qwide32(row, k, mask + (c >> 3), x + c, cols, s, zs, even, odd, nt, bits, grouped, offset, pairs);
         if (c < end) {
             const __m512i z = _mm512_set1_epi32(zero);
             for (; c < end; c += 16) {
@@ -944,12 +990,15 @@ AVX512 static void qrows_avx512(const layer_t *layer, int64_t r0, int64_t r1) {
     const qlayer_t *L = (const qlayer_t *)layer;
     const int64_t block = token_block(layer->cols, 8);
     for (int64_t r = r0; r < r1; r++) {
-        const int halves =
-            layer->whole_bytes || bytes_hold_4(layer->bitmask + r * layer->mask_stride, layer->cols >> 4 << 1);
+        const uint8_t *mask = layer->bitmask + r * layer->mask_stride;
+        const int pairs = layer->whole_bytes == 2 || (!layer->whole_bytes && nibbles_hold_2(mask, layer->cols >> 5 << 2));
+        const int halves = layer->whole_bytes || bytes_hold_4(mask, layer->cols >> 4 << 1);
         for (int64_t t0 = 0; t0 < layer->tokens; t0 += block) {
             int64_t nt = layer->tokens - t0 < block ? layer->tokens - t0 : block;
-            if (halves) {
-                QUANT_KINDS(TOKENS_8, qrow_wide)
+            if (pairs && halves) {
+                QUANT_KINDS(TOKENS_8, qrow_wide, 1)
+            } else if (halves) {
+                QUANT_KINDS(TOKENS_8, qrow_wide, 0)
             } else {
                 QUANT_BITS(TOKENS_8, qrow_avx512)
             }
@@ -1138,7 +1187,8 @@ int eggs_nm_qdecompress(const void *qvalues, int bits, const uint8_t *bitmask, i
 /* A mask checked once, for layers called many times (one-token decode calls each layer once per
  * token, and checking every row on every call took a tenth of the time): ERR_BITMASK if a row does
  * not mark exactly `kept` columns, else 1 when every row's mask bytes (those of whole 16-column
- * chunks) mark 4 columns each, so that the rows may take the whole-byte path unchecked, else 0. */
+ * chunks) mark 4 columns each, so that the rows may take the whole-byte path unchecked, 2 when also
+ * each nibble of every whole 32-column chunk marks 2 (2:4: the pairs path), else 0. */
 int eggs_nm_mask_info(const uint8_t *bitmask, int64_t rows, int64_t cols, int64_t kept, int requested_isa) {
     int isa = eggs_nm_isa(requested_isa);
     if (isa < 0 || rows <= 0)
@@ -1151,7 +1201,10 @@ int eggs_nm_mask_info(const uint8_t *bitmask, int64_t rows, int64_t cols, int64_
         for (int64_t r = 0; r < rows; r++)
             if (!bytes_hold_4(bitmask + r * L.mask_stride, cols >> 4 << 1))
                 return 0;
-        return 1;
+        for (int64_t r = 0; r < rows; r++)
+            if (!nibbles_hold_2(bitmask + r * L.mask_stride, cols >> 5 << 2))
+                return 1;
+        return 2;
     }
 #endif
     return 0;
@@ -1159,7 +1212,7 @@ int eggs_nm_mask_info(const uint8_t *bitmask, int64_t rows, int64_t cols, int64_
 
 /* The constant arguments of eggs_nm_linear (float values) and eggs_nm_qlinear (quantized ones),
  * laid out for a caller to fill once: every field 8 bytes. mask_info: what eggs_nm_mask_info
- * returned for this bitmask, 0 or 1; the prepared calls trust it and check no row, so the caller
+ * returned for this bitmask, 0, 1 or 2; the prepared calls trust it and check no row, so the caller
  * must have checked the mask and keep it unchanged. */
 typedef struct {
     const void *values;
@@ -1187,7 +1240,7 @@ int eggs_nm_linear_prepared(const float *x, int64_t tokens, const eggs_nm_layer 
     if (isa < 0 || tokens <= 0 || P->rows <= 0)
         return isa;
     layer_t L = {x,       P->values, P->bitmask, P->bias, out, NULL, tokens, P->rows, P->cols, P->kept,
-                 (P->cols + 7) / 8, P->dtype == DTYPE_F32 ? 4 : 2, P->mask_info == 1};
+                 (P->cols + 7) / 8, P->dtype == DTYPE_F32 ? 4 : 2, P->mask_info};
     int error = split_rows(&L, NULL, KERNELS[isa].rows, threads, P->rows * P->kept * tokens);
     return error ? error : isa;
 }
@@ -1197,7 +1250,7 @@ int eggs_nm_qlinear_prepared(const float *x, int64_t tokens, const eggs_nm_qlaye
                              int requested_isa) {
     int isa = eggs_nm_isa(requested_isa);
     qlayer_t Q = {.base = {x, P->qvalues, P->bitmask, P->bias, out, NULL, tokens, P->rows, P->cols, P->kept,
-                           (P->cols + 7) / 8, 1, P->mask_info == 1}};
+                           (P->cols + 7) / 8, 1, P->mask_info}};
     int error = isa < 0 ? isa : quant_layer(&Q, (int)P->bits, P->scales, P->zeros, P->group_size);
     if (error || tokens <= 0 || P->rows <= 0)
         return error ? error : isa;
