@@ -153,8 +153,7 @@ def test_rows_of_each_path_in_one_layer(isa, bits):
     layers = [(pairs.repeat(3, 1), 2), (torch.cat([pairs, halves]), 1), (torch.cat([pairs, halves, anywhere]), 0)]
     for stored, info in layers:
         rows, bitmask = stored.shape[0], pack_bits(stored)
-        qvalues, scales = quantized_layer(rows, cols, "2:4", bits, 128, True, seed=rows)[::2]
-        zeros = torch.randint(0, 1 << bits, scales.shape, generator=generator, dtype=torch.uint8)
+        qvalues, _, scales, zeros = quantized_layer(rows, cols, "2:4", bits, 128, True, seed=rows)
         layer = QuantCompactLayer(qvalues, bits, bitmask, cols, scales, zeros, 128)
         assert layer._layer.mask_info == (info if kernel_info()["isa"] != "generic" else 0)  # classified by auto
         weight = reference_weight(qvalues, bits, bitmask, cols, scales, zeros, 128)
