@@ -34,6 +34,7 @@ from eggs_ptp.models.lazy import LazyBlocks, LazyModel
 from eggs_ptp.models.loading import hide_loading_bars, load_tokenizer, resolve, resolve_folder, weights_signature
 from eggs_ptp.options import RunOptions, resolve_device
 from eggs_ptp.pattern import Pattern
+from eggs_ptp.quant import HeadRecord, quantize_head
 from eggs_ptp.report import PruneReport, peak_cuda_mb, peak_rss_mb
 from eggs_ptp.settings import setting
 from eggs_ptp.walk import (
@@ -190,6 +191,8 @@ def prune_to_folder(
     config, run, out = config or PruneConfig(), run or RunOptions(), Path(out)
     if run.low_memory and evaluation is not None:
         raise ValueError("--low-memory holds one block at a time: evaluate the output with eggs-ptp eval instead")
+    if run.low_memory and config.method.quantize_head:
+        raise ValueError("--low-memory writes the head as it was read: drop --quantize-head or --low-memory")
     device = resolve_device(run.device)
     ranks = run.ranks or Ranks.from_environment(device)
     writer = ranks is None or ranks.is_writer
@@ -262,7 +265,9 @@ def _prune_loaded(
                 blocks[index].load_state_dict(_strip(progress.load_block(index), f"{prefix}.{index}."))
     finally:
         model.train(was_training)
-    return model, _report(model, next(model.parameters()).dtype, config, calibration, result, started, model_info)
+    scheme = config.method.quant_scheme
+    head = quantize_head(model, scheme) if config.method.quantize_head and scheme is not None else None
+    return model, _report(model, next(model.parameters()).dtype, config, calibration, result, started, model_info, head)
 
 
 def _prune_lazily(
@@ -487,6 +492,7 @@ def _report(
     result: _Result,
     started: float,
     model_info: dict[str, Any],
+    head: HeadRecord | None = None,
 ) -> PruneReport:
     info = {
         "class": type(model).__name__,
@@ -504,6 +510,7 @@ def _report(
         allocation=result.allocation,
         resumed_at_block=result.resumed.next_block if result.resumed else None,
         peak_cuda_mb=peak_cuda_mb(),
+        head=head,
     )
 
 

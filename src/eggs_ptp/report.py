@@ -12,7 +12,7 @@ from typing import Any
 
 from eggs_ptp.config import PruneConfig
 from eggs_ptp.methods import build_method
-from eggs_ptp.quant import GRID_FILE, Grid
+from eggs_ptp.quant import GRID_FILE, Grid, HeadRecord
 from eggs_ptp.walk import LayerReport
 
 REPORT_TYPE = "eggs-ptp/sparsity"
@@ -67,11 +67,13 @@ class PruneReport:
     allocation: dict[str, Any] | None = None  # per-block sparsities, when not uniform
     resumed_at_block: int | None = None  # the block a resumed run continued from
     peak_cuda_mb: float | None = None  # when the run used CUDA
+    head: HeadRecord | None = None  # the output head, when the run rounded it to its grid (--quantize-head)
 
     @property
     def grids(self) -> dict[str, Grid]:
-        """Each quantized layer's grid, by name."""
-        return {layer.name: layer.grid for layer in self.layers if layer.grid is not None}
+        """Each quantized layer's grid, by name, the output head's among them when it was rounded."""
+        grids = {layer.name: layer.grid for layer in self.layers if layer.grid is not None}
+        return grids if self.head is None else {**grids, self.head.name: self.head.grid}
 
     @property
     def pruned_layers(self) -> list[LayerReport]:
@@ -119,7 +121,13 @@ class PruneReport:
             "evaluation": self.evaluation,
             "allocation": self.allocation,
             "resumed_at_block": self.resumed_at_block,
-            "quantization": {**scheme.to_dict(), "file": GRID_FILE} if scheme else None,
+            "quantization": {
+                **scheme.to_dict(),
+                "file": GRID_FILE,
+                "head": None if self.head is None else self.head.to_dict(),
+            }
+            if scheme
+            else None,
             "layers": [layer.to_dict() for layer in self.layers],
         }
 

@@ -174,7 +174,7 @@ def test_quantized_pack_layout_record_and_sizes(packed):
     assert result.file_dense_bytes == (dense_dir / "model.safetensors").stat().st_size  # not the grid file
     assert GRID_FILE not in {p.name for p in result.out.iterdir()}  # the grids are in the weights now
     copied = json.loads((result.out / "sparsity.json").read_text())
-    assert copied["quantization"] == {**scheme.to_dict(), "file": "model.safetensors"}
+    assert copied["quantization"] == {**scheme.to_dict(), "file": "model.safetensors", "head": None}
     assert copied["layers"] == json.loads((dense_dir / "sparsity.json").read_text())["layers"]
     with pytest.raises(VerifyError, match=r"is packed \(compact.json\); verify checks the dense checkpoint"):
         verify_checkpoint(result.out)
@@ -239,13 +239,13 @@ def test_version_1_folders_still_load_and_other_versions_are_refused(tmp_path):
     result = pack_checkpoint(save_pruned(model, None, report, tmp_path / "dense"), tmp_path / "compact")
     path = result.out / "compact.json"
     record = json.loads(path.read_text())
-    del record["quantization"]
+    del record["quantization"], record["head"]
     path.write_text(json.dumps({**record, "schema_version": 1}))
     for key, tensor in load_compact(result.out).state_dict().items():
         assert torch.equal(tensor, model.state_dict()[key]), key
     ids = torch.randint(2, 300, (1, 6), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.testing.assert_close(load_sparse(result.out)(ids).logits, model(ids).logits)
-    path.write_text(json.dumps({**record, "schema_version": 3}))
-    with pytest.raises(ValueError, match="is not an eggs-ptp compact record of schema version 1 or 2"):
+    path.write_text(json.dumps({**record, "schema_version": 4}))
+    with pytest.raises(ValueError, match="is not an eggs-ptp compact record of schema version 1, 2 or 3"):
         load_compact(result.out)

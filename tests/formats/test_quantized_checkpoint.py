@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from eggs_ptp.cli import main
+from eggs_ptp.formats.compact import load_compact
 from eggs_ptp.quant import GRID_FILE, QuantScheme, load_grids
 
 from helpers import MOE_FAMILIES, tiny_model
@@ -93,3 +94,45 @@ def test_expert_matrices_are_quantized_each_on_its_own_grid(tmp_path, tokenizer,
     experts = [layer["name"] for layer in record["layers"] if layer.get("expert") and layer["skipped"] is None]
     assert experts and set(experts) <= set(load_grids(out / GRID_FILE))
     assert run("verify", out).exit_code == 0
+
+
+def test_a_rounded_head_is_on_its_grid_verified_and_packed_once(tmp_path, tokenizer, text_file):
+    """--quantize-head: the tied head (and so the embedding) lies on its grid, verify checks it,
+    and the packed folder stores it once, as integers, loading back bit for bit."""
+    source = tmp_path / "tied"
+    tiny_model("llama", tie_word_embeddings=True).save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    out, packed = tmp_path / "q", tmp_path / "c"
+    record = prune(
+        source, out, text_file, "--method", "sparsegpt", "--quantize", "int4", "--group-size", 32, "--quantize-head"
+    )
+    head = record["quantization"]["head"]
+    assert head == {"name": "lm_head", "shape": [300, 32], "tied": "model.embed_tokens"}
+    weights = load_file(out / "model.safetensors")
+    key = next(k for k in ("lm_head.weight", "model.embed_tokens.weight") if k in weights)
+    grid = load_grids(out / GRID_FILE)["lm_head"]
+    assert grid.scheme == QuantScheme(4, True, 32) and list(grid.scales.shape) == [300, 1]
+    assert not grid.off_grid(weights[key], torch.ones_like(weights[key], dtype=torch.bool)).any()
+    assert run("verify", out).exit_code == 0
+    assert run("pack", out, packed).exit_code == 0
+    compact = json.loads((packed / "compact.json").read_text())
+    assert compact["schema_version"] == 3 and compact["head"] == {**head, "dtype": "float32"}
+    stored = load_file(packed / "model.safetensors")
+    assert stored["lm_head.weight.qvalues"].shape == (300, 16)  # int4: two to a byte
+    assert "lm_head.weight" not in stored and "model.embed_tokens.weight" not in stored
+    loaded = load_compact(packed)
+    assert (
+        torch.equal(loaded.lm_head.weight, weights[key]) and loaded.model.embed_tokens.weight is loaded.lm_head.weight
+    )
+    weights[key][3, 5] += 1e-3
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    result = run("verify", out)
+    assert result.exit_code == 1 and "lm_head" in result.stderr and "off their int4 grid" in result.stderr
+
+
+def test_quantize_head_needs_a_grid_and_the_whole_model(tiny_llama_dir, tmp_path, text_file):
+    base = ["prune", tiny_llama_dir, "-o", tmp_path / "q", "--nsamples", 2, "--seqlen", 16, "--calib", text_file, "-q"]
+    result = run(*base, "--quantize-head")
+    assert result.exit_code != 0 and "needs --quantize int8 or int4" in result.output
+    result = run(*base, "--quantize", "int8", "--quantize-head", "--low-memory")
+    assert result.exit_code != 0 and "drop --quantize-head or --low-memory" in result.output

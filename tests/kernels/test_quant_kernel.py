@@ -164,6 +164,23 @@ def test_rows_of_each_path_in_one_layer(isa, bits):
 
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("bits", [8, 4])
+def test_layers_that_store_every_column_take_the_dense_path(isa, bits):
+    # A quantized dense layer (an output head): every bit set, kept == cols. The layer is classified
+    # 3 (no mask read but in a group's last columns); 576 is 4.5 groups of 128, 100 and 72 end in tails.
+    generator = torch.Generator().manual_seed(5)
+    for cols, group_size, with_zeros in [(576, None, False), (576, 128, True), (100, 32, False), (72, None, False)]:
+        qvalues, bitmask, scales, zeros = quantized_layer(6, cols, f"random {cols}", bits, group_size, with_zeros, cols)
+        assert unpack_bits(bitmask, cols).all()
+        layer = QuantCompactLayer(qvalues, bits, bitmask, cols, scales, zeros, group_size)
+        assert layer._layer.mask_info == (3 if kernel_info()["isa"] != "generic" else 0)
+        weight = reference_weight(qvalues, bits, bitmask, cols, scales, zeros, group_size)
+        x = torch.randn(9, cols, generator=generator)
+        for tokens in (1, 2, 3, 5, 9):
+            assert_matches(layer.linear(x[:tokens], isa=isa, threads=1), x[:tokens], weight, None)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("bits", [8, 4])
 def test_decompress_is_bit_exact(isa, bits):
     for index, (rows, cols, pattern) in enumerate(SHAPES):
         for group_size in GROUPS:

@@ -205,3 +205,56 @@ def test_quantized_folders_load_sparse_in_bfloat16(packed):
         torch.testing.assert_close(
             sparse(ids).logits, load_compact(folder, torch.bfloat16)(ids).logits, atol=0.05, rtol=0.05
         )
+
+
+@pytest.mark.parametrize("scheme", SCHEMES.values(), ids=SCHEMES)
+def test_a_layer_that_stores_every_weight_matches_its_grid_weight(scheme):
+    torch.manual_seed(3)
+    linear = nn.Linear(128, 40, bias=False)
+    grid = scheme.fit(linear.weight.detach(), torch.ones(40, 128, dtype=torch.bool))
+    with torch.no_grad():
+        linear.weight.copy_(grid.round(linear.weight))
+    dense = QuantSparseNMLinear.from_dense(linear.weight, None, grid=grid)
+    assert dense.pattern is None and "pattern=dense" in repr(dense)
+    assert torch.equal(dense.dense_weight(), linear.weight.detach())
+    with torch.no_grad():
+        for tokens in (1, 3, 40):
+            x = torch.randn(tokens, 128)
+            torch.testing.assert_close(dense(x), linear(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="takes no bitmask"):
+        QuantSparseNMLinear(dense.qvalues, dense.bitmask, 128, None, grid)
+
+
+def head_folder(folder, family, scheme, **overrides):
+    """A tiny ``family`` model pruned 2:4 with its head rounded too (--quantize-head), packed."""
+    settings = {"quantize": scheme.name, "group_size": scheme.group_size or 128, "asymmetric": not scheme.symmetric}
+    method = method_config("wanda", **settings, quantize_head=True)
+    config = PruneConfig(method=method, pattern="2:4", nsamples=2, seqlen=16)
+    model, report = prune(tiny_model(family, **overrides), None, config, QUIET, calibration=random_calibration(2, 16))
+    assert report.head is not None and report.head.name in report.grids
+    return pack_checkpoint(save_pruned(model, None, report, folder / "dense"), folder / "compact").out
+
+
+@pytest.mark.parametrize(
+    "family, overrides, embedding",
+    [
+        ("llama", {"tie_word_embeddings": True}, "QuantEmbedding"),
+        ("llama", {}, "Embedding"),
+        ("gemma3_text", {}, "Gemma3TextScaledWordEmbedding"),  # tied, but scales its rows: a dense table
+    ],
+    ids=["tied", "untied", "scaled-embedding"],
+)
+def test_quantized_heads_load_sparse_and_generate_like_dense(tmp_path, family, overrides, embedding):
+    folder = head_folder(tmp_path, family, SCHEMES["int4-g32"], **overrides)
+    dense, sparse = load_compact(folder), load_sparse(folder)
+    head = sparse.get_output_embeddings()
+    assert isinstance(head, QuantSparseNMLinear) and head.pattern is None and head.path(1) == "kernel"
+    assert type(sparse.get_input_embeddings()).__name__ == embedding
+    assert torch.equal(head.dense_weight(), dense.get_output_embeddings().weight)
+    ids = torch.randint(2, 300, (1, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(sparse.get_input_embeddings()(ids), dense.get_input_embeddings()(ids))
+        assert torch.equal(sparse(ids).logits, dense(ids).logits)
+        torch.testing.assert_close(sparse(ids[:, :4]).logits, dense(ids[:, :4]).logits, atol=1e-4, rtol=1e-4)
+        greedy = [model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0) for model in (dense, sparse)]
+    assert torch.equal(greedy[0], greedy[1])

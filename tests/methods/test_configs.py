@@ -35,6 +35,7 @@ STAGES = [
     "group_size",
     "asymmetric",
     "rtn",
+    "quantize_head",
 ]  # every family composes with these
 
 
@@ -43,8 +44,8 @@ def test_configs_hold_only_their_family_settings_and_the_shared_stages():
     assert [f.name for f in dataclasses.fields(MagnitudeConfig)] == STAGES
     with pytest.raises(
         ValueError,
-        match="method 'ria' has no setting b; its settings: alpha, asymmetric, group_size, quantize, reconstruct, "
-        "rtn, sequential, swaps, target",
+        match="method 'ria' has no setting b; its settings: alpha, asymmetric, group_size, quantize, quantize_head, "
+        "reconstruct, rtn, sequential, swaps, target",
     ):
         method_config("ria", b=2)
 

@@ -23,15 +23,22 @@ per row, is stored as
   (0 when group_size is null), ``z = zeros[r, g]``, else 0 for int8 and 8 for symmetric int4,
   then rounded to the layer's dtype. The product is exact, so every reader gets the same bits.
 
-Every other tensor is stored as in the source. ``compact.json`` (schema_version 2)::
+A quantized run's output head, when it was rounded too (``--quantize-head``), is stored the same
+way with every weight kept and no bitmask: ``HEAD.weight.qvalues`` (out, in) int8, or (out,
+ceil(in / 2)) uint8 nibbles, with its scales (and zero points). A head tied to the input embedding
+is stored once, under the head's name; the embedding's weight is not stored, and loads as the head's.
 
-    {"type": "eggs-ptp/compact", "schema_version": 2, "pattern": "2:4", "bitmask_bit_order": "little",
+Every other tensor is stored as in the source. ``compact.json`` (schema_version 3)::
+
+    {"type": "eggs-ptp/compact", "schema_version": 3, "pattern": "2:4", "bitmask_bit_order": "little",
      "quantization": null | {"bits": 8 | 4, "symmetric": bool, "group_size": int | null},
      "layers": [{"name": str, "shape": [out, in], "transposed": bool, "dtype": "float32" | ...,
-                 "expert": {"parameter": str, "index": int}  (expert matrices only)}]}
+                 "expert": {"parameter": str, "index": int}  (expert matrices only)}],
+     "head": null | {"name": str, "shape": [vocab, hidden], "dtype": str, "tied": str | null}}
 
 ``dtype`` is the dense dtype a layer loads back in; ``transposed`` marks a GPT-2 Conv1D, whose
-dense weight is stored (in, out). Schema version 1 is version 2 without ``quantization``.
+dense weight is stored (in, out). Version 2 is version 3 without a head (and is what a folder
+without one records, so older readers read it); version 1 is version 2 without ``quantization``.
 
 This is the layout of compressed-tensors' former ``sparse-24-bitmask`` generalised to N:M, so a
 2:4 layer costs 0.5 + 1/16 = 0.5625 of its dense bytes in 16-bit dtypes (0.53125 in fp32). In
@@ -78,8 +85,9 @@ from eggs_ptp.quant import GRID_FILE, Grid, QuantScheme
 
 COMPACT_FILE = "compact.json"
 COMPACT_TYPE = "eggs-ptp/compact"
-COMPACT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+COMPACT_VERSION = 3
+HEADLESS_VERSION = 2  # written when no head is stored: every reader of version 2 reads the folder
+READABLE_VERSIONS = (1, 2, 3)
 WEIGHTS_FILE = "model.safetensors"
 _WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt", ".pth")
 
@@ -127,15 +135,21 @@ def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def quantize_compact(weight: torch.Tensor, pattern: Pattern, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_compact(
+    weight: torch.Tensor, pattern: Pattern | None, grid: Grid
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``qvalues`` and ``bitmask`` of ``weight`` (out, in), whose stored values must be values of ``grid``
     in the weight's dtype (a spare slot's 0.0 always is: q = z); raises ValueError naming the first row
-    that has one off the grid."""
+    that has one off the grid. ``pattern`` None stores every weight (a quantized dense layer such as an
+    output head) and gives no bitmask."""
     rows, cols = weight.shape
     if grid.cols != cols or grid.scales.shape[0] != rows:
         raise ValueError(f"its grid is for {grid.scales.shape[0]}x{grid.cols}, not {rows}x{cols}")
-    _, bitmask = compress(weight, pattern)
-    stored = unpack_bits(bitmask, cols)
+    if pattern is None:
+        bitmask, stored = None, torch.ones(rows, cols, dtype=torch.bool, device=weight.device)
+    else:
+        _, bitmask = compress(weight, pattern)
+        stored = unpack_bits(bitmask, cols)
     q = grid.quantize(weight)  # (out, in) int16, clamped to the stored range
     off = stored & (grid.dequantize(q).to(weight.dtype) != weight)
     if bool(off.any()):
@@ -145,10 +159,15 @@ def quantize_compact(weight: torch.Tensor, pattern: Pattern, grid: Grid) -> tupl
     return (q.to(torch.int8) if grid.scheme.bits == 8 else pack_nibbles(q)), bitmask
 
 
-def dequantize_compact(qvalues: torch.Tensor, bitmask: torch.Tensor, pattern: Pattern, grid: Grid) -> torch.Tensor:
+def dequantize_compact(
+    qvalues: torch.Tensor, bitmask: torch.Tensor | None, pattern: Pattern | None, grid: Grid
+) -> torch.Tensor:
     """The dense (out, in) fp32 weight of a quantized compact layer: ``(q - z) * s`` where stored, +0.0
-    elsewhere. Bit-exact, as the CPU kernel's ``nm_qdecompress`` is."""
+    elsewhere (``pattern`` None: every weight is stored; any bitmask is not read). Bit-exact, as the
+    CPU kernel's ``nm_qdecompress`` is."""
     rows, cols = grid.scales.shape[0], grid.cols
+    if pattern is None:
+        return grid.dequantize(unpack_qvalues(qvalues, grid.scheme.bits, (rows, cols)))
     stored = check_bitmask(bitmask, (rows, cols), pattern)
     q = scatter_stored(unpack_qvalues(qvalues, grid.scheme.bits, (rows, cols // pattern.m * pattern.n)), stored)
     return torch.where(stored, grid.dequantize(q), 0.0)
@@ -259,12 +278,16 @@ def _pack(src: Path, out: Path, report: dict[str, Any], pattern: Pattern) -> Pac
                 **({"expert": {k: layer["expert"][k] for k in ("parameter", "index")}} if layer.get("expert") else {}),
             }
         )
+    head = None if scheme is None else (report["quantization"] or {}).get("head")
+    if head is not None:  # not a pruned layer: its bytes count in the file's, not the pruned layers'
+        head = _pack_head(head, tensors, Grid.from_tensors(scheme, head["name"], grid_tensors, head["shape"][1]))
     record = {
         "type": COMPACT_TYPE,
-        "schema_version": COMPACT_VERSION,
+        "schema_version": COMPACT_VERSION if head is not None else HEADLESS_VERSION,
         "pattern": str(pattern),
         "quantization": None if scheme is None else scheme.to_dict(),
         "layers": layers,
+        "head": head,
         "bitmask_bit_order": "little",
     }
     with staged_folder(out) as staging:
@@ -291,6 +314,27 @@ def _pack(src: Path, out: Path, report: dict[str, Any], pattern: Pattern) -> Pac
     )
 
 
+def _pack_head(head: dict[str, Any], tensors: dict[str, torch.Tensor], grid: Grid) -> dict[str, Any]:
+    """Store a rounded output head in ``tensors`` as integers on ``grid`` in place of its weight (and of
+    the tied embedding's, which save_pretrained may have kept instead); returns its record."""
+    name, tied = head["name"], head.get("tied")
+    sources = [key for key in (f"{name}.weight", f"{tied}.weight" if tied else None) if key in tensors]
+    if not sources:
+        raise ValueError(f"{name}: the run rounded the head, but neither it nor a tied embedding is stored")
+    weight = tensors[sources[0]]
+    if list(weight.shape) != list(head["shape"]):
+        raise ValueError(f"{name}: shape {list(weight.shape)} is not the recorded {head['shape']}")
+    try:
+        qvalues, _ = quantize_compact(weight, None, grid)
+    except ValueError as error:
+        raise ValueError(f"{name}: {error}") from None
+    for key in sources:
+        del tensors[key]
+    tensors.update({f"{name}.weight.qvalues": qvalues, **grid.tensors(name)})
+    dtype = str(weight.dtype).removeprefix("torch.")
+    return {"name": name, "shape": list(head["shape"]), "dtype": dtype, "tied": tied}
+
+
 def read_compact(folder: Path) -> dict[str, Any]:
     path = Path(folder) / COMPACT_FILE
     if not path.is_file():
@@ -301,7 +345,7 @@ def read_compact(folder: Path) -> dict[str, Any]:
         or record.get("type") != COMPACT_TYPE
         or record.get("schema_version") not in READABLE_VERSIONS
     ):
-        raise ValueError(f"{path} is not an eggs-ptp compact record of schema version 1 or 2")
+        raise ValueError(f"{path} is not an eggs-ptp compact record of schema version 1, 2 or 3")
     return record
 
 
@@ -331,6 +375,13 @@ def read_compact_tensors(folder: Path) -> tuple[dict[str, Any], Pattern, dict[st
         missing = [key for key in keys if key not in state]
         if missing:
             raise ValueError(f"{layer['name']}: {', '.join(missing)} missing from {folder / WEIGHTS_FILE}")
+    head = record.get("head")
+    if head is not None:
+        if scheme is None:
+            raise ValueError(f"{folder / COMPACT_FILE} stores a quantized head but no quantization scheme")
+        missing = [f"{head['name']}.weight.{part}" for part in stored if f"{head['name']}.weight.{part}" not in state]
+        if missing:
+            raise ValueError(f"{head['name']}: {', '.join(missing)} missing from {folder / WEIGHTS_FILE}")
     return record, Pattern.parse(record["pattern"]), state
 
 
@@ -384,6 +435,12 @@ def load_compact_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     for layer in expand_experts(record, pattern, state):
         weight = _decompress(layer, pattern, state, scheme)
         state[f"{layer['name']}.weight"] = weight.T.contiguous() if layer["transposed"] else weight
+    head = record.get("head")
+    if head is not None:
+        weight = dequantize_compact(
+            state.pop(f"{head['name']}.weight.qvalues"), None, None, take_grid(head, scheme, state)
+        ).to(layer_dtype(head))
+        state.update({f"{name}.weight": weight for name in (head["name"], head["tied"]) if name})
     return state
 
 

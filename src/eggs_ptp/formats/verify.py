@@ -120,7 +120,19 @@ def verify_checkpoint(folder: Path) -> int:
             )
         if grids is not None:
             _check_grid(layer["name"], weight, grids.get(layer["name"]))
+    head = (report.get("quantization") or {}).get("head")
+    if grids is not None and head is not None:
+        _check_grid(head["name"], _head_weight(tensors, head), grids.get(head["name"]))
     return len(layers)
+
+
+def _head_weight(tensors: CheckpointTensors, head: dict[str, Any]) -> Any:
+    """A rounded output head's weight: under its own name, or its tied embedding's (save_pretrained
+    stores a tied pair once)."""
+    for name in (head["name"], head.get("tied")):
+        if name and f"{name}.weight" in tensors.where:
+            return tensors.read(f"{name}.weight")
+    raise VerifyError(f"{head['name']}: the record says the run rounded the head, but its weight is not stored")
 
 
 def _grids(folder: Path, report: dict[str, Any]) -> dict[str, Grid] | None:

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from eggs_ptp.formats.codec import check_bitmask, check_compact, compress, scatter_stored, unpack_bits
-from eggs_ptp.formats.compact import check_qvalues, dequantize_compact, quantize_compact
+from eggs_ptp.formats.codec import check_bitmask, check_compact, compress, pack_bits, scatter_stored, unpack_bits
+from eggs_ptp.formats.compact import check_qvalues, dequantize_compact, quantize_compact, unpack_qvalues
 from eggs_ptp.kernels import gpu
 from eggs_ptp.kernels.cpu import DTYPE_CODES, CompactLayer, QuantCompactLayer, library, nm_decompress, nm_qdecompress
 from eggs_ptp.pattern import Pattern
@@ -111,7 +111,8 @@ class SparseNMLinear(nn.Module):
         (no compiled kernel: the weight is rebuilt in torch) or "semi-structured" (CUDA)."""
         if self.bitmask.is_cuda:
             limit = gpu.SPARSE_FROM_TOKENS if self.sparse_from_tokens is None else self.sparse_from_tokens
-            return "semi-structured" if tokens >= limit and gpu.supports(self.pattern, self.dtype) else "dense"
+            sparse = self.pattern is not None and gpu.supports(self.pattern, self.dtype)
+            return "semi-structured" if tokens >= limit and sparse else "dense"
         if not self._has_kernel():
             return "torch"
         return "kernel" if tokens <= self._kernel_limit(self.dtype) else "dense"
@@ -197,9 +198,10 @@ class SparseNMLinear(nn.Module):
         super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
+        pattern = "dense" if self.pattern is None else f"{self.pattern.n}:{self.pattern.m}"
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.pattern.n}:"
-            f"{self.pattern.m}, bias={self.bias is not None}, dtype={str(self.dtype).removeprefix('torch.')}"
+            f"in_features={self.in_features}, out_features={self.out_features}, pattern={pattern}, "
+            f"bias={self.bias is not None}, dtype={str(self.dtype).removeprefix('torch.')}"
         )
 
 
@@ -218,7 +220,9 @@ class QuantSparseNMLinear(SparseNMLinear):
         qvalues: the stored integers, row-major: int8 (out, kept) for int8; for int4 uint8
             (out, ceil(kept / 2)), value k of a row in the low nibble of byte k // 2 when k is even,
             the high nibble when odd (the compact format's layout).
-        bitmask, in_features, pattern: as for :class:`SparseNMLinear`.
+        bitmask, in_features, pattern: as for :class:`SparseNMLinear`; ``pattern`` None stores every
+            weight (a quantized dense layer, such as an output head): ``bitmask`` is then None, and
+            the kernel reads the values in column order.
         grid: the layer's :class:`~eggs_ptp.quant.Grid`: its scheme, float16 scales (out, groups) and
             uint8 zero points (asymmetric) or None.
         bias: (out,) or None, converted to ``dtype``.
@@ -232,9 +236,9 @@ class QuantSparseNMLinear(SparseNMLinear):
     def __init__(
         self,
         qvalues: torch.Tensor,
-        bitmask: torch.Tensor,
+        bitmask: torch.Tensor | None,
         in_features: int,
-        pattern: Pattern | str,
+        pattern: Pattern | str | None,
         grid: Grid,
         bias: torch.Tensor | None = None,
         dtype: torch.dtype = torch.float32,
@@ -246,8 +250,14 @@ class QuantSparseNMLinear(SparseNMLinear):
         if not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
         out_features = qvalues.shape[0] if qvalues.dim() == 2 else -1
-        check_bitmask(bitmask, (out_features, in_features), pattern)
-        check_qvalues(qvalues, grid.scheme.bits, (out_features, in_features // pattern.m * pattern.n))
+        if pattern is None:
+            if bitmask is not None:
+                raise ValueError("a layer that stores every weight (pattern None) takes no bitmask")
+            bitmask, kept = pack_bits(torch.ones(max(out_features, 0), in_features, dtype=torch.bool)), in_features
+        else:
+            check_bitmask(bitmask, (out_features, in_features), pattern)
+            kept = in_features // pattern.m * pattern.n
+        check_qvalues(qvalues, grid.scheme.bits, (out_features, kept))
         scales = [out_features, grid.scheme.groups(in_features)]
         if grid.cols != in_features or grid.scales.dtype != SCALE_DTYPE or list(grid.scales.shape) != scales:
             raise ValueError(
@@ -271,13 +281,14 @@ class QuantSparseNMLinear(SparseNMLinear):
     def from_dense(
         cls,
         weight: torch.Tensor,
-        pattern: Pattern | str,
+        pattern: Pattern | str | None,
         bias: torch.Tensor | None = None,
         grid: Grid | None = None,
         **options: Any,
     ) -> QuantSparseNMLinear:
-        """From a dense-with-zeros (out, in) weight whose kept values lie on ``grid``, computing in the
-        weight's dtype; raises ValueError if it breaks ``pattern`` or leaves the grid."""
+        """From a dense-with-zeros (out, in) weight whose kept values lie on ``grid`` (``pattern`` None:
+        every weight is kept), computing in the weight's dtype; raises ValueError if it breaks
+        ``pattern`` or leaves the grid."""
         if grid is None:
             raise ValueError("a quantized layer needs the grid its weights lie on (grid=...)")
         pattern = Pattern.parse(pattern) if isinstance(pattern, str) else pattern
@@ -333,4 +344,27 @@ class QuantSparseNMLinear(SparseNMLinear):
         return f"{super().extra_repr()}, int{self.bits} {symmetric}, group={group}"
 
 
-__all__ = ["DENSE_ABOVE_TOKENS", "QUANT_DENSE_ABOVE_TOKENS", "QuantSparseNMLinear", "SparseNMLinear"]
+class QuantEmbedding(nn.Module):
+    """The input embedding of a model whose output head is tied to it and stored quantized: each
+    looked-up row is dequantized from the head's integers, bit for bit the row the dense model holds,
+    so the table is held once, as integers. The head is referred to, not registered: it stays the
+    head's module in the state dict, and moves with it."""
+
+    def __init__(self, head: QuantSparseNMLinear) -> None:
+        if head.pattern is not None:
+            raise ValueError("a tied embedding reads an output head that stores every weight (pattern None)")
+        super().__init__()
+        self.__dict__["_head"] = head
+        self.num_embeddings, self.embedding_dim, self.padding_idx = head.out_features, head.in_features, None
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        head, flat = self._head, ids.reshape(-1)
+        grid = Grid(head.scheme, head.scales[flat], None if head.zeros is None else head.zeros[flat], head.in_features)
+        rows = grid.dequantize(unpack_qvalues(head.qvalues[flat], head.bits, (flat.numel(), head.in_features)))
+        return rows.to(head.dtype).reshape(*ids.shape, head.in_features)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, rows of the quantized output head"
+
+
+__all__ = ["DENSE_ABOVE_TOKENS", "QUANT_DENSE_ABOVE_TOKENS", "QuantEmbedding", "QuantSparseNMLinear", "SparseNMLinear"]

@@ -56,10 +56,18 @@ typedef struct {
     float *out;
     void *dense;
     int64_t tokens, rows, cols, kept, mask_stride, width;
-    /* What mask_info found of every row: 1, each mask byte (of whole 16-column chunks) marks 4 columns;
-     * 2, also each nibble of whole 32-column chunks marks 2 (2:4); 0, rows are checked as they come. */
+    /* What mask_info found of every row (MASK_*): whole bytes, whole bytes in 2:4 pairs, every column
+     * stored (a dense layer), or nothing: rows are checked as they come. */
     int64_t whole_bytes;
 } layer_t;
+
+/* mask_info's findings. MASK_BYTES: each mask byte (of whole 16-column chunks) marks 4 columns;
+ * MASK_PAIRS: also each nibble of whole 32-column chunks marks 2 (2:4); MASK_FULL: every column is
+ * stored (kept == cols, a quantized dense layer such as an output head). */
+enum { MASK_ROWS = 0, MASK_BYTES = 1, MASK_PAIRS = 2, MASK_FULL = 3 };
+
+/* Whether mask_info found whole bytes in every row, so that no row need be checked for them. */
+INLINE int known_bytes(const layer_t *L) { return L->whole_bytes == MASK_BYTES || L->whole_bytes == MASK_PAIRS; }
 
 /* A quantized layer: `base` (first, so row kernels take either) holds the qvalues as its values. */
 typedef struct {
@@ -470,7 +478,7 @@ INLINE int near_end(const layer_t *L, int64_t r, int64_t row_bytes) {
 AVX2 static void rows_avx2(const layer_t *L, int64_t r0, int64_t r1) {
     const int64_t block = token_block(L->cols, 4);
     for (int64_t r = r0; r < r1; r++) {
-        const int halves = L->whole_bytes || bytes_hold_4(L->bitmask + r * L->mask_stride, L->cols >> 4 << 1);
+        const int halves = known_bytes(L) || bytes_hold_4(L->bitmask + r * L->mask_stride, L->cols >> 4 << 1);
         const int careful = near_end(L, r, L->kept * L->width);
         for (int64_t t0 = 0; t0 < L->tokens; t0 += block) {
             int64_t nt = L->tokens - t0 < block ? L->tokens - t0 : block;
@@ -666,16 +674,49 @@ AVX2 INLINE void qrow_halves(const qlayer_t *Q, int64_t r, int64_t t0, const int
     qstore(Q, r, t0, nt, even, odd, grouped);
 }
 
+/* qrow_full for AVX2: a row that stores every column, 16 columns at a time, the tail masked. */
+AVX2 INLINE void qrow_full_avx2(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits,
+                                const int grouped, const int offset) {
+    const layer_t *L = &Q->base;
+    const int64_t cols = L->cols;
+    const uint8_t *end = L->values + L->rows * Q->stride;
+    const float *x = L->x + t0 * cols;
+    const uint8_t *row = L->values + r * Q->stride, *mask = L->bitmask + r * L->mask_stride;
+    __m256 even[4], odd[4];
+    for (int t = 0; t < nt; t++)
+        even[t] = odd[t] = _mm256_setzero_ps();
+    for (int64_t g = 0, c = 0; c < cols; g++) {
+        const int64_t stop = group_end(Q, c);
+        const __m256i z = offset ? _mm256_set1_epi32(group_zero(Q, r, g)) : _mm256_setzero_si256();
+        const __m256 s = _mm256_set1_ps(grouped ? group_scale(Q, r, g) : 1.0f);
+        for (; c + 16 <= stop; c += 16) {
+            __m256 w0 = qvalues8(row, c, z, s, bits, grouped, offset);
+            __m256 w1 = qvalues8(row, c + 8, z, s, bits, grouped, offset);
+            for (int t = 0; t < nt; t++) {
+                even[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + t * cols + c), even[t]);
+                odd[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + t * cols + c + 8), odd[t]);
+            }
+        }
+        if (c < stop) {
+            qtail_avx2(x, cols, c, row, c, end, mask, z, s, even, nt, bits, grouped, offset);
+            c = stop;
+        }
+    }
+    qstore(Q, r, t0, nt, even, odd, grouped);
+}
+
 AVX2 static void qrows_avx2(const layer_t *layer, int64_t r0, int64_t r1) {
     const qlayer_t *L = (const qlayer_t *)layer;
     const int64_t block = token_block(layer->cols, 4);
     for (int64_t r = r0; r < r1; r++) {
         const int halves =
-            layer->whole_bytes || bytes_hold_4(layer->bitmask + r * layer->mask_stride, layer->cols >> 4 << 1);
+            known_bytes(layer) || bytes_hold_4(layer->bitmask + r * layer->mask_stride, layer->cols >> 4 << 1);
         const int careful = near_end(layer, r, L->stride);
         for (int64_t t0 = 0; t0 < layer->tokens; t0 += block) {
             int64_t nt = layer->tokens - t0 < block ? layer->tokens - t0 : block;
-            if (halves) {
+            if (layer->whole_bytes == MASK_FULL) {
+                QUANT_KINDS(TOKENS_4, qrow_full_avx2)
+            } else if (halves) {
                 QUANT_KINDS(TOKENS_4, qrow_halves)
             } else if (careful) {
                 QUANT_BITS(TOKENS_4, qrow_avx2, 1)
@@ -782,7 +823,7 @@ AVX512 INLINE void row_avx512(const layer_t *L, int64_t r, int64_t t0, const int
 AVX512 static void rows_avx512(const layer_t *L, int64_t r0, int64_t r1) {
     int64_t block = token_block(L->cols, 8);
     for (int64_t r = r0; r < r1; r++) {
-        const int halves = L->whole_bytes || bytes_hold_4(L->bitmask + r * L->mask_stride, L->cols >> 4 << 1);
+        const int halves = known_bytes(L) || bytes_hold_4(L->bitmask + r * L->mask_stride, L->cols >> 4 << 1);
         for (int64_t t0 = 0; t0 < L->tokens; t0 += block) {
             int64_t nt = L->tokens - t0 < block ? L->tokens - t0 : block;
             if (L->width == 4) {
@@ -986,17 +1027,79 @@ AVX512 INLINE void qrow_wide(const qlayer_t *Q, int64_t r, int64_t t0, const int
     }
 }
 
+/* 32 columns of a row that stores every column, from column c on: the values (dequantized where
+ * they lie, as in qwide32) multiply the inputs as loaded, into lo and hi. */
+AVX512 INLINE void qfull32(const uint8_t *row, int64_t c, const float *x, int64_t cols, __m512 s, __m512 zs,
+                           __m512 *lo, __m512 *hi, const int nt, const int bits, const int grouped, const int offset) {
+    __m512 w0 = qcompact16(row, c, bits), w1 = qcompact16(row, c + 16, bits);
+    if (grouped) {
+        w0 = offset ? _mm512_fmadd_ps(w0, s, zs) : _mm512_mul_ps(w0, s);
+        w1 = offset ? _mm512_fmadd_ps(w1, s, zs) : _mm512_mul_ps(w1, s);
+    }
+    for (int t = 0; t < nt; t++) {
+        lo[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols + c), lo[t]);
+        hi[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + c + 16), hi[t]);
+    }
+}
+
+/* A row that stores every column (MASK_FULL, a quantized dense layer), by qfull32: no mask is read
+ * but for the columns left in a group, which take the masked loop; at one or two tokens 64 columns
+ * at a time into four chains, as qrow_wide. */
+AVX512 INLINE void qrow_full(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits,
+                             const int grouped, const int offset) {
+    const layer_t *L = &Q->base;
+    const int64_t cols = L->cols;
+    const float *x = L->x + t0 * cols;
+    const uint8_t *row = L->values + r * Q->stride, *mask = L->bitmask + r * L->mask_stride;
+    const int four = nt <= 2;
+    __m512 even[8], odd[8], even2[2], odd2[2];
+    for (int t = 0; t < nt; t++)
+        even[t] = odd[t] = _mm512_setzero_ps();
+    for (int t = 0; four && t < nt; t++)
+        even2[t] = odd2[t] = _mm512_setzero_ps();
+    for (int64_t g = 0, c = 0; c < cols; g++) {
+        const int64_t end = group_end(Q, c);
+        const float scale = grouped ? group_scale(Q, r, g) : 1.0f;
+        const int32_t zero = offset ? group_zero(Q, r, g) : 0;
+        const __m512 s = _mm512_set1_ps(scale), zs = _mm512_set1_ps(-(float)zero * scale);
+        if (four)
+            for (; c + 64 <= end; c += 64) {
+                qfull32(row, c, x, cols, s, zs, even, odd, nt, bits, grouped, offset);
+                qfull32(row, c + 32, x, cols, s, zs, even2, odd2, nt, bits, grouped, offset);
+            }
+        for (; c + 32 <= end; c += 32)
+            qfull32(row, c, x, cols, s, zs, even, odd, nt, bits, grouped, offset);
+        if (c < end) {
+            const __m512i z = _mm512_set1_epi32(zero);
+            for (int64_t k = c; c < end; c += 16) {
+                __m512 w = qweights16(row, &k, mask16(mask, c, cols), z, s, bits);
+                for (int t = 0; t < nt; t++)
+                    even[t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(lanes16(cols - c), x + t * cols + c), even[t]);
+            }
+        }
+    }
+    const float scale = grouped ? 1.0f : group_scale(Q, r, 0), bias = L->bias ? L->bias[r] : 0.0f;
+    for (int t = 0; t < nt; t++) {
+        __m512 sum = _mm512_add_ps(even[t], odd[t]);
+        if (four)
+            sum = _mm512_add_ps(sum, _mm512_add_ps(even2[t < 2 ? t : 0], odd2[t < 2 ? t : 0]));
+        L->out[(t0 + t) * L->rows + r] = _mm512_reduce_add_ps(sum) * scale + bias;
+    }
+}
+
 AVX512 static void qrows_avx512(const layer_t *layer, int64_t r0, int64_t r1) {
     const qlayer_t *L = (const qlayer_t *)layer;
     const int64_t block = token_block(layer->cols, 8);
     for (int64_t r = r0; r < r1; r++) {
         const uint8_t *mask = layer->bitmask + r * layer->mask_stride;
-        const int halves = layer->whole_bytes || bytes_hold_4(mask, layer->cols >> 4 << 1);
-        const int pairs = halves && (layer->whole_bytes == 2 ||
-                                     (!layer->whole_bytes && nibbles_hold_2(mask, layer->cols >> 5 << 2)));
+        const int halves = known_bytes(layer) || bytes_hold_4(mask, layer->cols >> 4 << 1);
+        const int pairs = halves && (layer->whole_bytes == MASK_PAIRS ||
+                                     (layer->whole_bytes == MASK_ROWS && nibbles_hold_2(mask, layer->cols >> 5 << 2)));
         for (int64_t t0 = 0; t0 < layer->tokens; t0 += block) {
             int64_t nt = layer->tokens - t0 < block ? layer->tokens - t0 : block;
-            if (pairs) {
+            if (layer->whole_bytes == MASK_FULL) {
+                QUANT_KINDS(TOKENS_8, qrow_full)
+            } else if (pairs) {
                 QUANT_KINDS(TOKENS_8, qrow_wide, 1)
             } else if (halves) {
                 QUANT_KINDS(TOKENS_8, qrow_wide, 0)
@@ -1189,7 +1292,8 @@ int eggs_nm_qdecompress(const void *qvalues, int bits, const uint8_t *bitmask, i
  * token, and checking every row on every call took a tenth of the time): ERR_BITMASK if a row does
  * not mark exactly `kept` columns, else 1 when every row's mask bytes (those of whole 16-column
  * chunks) mark 4 columns each, so that the rows may take the whole-byte path unchecked, 2 when also
- * each nibble of every whole 32-column chunk marks 2 (2:4: the pairs path), else 0. */
+ * each nibble of every whole 32-column chunk marks 2 (2:4: the pairs path), 3 when every column is
+ * stored (the dense path of quantized layers), else 0. */
 int eggs_nm_mask_info(const uint8_t *bitmask, int64_t rows, int64_t cols, int64_t kept, int requested_isa) {
     int isa = eggs_nm_isa(requested_isa);
     if (isa < 0 || rows <= 0)
@@ -1198,13 +1302,15 @@ int eggs_nm_mask_info(const uint8_t *bitmask, int64_t rows, int64_t cols, int64_
     if (!KERNELS[isa].check(&L, 0, rows))
         return ERR_BITMASK;
 #ifdef HAVE_X86
+    if (isa >= ISA_AVX2 && kept == cols)
+        return MASK_FULL;
     if (isa >= ISA_AVX2) {
-        int info = 2;
+        int info = MASK_PAIRS;
         for (int64_t r = 0; r < rows; r++) {
             if (!bytes_hold_4(bitmask + r * L.mask_stride, cols >> 4 << 1))
                 return 0;
-            if (info == 2 && !nibbles_hold_2(bitmask + r * L.mask_stride, cols >> 5 << 2))
-                info = 1;
+            if (info == MASK_PAIRS && !nibbles_hold_2(bitmask + r * L.mask_stride, cols >> 5 << 2))
+                info = MASK_BYTES;
         }
         return info;
     }
@@ -1214,7 +1320,7 @@ int eggs_nm_mask_info(const uint8_t *bitmask, int64_t rows, int64_t cols, int64_
 
 /* The constant arguments of eggs_nm_linear (float values) and eggs_nm_qlinear (quantized ones),
  * laid out for a caller to fill once: every field 8 bytes. mask_info: what eggs_nm_mask_info
- * returned for this bitmask, 0, 1 or 2; the prepared calls trust it and check no row, so the caller
+ * returned for this bitmask (MASK_*); the prepared calls trust it and check no row, so the caller
  * must have checked the mask and keep it unchanged. */
 typedef struct {
     const void *values;

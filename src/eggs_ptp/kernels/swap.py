@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 from eggs_ptp.formats.compact import (
@@ -22,8 +23,9 @@ from eggs_ptp.formats.compact import (
     read_compact_tensors,
     take_grid,
 )
-from eggs_ptp.kernels.linear import QuantSparseNMLinear, SparseNMLinear
+from eggs_ptp.kernels.linear import QuantEmbedding, QuantSparseNMLinear, SparseNMLinear
 from eggs_ptp.pattern import Pattern
+from eggs_ptp.quant import QuantScheme
 
 
 def _swap_in_sparse(
@@ -56,11 +58,45 @@ def _swap_in_sparse(
             raise ValueError(f"{name}: {error}") from None
         model.set_submodule(name, module)
         state.update({f"{name}.{key}": buffer for key, buffer in module.named_buffers()})
+    if record.get("head") is not None:
+        _swap_in_head(model, record["head"], scheme, state, dtype)
+
+
+def _swap_in_head(
+    model: PreTrainedModel,
+    head: dict[str, Any],
+    scheme: QuantScheme,
+    state: dict[str, torch.Tensor],
+    dtype: torch.dtype | None,
+) -> None:
+    """The quantized output head as a QuantSparseNMLinear that stores every weight; a plain
+    ``nn.Embedding`` tied to it becomes a QuantEmbedding reading the same integers, any other
+    (one that scales its rows, say) gets the dequantized table."""
+    name, tied = head["name"], head.get("tied")
+    grid = take_grid(head, scheme, state)
+    module = QuantSparseNMLinear(
+        state.pop(f"{name}.weight.qvalues"),
+        None,
+        head["shape"][1],
+        None,
+        grid,
+        state.pop(f"{name}.bias", None),
+        dtype or layer_dtype(head),
+    )
+    model.set_submodule(name, module)
+    state.update({f"{name}.{key}": buffer for key, buffer in module.named_buffers()})
+    if tied is None:
+        return
+    if type(model.get_submodule(tied)) is nn.Embedding:
+        model.set_submodule(tied, QuantEmbedding(module))
+    else:
+        state[f"{tied}.weight"] = module.dense_weight()
 
 
 def load_sparse(folder: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """A working causal LM (eval mode) from a packed folder, its pruned layers as SparseNMLinear
-    (QuantSparseNMLinear for a quantized folder), computing in ``dtype`` or the saved one."""
+    (QuantSparseNMLinear for a quantized folder, and for its output head when that was quantized),
+    computing in ``dtype`` or the saved one."""
     folder = Path(folder)
     record, pattern, state = read_compact_tensors(folder)
     return model_from_state(folder, state, dtype, lambda model: _swap_in_sparse(model, record, pattern, state, dtype))

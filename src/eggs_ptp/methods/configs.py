@@ -76,6 +76,11 @@ class MethodConfig:
     group_size: int = setting(128, "int4: input columns sharing a scale, a multiple of 32.")
     asymmetric: bool = setting(False, "int4: a zero point per group, the grid spanning min to max.")
     rtn: bool = setting(False, "Quantize by rounding to nearest even where the method has a Hessian (for comparison).")
+    quantize_head: bool = setting(
+        False,
+        "Also round the output head (lm_head, and the input embedding when tied to it) to nearest on the "
+        "--quantize grid; it is not pruned. One-token decoding reads all of it on every step.",
+    )
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -85,6 +90,8 @@ class MethodConfig:
         scheme = self.quant_scheme
         if scheme is None and self.rtn:
             raise ValueError("rtn chooses how weights are quantized; it needs --quantize int8 or int4")
+        if scheme is None and self.quantize_head:
+            raise ValueError("--quantize-head rounds the head to the run's grid; it needs --quantize int8 or int4")
         if scheme is not None and self.reconstruct:
             raise ValueError(
                 "block reconstruction trains the kept weights off their quantization grid; "

@@ -2,5 +2,17 @@
 
 from eggs_ptp.quant.files import GRID_FILE, load_grids, save_grids
 from eggs_ptp.quant.grid import GROUP_MULTIPLE, QUANTIZE, SCALE_DTYPE, Grid, QuantScheme
+from eggs_ptp.quant.head import HeadRecord, quantize_head
 
-__all__ = ["GRID_FILE", "GROUP_MULTIPLE", "QUANTIZE", "SCALE_DTYPE", "Grid", "QuantScheme", "load_grids", "save_grids"]
+__all__ = [
+    "GRID_FILE",
+    "GROUP_MULTIPLE",
+    "QUANTIZE",
+    "SCALE_DTYPE",
+    "Grid",
+    "HeadRecord",
+    "QuantScheme",
+    "load_grids",
+    "quantize_head",
+    "save_grids",
+]
