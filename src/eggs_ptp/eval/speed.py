@@ -263,7 +263,8 @@ def _scheme_label(record: dict[str, Any]) -> str | None:
     if not scheme:
         return None
     grouping = "per channel" if scheme["group_size"] is None else f"g{scheme['group_size']}"
-    return f"int{scheme['bits']} {grouping}" + ("" if scheme["symmetric"] else " asym")
+    label = f"int{scheme['bits']} {grouping}" + ("" if scheme["symmetric"] else " asym")
+    return label + (f" + int{scheme['bits']} head" if record.get("head") else "")
 
 
 def _variants(

@@ -470,6 +470,22 @@ AVX2 INLINE void row_halves(const layer_t *L, int64_t r, int64_t t0, const int n
         L->out[(t0 + t) * L->rows + r] = hsum8(_mm256_add_ps(even[t], odd[t])) + (L->bias ? L->bias[r] : 0.0f);
 }
 
+/* Rows ahead of the one computed whose values and mask are asked for into L1: the hardware
+ * prefetchers alone left the one-token int8 kernel waiting on L3 (SmolLM2's 210 layers: 12.1 ms
+ * without, 10.8 ms at 8 rows ahead, no better at 12 or 16, on a Sapphire Rapids class Xeon). */
+#define PREFETCH_ROWS 8
+
+/* Ask for row r's values (row_bytes of them) and mask into L1, when r < end. */
+INLINE void prefetch_row(const layer_t *L, int64_t r, int64_t end, int64_t row_bytes) {
+    if (r >= end)
+        return;
+    const uint8_t *values = L->values + r * row_bytes, *mask = L->bitmask + r * L->mask_stride;
+    for (int64_t b = 0; b < row_bytes; b += 64)
+        _mm_prefetch((const char *)(values + b), _MM_HINT_T0);
+    for (int64_t b = 0; b < L->mask_stride; b += 64)
+        _mm_prefetch((const char *)(mask + b), _MM_HINT_T0);
+}
+
 /* Whether the last value of row r lies within SLACK bytes of the end of the values. */
 INLINE int near_end(const layer_t *L, int64_t r, int64_t row_bytes) {
     return (L->rows - r - 1) * row_bytes < SLACK;
@@ -478,6 +494,7 @@ INLINE int near_end(const layer_t *L, int64_t r, int64_t row_bytes) {
 AVX2 static void rows_avx2(const layer_t *L, int64_t r0, int64_t r1) {
     const int64_t block = token_block(L->cols, 4);
     for (int64_t r = r0; r < r1; r++) {
+        prefetch_row(L, r + PREFETCH_ROWS, r1, L->kept * L->width);
         const int halves = known_bytes(L) || bytes_hold_4(L->bitmask + r * L->mask_stride, L->cols >> 4 << 1);
         const int careful = near_end(L, r, L->kept * L->width);
         for (int64_t t0 = 0; t0 < L->tokens; t0 += block) {
@@ -709,6 +726,7 @@ AVX2 static void qrows_avx2(const layer_t *layer, int64_t r0, int64_t r1) {
     const qlayer_t *L = (const qlayer_t *)layer;
     const int64_t block = token_block(layer->cols, 4);
     for (int64_t r = r0; r < r1; r++) {
+        prefetch_row(layer, r + PREFETCH_ROWS, r1, L->stride);
         const int halves =
             known_bytes(layer) || bytes_hold_4(layer->bitmask + r * layer->mask_stride, layer->cols >> 4 << 1);
         const int careful = near_end(layer, r, L->stride);
@@ -823,6 +841,7 @@ AVX512 INLINE void row_avx512(const layer_t *L, int64_t r, int64_t t0, const int
 AVX512 static void rows_avx512(const layer_t *L, int64_t r0, int64_t r1) {
     int64_t block = token_block(L->cols, 8);
     for (int64_t r = r0; r < r1; r++) {
+        prefetch_row(L, r + PREFETCH_ROWS, r1, L->kept * L->width);
         const int halves = known_bytes(L) || bytes_hold_4(L->bitmask + r * L->mask_stride, L->cols >> 4 << 1);
         for (int64_t t0 = 0; t0 < L->tokens; t0 += block) {
             int64_t nt = L->tokens - t0 < block ? L->tokens - t0 : block;
@@ -1091,6 +1110,7 @@ AVX512 static void qrows_avx512(const layer_t *layer, int64_t r0, int64_t r1) {
     const qlayer_t *L = (const qlayer_t *)layer;
     const int64_t block = token_block(layer->cols, 8);
     for (int64_t r = r0; r < r1; r++) {
+        prefetch_row(layer, r + PREFETCH_ROWS, r1, L->stride);
         const uint8_t *mask = layer->bitmask + r * layer->mask_stride;
         const int halves = known_bytes(layer) || bytes_hold_4(mask, layer->cols >> 4 << 1);
         const int pairs = halves && (layer->whole_bytes == MASK_PAIRS ||
