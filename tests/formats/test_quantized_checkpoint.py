@@ -113,7 +113,8 @@ def test_a_rounded_head_is_on_its_grid_verified_and_packed_once(tmp_path, tokeni
     grid = load_grids(out / GRID_FILE)["lm_head"]
     assert grid.scheme == QuantScheme(4, True, 32) and list(grid.scales.shape) == [300, 1]
     assert not grid.off_grid(weights[key], torch.ones_like(weights[key], dtype=torch.bool)).any()
-    assert run("verify", out).exit_code == 0
+    verified = run("verify", out)
+    assert verified.exit_code == 0 and "kept weights and the output head lie on their int4 grids" in verified.output
     assert run("pack", out, packed).exit_code == 0
     compact = json.loads((packed / "compact.json").read_text())
     assert compact["schema_version"] == 3 and compact["head"] == {**head, "dtype": "float32"}

@@ -429,7 +429,7 @@ def _eval_tasks(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 def verify(folder: Path, as_json: bool) -> None:
     """Check that every pruned layer in FOLDER obeys the pattern in its sparsity.json."""
-    from eggs_ptp.formats import VerifyError, verify_checkpoint
+    from eggs_ptp.formats import VerifyError, read_report, verify_checkpoint
 
     try:
         checked = verify_checkpoint(folder)
@@ -437,8 +437,15 @@ def verify(folder: Path, as_json: bool) -> None:
         click.echo(f"FAIL {error}", err=True)
         emit_json(as_json, {"folder": str(folder), "ok": False, "error": str(error)})
         sys.exit(1)
-    click.echo(f"OK {checked} pruned layers obey their pattern")
-    emit_json(as_json, {"folder": str(folder), "ok": True, "layers": checked})
+    quantization = read_report(folder).get("quantization") or {}
+    head = quantization.get("head") is not None
+    on_grid = (
+        f"; their kept weights{' and the output head' if head else ''} lie on their int{quantization['bits']} grids"
+        if quantization
+        else ""
+    )
+    click.echo(f"OK {checked} pruned layers obey their pattern{on_grid}")
+    emit_json(as_json, {"folder": str(folder), "ok": True, "layers": checked, "head_on_grid": head})
 
 
 __all__ = [
