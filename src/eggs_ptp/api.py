@@ -265,8 +265,7 @@ def _prune_loaded(
                 blocks[index].load_state_dict(_strip(progress.load_block(index), f"{prefix}.{index}."))
     finally:
         model.train(was_training)
-    scheme = config.method.quant_scheme
-    head = quantize_head(model, scheme) if config.method.quantize_head and scheme is not None else None
+    head = quantize_head(model) if config.method.quantize_head else None
     return model, _report(model, next(model.parameters()).dtype, config, calibration, result, started, model_info, head)
 
 

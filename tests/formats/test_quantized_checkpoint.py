@@ -97,8 +97,8 @@ def test_expert_matrices_are_quantized_each_on_its_own_grid(tmp_path, tokenizer,
 
 
 def test_a_rounded_head_is_on_its_grid_verified_and_packed_once(tmp_path, tokenizer, text_file):
-    """--quantize-head: the tied head (and so the embedding) lies on its grid, verify checks it,
-    and the packed folder stores it once, as integers, loading back bit for bit."""
+    """--quantize-head: the tied head (and so the embedding) lies on its int8 grid whatever the layers'
+    scheme, verify checks it, and the packed folder stores it once, as integers, loading back bit for bit."""
     source = tmp_path / "tied"
     tiny_model("llama", tie_word_embeddings=True).save_pretrained(source)
     tokenizer.save_pretrained(source)
@@ -107,19 +107,21 @@ def test_a_rounded_head_is_on_its_grid_verified_and_packed_once(tmp_path, tokeni
         source, out, text_file, "--method", "sparsegpt", "--quantize", "int4", "--group-size", 32, "--quantize-head"
     )
     head = record["quantization"]["head"]
-    assert head == {"name": "lm_head", "shape": [300, 32], "tied": "model.embed_tokens"}
+    int8 = QuantScheme(8).to_dict()
+    assert head == {"name": "lm_head", "shape": [300, 32], "tied": "model.embed_tokens", "quantization": int8}
     weights = load_file(out / "model.safetensors")
     key = next(k for k in ("lm_head.weight", "model.embed_tokens.weight") if k in weights)
     grid = load_grids(out / GRID_FILE)["lm_head"]
-    assert grid.scheme == QuantScheme(4, True, 32) and list(grid.scales.shape) == [300, 1]
+    assert grid.scheme == QuantScheme(8) and list(grid.scales.shape) == [300, 1]
+    assert load_grids(out / GRID_FILE)["model.layers.0.mlp.down_proj"].scheme == QuantScheme(4, True, 32)
     assert not grid.off_grid(weights[key], torch.ones_like(weights[key], dtype=torch.bool)).any()
     verified = run("verify", out)
-    assert verified.exit_code == 0 and "kept weights and the output head lie on their int4 grids" in verified.output
+    assert verified.exit_code == 0 and "int4 grids, the output head on its int8 grid" in verified.output
     assert run("pack", out, packed).exit_code == 0
     compact = json.loads((packed / "compact.json").read_text())
     assert compact["schema_version"] == 3 and compact["head"] == {**head, "dtype": "float32"}
     stored = load_file(packed / "model.safetensors")
-    assert stored["lm_head.weight.qvalues"].shape == (300, 16)  # int4: two to a byte
+    assert stored["lm_head.weight.qvalues"].dtype == torch.int8 and stored["lm_head.weight.qvalues"].shape == (300, 32)
     assert "lm_head.weight" not in stored and "model.embed_tokens.weight" not in stored
     loaded = load_compact(packed)
     assert (
@@ -128,7 +130,7 @@ def test_a_rounded_head_is_on_its_grid_verified_and_packed_once(tmp_path, tokeni
     weights[key][3, 5] += 1e-3
     save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
     result = run("verify", out)
-    assert result.exit_code == 1 and "lm_head" in result.stderr and "off their int4 grid" in result.stderr
+    assert result.exit_code == 1 and "lm_head" in result.stderr and "off their int8 grid" in result.stderr
 
 
 def test_quantize_head_needs_a_grid_and_the_whole_model(tiny_llama_dir, tmp_path, text_file):

@@ -438,14 +438,12 @@ def verify(folder: Path, as_json: bool) -> None:
         emit_json(as_json, {"folder": str(folder), "ok": False, "error": str(error)})
         sys.exit(1)
     quantization = read_report(folder).get("quantization") or {}
-    head = quantization.get("head") is not None
-    on_grid = (
-        f"; their kept weights{' and the output head' if head else ''} lie on their int{quantization['bits']} grids"
-        if quantization
-        else ""
-    )
+    head = quantization.get("head")
+    on_grid = f"; their kept weights lie on their int{quantization['bits']} grids" if quantization else ""
+    if head:
+        on_grid += f", the output head on its int{head['quantization']['bits']} grid"
     click.echo(f"OK {checked} pruned layers obey their pattern{on_grid}")
-    emit_json(as_json, {"folder": str(folder), "ok": True, "layers": checked, "head_on_grid": head})
+    emit_json(as_json, {"folder": str(folder), "ok": True, "layers": checked, "head_on_grid": head is not None})
 
 
 __all__ = [

@@ -264,7 +264,8 @@ def _scheme_label(record: dict[str, Any]) -> str | None:
         return None
     grouping = "per channel" if scheme["group_size"] is None else f"g{scheme['group_size']}"
     label = f"int{scheme['bits']} {grouping}" + ("" if scheme["symmetric"] else " asym")
-    return label + (f" + int{scheme['bits']} head" if record.get("head") else "")
+    head = record.get("head")
+    return label + (f" + int{head['quantization']['bits']} head" if head else "")
 
 
 def _variants(

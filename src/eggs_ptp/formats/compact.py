@@ -24,8 +24,8 @@ per row, is stored as
   then rounded to the layer's dtype. The product is exact, so every reader gets the same bits.
 
 A quantized run's output head, when it was rounded too (``--quantize-head``), is stored the same
-way with every weight kept and no bitmask: ``HEAD.weight.qvalues`` (out, in) int8, or (out,
-ceil(in / 2)) uint8 nibbles, with its scales (and zero points). A head tied to the input embedding
+way on its own scheme (int8 per output channel), every weight kept and no bitmask:
+``HEAD.weight.qvalues`` int8 (out, in) and ``HEAD.weight.scales``. A head tied to the input embedding
 is stored once, under the head's name; the embedding's weight is not stored, and loads as the head's.
 
 Every other tensor is stored as in the source. ``compact.json`` (schema_version 3)::
@@ -34,7 +34,8 @@ Every other tensor is stored as in the source. ``compact.json`` (schema_version 
      "quantization": null | {"bits": 8 | 4, "symmetric": bool, "group_size": int | null},
      "layers": [{"name": str, "shape": [out, in], "transposed": bool, "dtype": "float32" | ...,
                  "expert": {"parameter": str, "index": int}  (expert matrices only)}],
-     "head": null | {"name": str, "shape": [vocab, hidden], "dtype": str, "tied": str | null}}
+     "head": null | {"name": str, "shape": [vocab, hidden], "dtype": str, "tied": str | null,
+                     "quantization": {"bits": 8, "symmetric": true, "group_size": null}}}
 
 ``dtype`` is the dense dtype a layer loads back in; ``transposed`` marks a GPT-2 Conv1D, whose
 dense weight is stored (in, out). Version 2 is version 3 without a head (and is what a folder
@@ -81,7 +82,7 @@ from eggs_ptp.formats.output import check_output_target, claim_output
 from eggs_ptp.formats.tensors import CheckpointTensors, tensor_files
 from eggs_ptp.models.loading import load_config
 from eggs_ptp.pattern import Pattern
-from eggs_ptp.quant import GRID_FILE, Grid, QuantScheme
+from eggs_ptp.quant import GRID_FILE, Grid, QuantScheme, head_scheme
 
 COMPACT_FILE = "compact.json"
 COMPACT_TYPE = "eggs-ptp/compact"
@@ -280,7 +281,8 @@ def _pack(src: Path, out: Path, report: dict[str, Any], pattern: Pattern) -> Pac
         )
     head = None if scheme is None else (report["quantization"] or {}).get("head")
     if head is not None:  # not a pruned layer: its bytes count in the file's, not the pruned layers'
-        head = _pack_head(head, tensors, Grid.from_tensors(scheme, head["name"], grid_tensors, head["shape"][1]))
+        grid = Grid.from_tensors(head_scheme(head), head["name"], grid_tensors, head["shape"][1])
+        head = _pack_head(head, tensors, grid)
     record = {
         "type": COMPACT_TYPE,
         "schema_version": COMPACT_VERSION if head is not None else HEADLESS_VERSION,
@@ -332,7 +334,13 @@ def _pack_head(head: dict[str, Any], tensors: dict[str, torch.Tensor], grid: Gri
         del tensors[key]
     tensors.update({f"{name}.weight.qvalues": qvalues, **grid.tensors(name)})
     dtype = str(weight.dtype).removeprefix("torch.")
-    return {"name": name, "shape": list(head["shape"]), "dtype": dtype, "tied": tied}
+    return {
+        "name": name,
+        "shape": list(head["shape"]),
+        "dtype": dtype,
+        "tied": tied,
+        "quantization": grid.scheme.to_dict(),
+    }
 
 
 def read_compact(folder: Path) -> dict[str, Any]:
@@ -377,9 +385,8 @@ def read_compact_tensors(folder: Path) -> tuple[dict[str, Any], Pattern, dict[st
             raise ValueError(f"{layer['name']}: {', '.join(missing)} missing from {folder / WEIGHTS_FILE}")
     head = record.get("head")
     if head is not None:
-        if scheme is None:
-            raise ValueError(f"{folder / COMPACT_FILE} stores a quantized head but no quantization scheme")
-        missing = [f"{head['name']}.weight.{part}" for part in stored if f"{head['name']}.weight.{part}" not in state]
+        parts = ("qvalues", "scales") + (() if head_scheme(head).symmetric else ("zeros",))
+        missing = [f"{head['name']}.weight.{part}" for part in parts if f"{head['name']}.weight.{part}" not in state]
         if missing:
             raise ValueError(f"{head['name']}: {', '.join(missing)} missing from {folder / WEIGHTS_FILE}")
     return record, Pattern.parse(record["pattern"]), state
@@ -438,7 +445,7 @@ def load_compact_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     head = record.get("head")
     if head is not None:
         weight = dequantize_compact(
-            state.pop(f"{head['name']}.weight.qvalues"), None, None, take_grid(head, scheme, state)
+            state.pop(f"{head['name']}.weight.qvalues"), None, None, take_grid(head, head_scheme(head), state)
         ).to(layer_dtype(head))
         state.update({f"{name}.weight": weight for name in (head["name"], head["tied"]) if name})
     return state

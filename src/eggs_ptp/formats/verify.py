@@ -16,7 +16,7 @@ from eggs_ptp.formats.checkpoint import read_report
 from eggs_ptp.formats.compact import COMPACT_FILE
 from eggs_ptp.formats.tensors import CheckpointTensors
 from eggs_ptp.pattern import Pattern, pattern_violations
-from eggs_ptp.quant import GRID_FILE, Grid, QuantScheme, load_grids
+from eggs_ptp.quant import GRID_FILE, Grid, QuantScheme, head_scheme, load_grids
 
 
 class VerifyError(ValueError):
@@ -153,9 +153,19 @@ def _grids(folder: Path, report: dict[str, Any]) -> dict[str, Grid] | None:
         raise
     except ValueError as error:
         raise VerifyError(f"{path.name}: {error}") from None
-    if any(grid.scheme != scheme for grid in grids.values()):
-        raise VerifyError(f"{path.name} holds grids of another scheme than the record's {scheme.to_dict()}")
+    head = record.get("head")
+    for name, grid in grids.items():
+        expected = scheme if head is None or name != head["name"] else _head_scheme(head)
+        if grid.scheme != expected:
+            raise VerifyError(f"{path.name}: {name}'s grid is not of the record's scheme {expected.to_dict()}")
     return grids
+
+
+def _head_scheme(head: dict[str, Any]) -> QuantScheme:
+    try:
+        return head_scheme(head)
+    except ValueError as error:
+        raise VerifyError(str(error)) from None
 
 
 def _check_grid(name: str, weight: Any, grid: Grid | None) -> None:

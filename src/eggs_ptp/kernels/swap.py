@@ -25,7 +25,7 @@ from eggs_ptp.formats.compact import (
 )
 from eggs_ptp.kernels.linear import QuantEmbedding, QuantSparseNMLinear, SparseNMLinear
 from eggs_ptp.pattern import Pattern
-from eggs_ptp.quant import QuantScheme
+from eggs_ptp.quant import head_scheme
 
 
 def _swap_in_sparse(
@@ -59,13 +59,12 @@ def _swap_in_sparse(
         model.set_submodule(name, module)
         state.update({f"{name}.{key}": buffer for key, buffer in module.named_buffers()})
     if record.get("head") is not None:
-        _swap_in_head(model, record["head"], scheme, state, dtype)
+        _swap_in_head(model, record["head"], state, dtype)
 
 
 def _swap_in_head(
     model: PreTrainedModel,
     head: dict[str, Any],
-    scheme: QuantScheme,
     state: dict[str, torch.Tensor],
     dtype: torch.dtype | None,
 ) -> None:
@@ -73,7 +72,7 @@ def _swap_in_head(
     ``nn.Embedding`` tied to it becomes a QuantEmbedding reading the same integers, any other
     (one that scales its rows, say) gets the dequantized table."""
     name, tied = head["name"], head.get("tied")
-    grid = take_grid(head, scheme, state)
+    grid = take_grid(head, head_scheme(head), state)
     module = QuantSparseNMLinear(
         state.pop(f"{name}.weight.qvalues"),
         None,

@@ -78,8 +78,9 @@ class MethodConfig:
     rtn: bool = setting(False, "Quantize by rounding to nearest even where the method has a Hessian (for comparison).")
     quantize_head: bool = setting(
         False,
-        "Also round the output head (lm_head, and the input embedding when tied to it) to nearest on the "
-        "--quantize grid; it is not pruned. One-token decoding reads all of it on every step.",
+        "Also round the output head (lm_head, and the input embedding when tied to it) to nearest on an int8 "
+        "grid, one scale per output channel, whatever --quantize; it is not pruned. One-token decoding reads "
+        "all of it on every step.",
     )
 
     def __post_init__(self) -> None:
@@ -91,7 +92,7 @@ class MethodConfig:
         if scheme is None and self.rtn:
             raise ValueError("rtn chooses how weights are quantized; it needs --quantize int8 or int4")
         if scheme is None and self.quantize_head:
-            raise ValueError("--quantize-head rounds the head to the run's grid; it needs --quantize int8 or int4")
+            raise ValueError("--quantize-head rounds the head of a quantized run; it needs --quantize int8 or int4")
         if scheme is not None and self.reconstruct:
             raise ValueError(
                 "block reconstruction trains the kept weights off their quantization grid; "

@@ -2,7 +2,9 @@
 
 Written beside a quantized checkpoint as ``quantization.safetensors`` (the dense weights stay
 loadable by any transformers tool; the grid is what packing to integers and checking need), and
-per block into a run's resume progress. The scheme and each layer's width ride in the metadata.
+per block into a run's resume progress. Each grid's scheme and width ride in the metadata
+(``schemes``; ``quantization`` holds the pruned layers' scheme, all that files before the output
+head could be rounded held).
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ GRID_FILE = "quantization.safetensors"
 
 
 def save_grids(path: Path, grids: dict[str, Grid]) -> None:
-    """Write ``grids`` (layer name -> grid, all of one scheme) to ``path``."""
-    schemes = {grid.scheme for grid in grids.values()}
-    if len(schemes) != 1:
-        raise ValueError(f"a grid file holds grids of one scheme, got {len(schemes)}")
+    """Write ``grids`` (layer name -> grid; the first one's scheme is the file's ``quantization``) to ``path``."""
+    if not grids:
+        raise ValueError("a grid file holds at least one grid")
     tensors = {key: value.cpu() for name, grid in grids.items() for key, value in grid.tensors(name).items()}
     metadata = {
         "format": "pt",
-        "quantization": json.dumps(schemes.pop().to_dict()),
+        "quantization": json.dumps(next(iter(grids.values())).scheme.to_dict()),
+        "schemes": json.dumps({name: grid.scheme.to_dict() for name, grid in grids.items()}),
         "columns": json.dumps({name: grid.cols for name, grid in grids.items()}),
     }
     save_file(tensors, str(path), metadata=metadata)
@@ -41,8 +43,11 @@ def load_grids(path: Path) -> dict[str, Grid]:
             raise ValueError(f"{path} is not an eggs-ptp grid file (its metadata lacks the scheme)")
         tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     scheme = QuantScheme.from_dict(json.loads(metadata["quantization"]))
+    schemes = {
+        name: QuantScheme.from_dict(record) for name, record in json.loads(metadata.get("schemes", "{}")).items()
+    }
     columns = json.loads(metadata["columns"])
-    return {name: Grid.from_tensors(scheme, name, tensors, cols) for name, cols in columns.items()}
+    return {name: Grid.from_tensors(schemes.get(name, scheme), name, tensors, cols) for name, cols in columns.items()}
 
 
 __all__ = ["GRID_FILE", "load_grids", "save_grids"]

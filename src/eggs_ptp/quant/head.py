@@ -2,9 +2,10 @@
 
 Every decode step reads the whole (vocab, hidden) head: on SmolLM2-135M a fifth of the weights and,
 once the pruned layers are 2:4 + int8, most of the bytes a token reads. The head is not pruned; its
-weight is rounded to nearest on the run's scheme (per output channel for int8, groups along the
-hidden dimension for int4), scales fitted on all of it. A head tied to the input embedding shares
-its matrix, so the embedding gets the same grid values: one (vocab, hidden) table, held once.
+weight is rounded to nearest on :data:`HEAD_SCHEME`, int8 per output channel, whatever the pruned
+layers' scheme: on SmolLM2-135M that cost +0.2% perplexity dense, where int4 in groups of 128 cost
++28% (benchmarks/results/head_quality.md). A head tied to the input embedding shares its matrix,
+so the embedding gets the same grid values: one (vocab, hidden) table, held once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 from torch import nn
 
 from eggs_ptp.quant.grid import Grid, QuantScheme
+
+HEAD_SCHEME = QuantScheme(8)
 
 
 @dataclass(frozen=True)
@@ -33,14 +36,26 @@ class HeadRecord:
     grid: Grid
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "tied": self.tied}
+        return {
+            "name": self.name,
+            "shape": list(self.shape),
+            "tied": self.tied,
+            "quantization": self.grid.scheme.to_dict(),
+        }
+
+
+def head_scheme(record: dict[str, Any]) -> QuantScheme:
+    """The scheme a rounded head's record (:meth:`HeadRecord.to_dict`) names."""
+    if not isinstance(record.get("quantization"), dict):
+        raise ValueError(f"{record.get('name')}: the record of the rounded head names no quantization scheme")
+    return QuantScheme.from_dict(record["quantization"])
 
 
 def _module_name(model: nn.Module, module: nn.Module) -> str:
     return next(name for name, candidate in model.named_modules() if candidate is module)
 
 
-def quantize_head(model: nn.Module, scheme: QuantScheme) -> HeadRecord:
+def quantize_head(model: nn.Module, scheme: QuantScheme = HEAD_SCHEME) -> HeadRecord:
     """Round ``model``'s output head (a transformers causal LM's ``get_output_embeddings()``) to
     ``scheme`` in place, and say where it lives; ValueError for a model without a linear head, or a
     head holding NaN/Inf."""
@@ -61,4 +76,4 @@ def quantize_head(model: nn.Module, scheme: QuantScheme) -> HeadRecord:
     return HeadRecord(name, (weight.shape[0], weight.shape[1]), tied, grid)
 
 
-__all__ = ["HeadRecord", "quantize_head"]
+__all__ = ["HEAD_SCHEME", "HeadRecord", "head_scheme", "quantize_head"]
