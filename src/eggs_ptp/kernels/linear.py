@@ -1,5 +1,6 @@
-"""``SparseNMLinear``: a linear layer that keeps only the compact N:M form of its weight, and
-``QuantSparseNMLinear``: the same with its kept values as int8 or int4 integers on a grid.
+"""``SparseNMLinear``: a linear layer that keeps only the compact N:M form of its weight,
+``QuantSparseNMLinear``: the same with its kept values as int8 or int4 integers on a grid (or every
+value, for a quantized output head), and ``QuantEmbedding``: an input embedding tied to such a head.
 
 On CPU, calls with at most ``dense_above_tokens`` tokens (decode) run the compiled kernel on the
 compact form, which reads about N/M of the dense bytes; larger calls (prefill) rebuild the dense
