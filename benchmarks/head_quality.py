@@ -31,6 +31,36 @@ RESULTS = Path(__file__).parent / "results"
 HEADS = {"as stored": None, "int8 per channel": QuantScheme(8), "int4 g128": QuantScheme(4, True, 128)}
 
 
+def describe(source: str) -> str:
+    """The model itself, or a pruned checkpoint by its method, pattern and calibration."""
+    report = Path(source) / "sparsity.json"
+    if not report.is_file():
+        return f"`{source}` dense"
+    record = json.loads(report.read_text())
+    calibration = record["config"]
+    return f"`{record['method']}` {record['pattern']}, {calibration['nsamples']} x {calibration['seqlen']}"
+
+
+def render(record: dict) -> str:
+    lines = [
+        "# The output head rounded to nearest (`--quantize-head`)",
+        "",
+        f"Evaluation: {record['evaluation']}. `python benchmarks/head_quality.py` ({record['hardware']}).",
+        "",
+        "| model | head | perplexity | change | second text | change |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in record["rows"]:
+        base = next(r for r in record["rows"] if r["model"] == row["model"] and r["head"] == "as stored")
+        change = row["perplexity"] / base["perplexity"] - 1
+        second_change = row["second_perplexity"] / base["second_perplexity"] - 1
+        lines.append(
+            f"| {row['label']} | {row['head']} | {row['perplexity']:.2f} | {change:+.1%} | "
+            f"{row['second_perplexity']:.2f} | {second_change:+.1%} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -53,6 +83,7 @@ def main() -> None:
                 quantize_head(loaded.model, scheme)
             row = {
                 "model": source,
+                "label": describe(source),
                 "head": head,
                 "perplexity": measure(loaded.model).perplexity,
                 "second_perplexity": perplexity(
@@ -70,23 +101,7 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     write_json_atomic(RESULTS / "head_quality.json", record)
-    lines = [
-        "# The output head rounded to nearest (`--quantize-head`)",
-        "",
-        f"Evaluation: {record['evaluation']}. `python benchmarks/head_quality.py` ({record['hardware']}).",
-        "",
-        "| model | head | perplexity | change | second text | change |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        base = next(r for r in rows if r["model"] == row["model"] and r["head"] == "as stored")
-        change = row["perplexity"] / base["perplexity"] - 1
-        second_change = row["second_perplexity"] / base["second_perplexity"] - 1
-        lines.append(
-            f"| `{row['model']}` | {row['head']} | {row['perplexity']:.2f} | {change:+.1%} | "
-            f"{row['second_perplexity']:.2f} | {second_change:+.1%} |"
-        )
-    (RESULTS / "head_quality.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "head_quality.md").write_text(render(record))
 
 
 if __name__ == "__main__":
