@@ -377,18 +377,17 @@ def read_compact_tensors(folder: Path) -> tuple[dict[str, Any], Pattern, dict[st
     scheme = compact_scheme(record)
     with reading(folder / WEIGHTS_FILE):
         state = load_file(str(folder / WEIGHTS_FILE))
-    stored = ("values",) if scheme is None else ("qvalues", "scales") + (() if scheme.symmetric else ("zeros",))
-    for layer in record["layers"]:
-        keys = [f"{layer['name']}.weight.{part}" for part in (*stored, "bitmask")]
-        missing = [key for key in keys if key not in state]
-        if missing:
-            raise ValueError(f"{layer['name']}: {', '.join(missing)} missing from {folder / WEIGHTS_FILE}")
+
+    def integers(scheme: QuantScheme) -> tuple[str, ...]:
+        return ("qvalues", "scales") + (() if scheme.symmetric else ("zeros",))
+
+    stored = ("values",) if scheme is None else integers(scheme)
     head = record.get("head")
-    if head is not None:
-        parts = ("qvalues", "scales") + (() if head_scheme(head).symmetric else ("zeros",))
-        missing = [f"{head['name']}.weight.{part}" for part in parts if f"{head['name']}.weight.{part}" not in state]
+    expected = [(layer["name"], (*stored, "bitmask")) for layer in record["layers"]]
+    for name, parts in expected + ([] if head is None else [(head["name"], integers(head_scheme(head)))]):
+        missing = [f"{name}.weight.{part}" for part in parts if f"{name}.weight.{part}" not in state]
         if missing:
-            raise ValueError(f"{head['name']}: {', '.join(missing)} missing from {folder / WEIGHTS_FILE}")
+            raise ValueError(f"{name}: {', '.join(missing)} missing from {folder / WEIGHTS_FILE}")
     return record, Pattern.parse(record["pattern"]), state
 
 

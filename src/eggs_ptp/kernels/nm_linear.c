@@ -692,7 +692,7 @@ AVX2 INLINE void qrow_halves(const qlayer_t *Q, int64_t r, int64_t t0, const int
     qstore(Q, r, t0, nt, even, odd, grouped);
 }
 
-/* qrow_full for AVX2: a row that stores every column, 16 columns at a time, the tail masked. */
+/* A row that stores every column (qrow_wide's CHUNK_FULL) for AVX2, 16 columns at a time, the tail masked. */
 AVX2 INLINE void qrow_full_avx2(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits,
                                 const int grouped, const int offset) {
     const layer_t *L = &Q->base;
@@ -972,20 +972,30 @@ AVX512 INLINE __m512i pair_columns(uint32_t m) {
     return _mm512_or_si512(column, base);
 }
 
-/* 32 columns whose 4 mask bytes (m) each mark 4, from value k on: their 16 values are dequantized
- * where they lie, (q - z) * s as q * s + zs with zs = -z * s (both products and their sum exact in
- * fp32), or left as q when the row's scale multiplies its sum. Then either (pairs: every nibble
- * marks 2) the 16 inputs they multiply are gathered from the chunk's two input registers by
- * pair_columns, into lo only, or the values are spread to their columns with two register expands
- * and multiplied with the inputs as loaded, into lo and hi. No gather from memory, no table per byte.
- * On an Intel Xeon (Sapphire Rapids class) the pairs form took 0.6-0.9x the expands' time. */
+/* How a row's 32-column chunks hold their values: 16 of them spread by register expands, 16 in 2:4
+ * pairs, or all 32 (a row that stores every column). */
+enum { CHUNK_EXPAND = 0, CHUNK_PAIRS = 1, CHUNK_FULL = 2 };
+
+/* The 16 values k.. of a row, dequantized where they lie, (q - z) * s as q * s + zs with zs = -z * s
+ * (both products and their sum exact in fp32), or left as q when the row's scale multiplies its sum. */
+AVX512 INLINE __m512 qdequant16(const uint8_t *row, int64_t k, __m512 s, __m512 zs, const int bits, const int grouped,
+                                const int offset) {
+    const __m512 w = qcompact16(row, k, bits);
+    return grouped ? (offset ? _mm512_fmadd_ps(w, s, zs) : _mm512_mul_ps(w, s)) : w;
+}
+
+/* 32 columns from value k on, their values from qdequant16. CHUNK_FULL: 32 values multiply the
+ * inputs as loaded, into lo and hi. Otherwise the 4 mask bytes (m) each mark 4 and hold 16 values:
+ * with CHUNK_PAIRS (every nibble marks 2) the 16 inputs they multiply are gathered from the chunk's
+ * two input registers by pair_columns, into lo only; with CHUNK_EXPAND the values are spread to
+ * their columns with two register expands and multiplied with the inputs as loaded, into lo and hi.
+ * No gather from memory, no table per byte. On an Intel Xeon (Sapphire Rapids class) the pairs form
+ * took 0.6-0.9x the expands' time. */
 AVX512 INLINE void qwide32(const uint8_t *row, int64_t k, const uint8_t *m, const float *x, int64_t cols, __m512 s,
                            __m512 zs, __m512 *lo, __m512 *hi, const int nt, const int bits, const int grouped,
-                           const int offset, const int pairs) {
-    __m512 w = qcompact16(row, k, bits);
-    if (grouped)
-        w = offset ? _mm512_fmadd_ps(w, s, zs) : _mm512_mul_ps(w, s);
-    if (pairs) {
+                           const int offset, const int chunk) {
+    const __m512 w = qdequant16(row, k, s, zs, bits, grouped, offset);
+    if (chunk == CHUNK_PAIRS) {
         uint32_t bits32;
         memcpy(&bits32, m, 4);
         const __m512i at = pair_columns(bits32);
@@ -994,24 +1004,28 @@ AVX512 INLINE void qwide32(const uint8_t *row, int64_t k, const uint8_t *m, cons
                 w, _mm512_permutex2var_ps(_mm512_loadu_ps(x + t * cols), at, _mm512_loadu_ps(x + t * cols + 16)), lo[t]);
         return;
     }
-    const __m512 w0 = _mm512_maskz_expand_ps(_load_mask16((__mmask16 *)m), w);
-    const __m512 w1 = _mm512_maskz_expand_ps(_load_mask16((__mmask16 *)(m + 2)), _mm512_shuffle_f32x4(w, w, 0xEE));
+    const __m512 w0 = chunk == CHUNK_FULL ? w : _mm512_maskz_expand_ps(_load_mask16((__mmask16 *)m), w);
+    const __m512 w1 = chunk == CHUNK_FULL
+                          ? qdequant16(row, k + 16, s, zs, bits, grouped, offset)
+                          : _mm512_maskz_expand_ps(_load_mask16((__mmask16 *)(m + 2)), _mm512_shuffle_f32x4(w, w, 0xEE));
     for (int t = 0; t < nt; t++) {
         lo[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols), lo[t]);
         hi[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + 16), hi[t]);
     }
 }
 
-/* A row whose mask bytes (those of whole 16-column chunks) each mark 4 columns (and with pairs,
- * whose nibbles of whole 32-column chunks each mark 2), 32 columns at a time by qwide32; at one or
- * two tokens 64 at a time into four chains, so that the FMAs' latency does not bound a row. Columns left in a group (at the row's end) take qrow_avx512's masked loop. */
+/* A row whose mask bytes (those of whole 16-column chunks) each mark 4 columns (and with CHUNK_PAIRS,
+ * whose nibbles of whole 32-column chunks each mark 2), or that stores every column (CHUNK_FULL),
+ * 32 columns at a time by qwide32; at one or two tokens 64 at a time into four chains, so that the
+ * FMAs' latency does not bound a row. Columns left in a group (at the row's end) take qrow_avx512's
+ * masked loop. */
 AVX512 INLINE void qrow_wide(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits,
-                             const int grouped, const int offset, const int pairs) {
+                             const int grouped, const int offset, const int chunk) {
     const layer_t *L = &Q->base;
     const int64_t cols = L->cols;
     const float *x = L->x + t0 * cols;
     const uint8_t *row = L->values + r * Q->stride, *mask = L->bitmask + r * L->mask_stride;
-    const int four = nt <= 2;
+    const int four = nt <= 2, held = chunk == CHUNK_FULL ? 32 : 16; /* values per 32-column chunk */
     __m512 even[8], odd[8], even2[2], odd2[2];
     for (int t = 0; t < nt; t++)
         even[t] = odd[t] = _mm512_setzero_ps();
@@ -1023,75 +1037,16 @@ AVX512 INLINE void qrow_wide(const qlayer_t *Q, int64_t r, int64_t t0, const int
         const int32_t zero = offset ? group_zero(Q, r, g) : 0;
         const __m512 s = _mm512_set1_ps(scale), zs = _mm512_set1_ps(-(float)zero * scale);
         if (four)
-            for (; c + 64 <= end; c += 64, k += 32) {
-                qwide32(row, k, mask + (c >> 3), x + c, cols, s, zs, even, odd, nt, bits, grouped, offset, pairs);
-                qwide32(row, k + 16, mask + (c >> 3) + 4, x + c + 32, cols, s, zs, even2, odd2, nt, bits, grouped, offset, pairs);
+            for (; c + 64 <= end; c += 64, k += 2 * held) {
+                qwide32(row, k, mask + (c >> 3), x + c, cols, s, zs, even, odd, nt, bits, grouped, offset, chunk);
+                qwide32(row, k + held, mask + (c >> 3) + 4, x + c + 32, cols, s, zs, even2, odd2, nt, bits, grouped,
+                        offset, chunk);
             }
-        for (; c + 32 <= end; c += 32, k += 16)
-            qwide32(row, k, mask + (c >> 3), x + c, cols, s, zs, even, odd, nt, bits, grouped, offset, pairs);
+        for (; c + 32 <= end; c += 32, k += held)
+            qwide32(row, k, mask + (c >> 3), x + c, cols, s, zs, even, odd, nt, bits, grouped, offset, chunk);
         if (c < end) {
             const __m512i z = _mm512_set1_epi32(zero);
             for (; c < end; c += 16) {
-                __m512 w = qweights16(row, &k, mask16(mask, c, cols), z, s, bits);
-                for (int t = 0; t < nt; t++)
-                    even[t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(lanes16(cols - c), x + t * cols + c), even[t]);
-            }
-        }
-    }
-    const float scale = grouped ? 1.0f : group_scale(Q, r, 0), bias = L->bias ? L->bias[r] : 0.0f;
-    for (int t = 0; t < nt; t++) {
-        __m512 sum = _mm512_add_ps(even[t], odd[t]);
-        if (four)
-            sum = _mm512_add_ps(sum, _mm512_add_ps(even2[t < 2 ? t : 0], odd2[t < 2 ? t : 0]));
-        L->out[(t0 + t) * L->rows + r] = _mm512_reduce_add_ps(sum) * scale + bias;
-    }
-}
-
-/* 32 columns of a row that stores every column, from column c on: the values (dequantized where
- * they lie, as in qwide32) multiply the inputs as loaded, into lo and hi. */
-AVX512 INLINE void qfull32(const uint8_t *row, int64_t c, const float *x, int64_t cols, __m512 s, __m512 zs,
-                           __m512 *lo, __m512 *hi, const int nt, const int bits, const int grouped, const int offset) {
-    __m512 w0 = qcompact16(row, c, bits), w1 = qcompact16(row, c + 16, bits);
-    if (grouped) {
-        w0 = offset ? _mm512_fmadd_ps(w0, s, zs) : _mm512_mul_ps(w0, s);
-        w1 = offset ? _mm512_fmadd_ps(w1, s, zs) : _mm512_mul_ps(w1, s);
-    }
-    for (int t = 0; t < nt; t++) {
-        lo[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + t * cols + c), lo[t]);
-        hi[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + t * cols + c + 16), hi[t]);
-    }
-}
-
-/* A row that stores every column (MASK_FULL, a quantized dense layer), by qfull32: no mask is read
- * but for the columns left in a group, which take the masked loop; at one or two tokens 64 columns
- * at a time into four chains, as qrow_wide. */
-AVX512 INLINE void qrow_full(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits,
-                             const int grouped, const int offset) {
-    const layer_t *L = &Q->base;
-    const int64_t cols = L->cols;
-    const float *x = L->x + t0 * cols;
-    const uint8_t *row = L->values + r * Q->stride, *mask = L->bitmask + r * L->mask_stride;
-    const int four = nt <= 2;
-    __m512 even[8], odd[8], even2[2], odd2[2];
-    for (int t = 0; t < nt; t++)
-        even[t] = odd[t] = _mm512_setzero_ps();
-    for (int t = 0; four && t < nt; t++)
-        even2[t] = odd2[t] = _mm512_setzero_ps();
-    for (int64_t g = 0, c = 0; c < cols; g++) {
-        const int64_t end = group_end(Q, c);
-        const float scale = grouped ? group_scale(Q, r, g) : 1.0f;
-        const int32_t zero = offset ? group_zero(Q, r, g) : 0;
-        const __m512 s = _mm512_set1_ps(scale), zs = _mm512_set1_ps(-(float)zero * scale);
-        if (four)
-            for (; c + 64 <= end; c += 64) {
-                qfull32(row, c, x, cols, s, zs, even, odd, nt, bits, grouped, offset);
-                qfull32(row, c + 32, x, cols, s, zs, even2, odd2, nt, bits, grouped, offset);
-            }
-        for (; c + 32 <= end; c += 32)
-            qfull32(row, c, x, cols, s, zs, even, odd, nt, bits, grouped, offset);
-        if (c < end) {
-            const __m512i z = _mm512_set1_epi32(zero);
-            for (int64_t k = c; c < end; c += 16) {
                 __m512 w = qweights16(row, &k, mask16(mask, c, cols), z, s, bits);
                 for (int t = 0; t < nt; t++)
                     even[t] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(lanes16(cols - c), x + t * cols + c), even[t]);
@@ -1119,11 +1074,11 @@ AVX512 static void qrows_avx512(const layer_t *layer, int64_t r0, int64_t r1) {
         for (int64_t t0 = 0; t0 < layer->tokens; t0 += block) {
             int64_t nt = layer->tokens - t0 < block ? layer->tokens - t0 : block;
             if (layer->whole_bytes == MASK_FULL) {
-                QUANT_KINDS(TOKENS_8, qrow_full)
+                QUANT_KINDS(TOKENS_8, qrow_wide, CHUNK_FULL)
             } else if (pairs) {
-                QUANT_KINDS(TOKENS_8, qrow_wide, 1)
+                QUANT_KINDS(TOKENS_8, qrow_wide, CHUNK_PAIRS)
             } else if (halves) {
-                QUANT_KINDS(TOKENS_8, qrow_wide, 0)
+                QUANT_KINDS(TOKENS_8, qrow_wide, CHUNK_EXPAND)
             } else {
                 QUANT_BITS(TOKENS_8, qrow_avx512)
             }

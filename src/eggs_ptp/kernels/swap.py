@@ -28,6 +28,12 @@ from eggs_ptp.pattern import Pattern
 from eggs_ptp.quant import head_scheme
 
 
+def _install(model: PreTrainedModel, name: str, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put ``module`` at ``name`` and its buffers in ``state`` under their new keys (the same tensors)."""
+    model.set_submodule(name, module)
+    state.update({f"{name}.{key}": buffer for key, buffer in module.named_buffers()})
+
+
 def _swap_in_sparse(
     model: PreTrainedModel,
     record: dict[str, Any],
@@ -56,8 +62,7 @@ def _swap_in_sparse(
             module = build()
         except ValueError as error:
             raise ValueError(f"{name}: {error}") from None
-        model.set_submodule(name, module)
-        state.update({f"{name}.{key}": buffer for key, buffer in module.named_buffers()})
+        _install(model, name, module, state)
     if record.get("head") is not None:
         _swap_in_head(model, record["head"], state, dtype)
 
@@ -82,8 +87,7 @@ def _swap_in_head(
         state.pop(f"{name}.bias", None),
         dtype or layer_dtype(head),
     )
-    model.set_submodule(name, module)
-    state.update({f"{name}.{key}": buffer for key, buffer in module.named_buffers()})
+    _install(model, name, module, state)
     if tied is None:
         return
     if type(model.get_submodule(tied)) is nn.Embedding:
