@@ -1,6 +1,6 @@
-"""The opt-in int16-activation kernel of int8 layers: bit for bit the integer arithmetic it documents
-(inputs rounded to 16 bits per token, products exact, groups summed in double), which layers and
-inputs take it, and the exact kernel wherever they do not."""
+"""The opt-in int16-activation kernel: bit for bit the integer arithmetic it documents (inputs rounded
+to 16 bits per token, products exact, groups summed in double), which layers and inputs take it, and
+the exact kernel wherever they do not."""
 
 import pytest
 import torch
@@ -19,44 +19,27 @@ needs_vnni = pytest.mark.skipif(not VNNI, reason="this CPU has no AVX-512 VNNI /
 
 SCHEMES = {
     "int8": QuantScheme(8),
-    "int8-g64": QuantScheme(8, True, 64),
-    "int8-g128": QuantScheme(8, True, 128),
+    "int4-g64": QuantScheme(4, True, 64),
+    "int4-g128-asym": QuantScheme(4, False, 128),
 }
 
 
 def int16_reference(x: torch.Tensor, layer: QuantSparseNMLinear) -> torch.Tensor:
-    """What the kernel computes, from its definition, in float64 where every step but the noted
-    sums is exact: xq = round(x * (32767 / max|x|)) per token in fp32; u = xq + 32768 as bytes
-    hi, lo; per group, lane l (columns 4l..4l+3 of each 64-column step) holds H = sum q hi and
-    L = sum q lo over its columns; each lane accumulates, group by group, 256 s H, then s L (two
-    roundings); the 16 lanes are summed pairwise (l + l+8, then + 4, + 2, + 1); minus
-    32768 sum_g s sum q; times max|x| / 32767, rounded to fp32, plus the bias."""
-    weight, scales = layer.dense_weight(), layer.scales.double()
-    rows, cols = weight.shape
-    size = layer.group_size or cols
-    integers = (weight / layer.scales.float().repeat_interleave(size, dim=1)[:, :cols]).double()  # q, exact
+    """What the kernel computes, from its definition: xq = round(x * (32767 / max|x|)) per token in
+    fp32, each group's sum of (q - z) * xq exact, scaled by the group's scale and summed over groups
+    in order in float64, times max|x| / 32767, rounded to fp32, plus the bias."""
+    weight, scales = layer.dense_weight(), layer.scales.float()
+    size = layer.group_size or layer.in_features
+    integers = weight / scales.repeat_interleave(size, dim=1)[:, : layer.in_features]  # q - z, exact
     top = x.abs().amax(dim=-1, keepdim=True)
     inverse = torch.where(top > 0, torch.tensor(32767.0) / top, torch.zeros(()))
-    u = (torch.round(x * inverse) + 32768).long()
-    padded = -(-cols // 64) * 64
-
-    def steps(t: torch.Tensor) -> torch.Tensor:  # (n, cols) -> (n, 64-column step, lane, 4 columns)
-        return torch.nn.functional.pad(t, (0, padded - cols)).reshape(t.shape[0], padded // 64, 16, 4)
-
-    w, hi, lo = steps(integers), steps((u >> 8).double()), steps((u & 255).double())
-    lanes = torch.zeros(x.shape[0], rows, 16, dtype=torch.float64)
-    offset = torch.zeros(rows, dtype=torch.float64)
-    for group, start in enumerate(range(0, cols, size)):
-        block = slice(start // 64, -(-min(start + size, cols) // 64))
-        s = scales[:, group, None]
-        lanes = lanes + 256 * s * torch.einsum("tbly,rbly->trl", hi[:, block], w[:, block])
-        lanes = lanes + s * torch.einsum("tbly,rbly->trl", lo[:, block], w[:, block])
-        offset = offset + scales[:, group] * integers[:, start : start + size].sum(dim=1)
-    half = lanes[..., :8] + lanes[..., 8:]
-    quarter = half[..., :4] + half[..., 4:]
-    eighth = quarter[..., :2] + quarter[..., 2:]
-    total = eighth[..., 0] + eighth[..., 1]
-    out = ((total - 32768 * offset) * (top / 32767.0).double()).float()
+    xq = torch.round(x * inverse).double()
+    total = torch.zeros(x.shape[0], layer.out_features, dtype=torch.float64)
+    for start in range(0, layer.in_features, size):
+        columns = slice(start, start + size)
+        exact = xq[:, columns] @ integers[:, columns].double().T  # integers below 2**53: exact
+        total = total + scales[:, start // size].double() * exact
+    out = (total * (top / 32767.0).double()).float()
     return out if layer.bias is None else out + layer.bias
 
 
@@ -81,8 +64,8 @@ def test_the_kernel_is_bit_for_bit_its_integer_arithmetic(scheme, cols, tokens):
 
 
 def nm_layer(rows, cols, n, m, scheme, seed=0, **options):
-    """A QuantSparseNMLinear pruned n:m (m need not divide 64: its 64-column steps then hold varying,
-    odd numbers of values) with its kept weights on a grid, and the dense layer it equals."""
+    """A QuantSparseNMLinear pruned n:m (m need not divide 64: its 64-column steps then hold odd
+    numbers of values) with its kept weights on a grid, and the dense layer it equals."""
     torch.manual_seed(seed)
     linear = nn.Linear(cols, rows)
     kept = (torch.rand(rows, cols // m, m).argsort(dim=-1) < n).reshape(rows, cols)
@@ -94,7 +77,7 @@ def nm_layer(rows, cols, n, m, scheme, seed=0, **options):
 
 @needs_vnni
 @pytest.mark.parametrize("scheme", SCHEMES.values(), ids=SCHEMES)
-def test_steps_that_hold_odd_numbers_of_values(scheme):
+def test_steps_that_start_inside_a_byte_of_nibbles(scheme):
     layer, linear = nm_layer(24, 384, 3, 6, scheme, int16_activations=True)
     assert layer._prepare().int16_activations
     x = torch.randn(2, 384)
@@ -115,8 +98,8 @@ def test_a_head_that_stores_every_weight():
 
 @pytest.mark.parametrize(
     "scheme",
-    [QuantScheme(8, True, 32), QuantScheme(8, True, 96), QuantScheme(4, True, 64), QuantScheme(4, False, 128)],
-    ids=["int8-groups-of-32", "int8-groups-of-96", "int4", "int4-asym"],
+    [QuantScheme(4, True, 32), QuantScheme(4, False, 96)],
+    ids=["groups-of-32", "groups-of-96"],
 )
 def test_layers_it_cannot_take_run_the_exact_kernel(scheme):
     layer, linear = nm_layer(16, 192, 2, 4, scheme, int16_activations=True)
@@ -147,7 +130,7 @@ def test_the_setting_is_part_of_the_layer():
     assert "int16 activations" in repr(layer)
 
 
-def test_load_sparse_sets_it_on_every_quantized_layer_and_refuses_folders_without_int8(tmp_path):
+def test_load_sparse_sets_it_on_every_quantized_layer_and_refuses_float_folders(tmp_path):
     folder = head_folder(tmp_path / "int8", "llama", QuantScheme(8), tie_word_embeddings=True)
     dense, fast = load_compact(folder), load_sparse(folder, int16_activations=True)
     layers = [m for m in fast.modules() if isinstance(m, QuantSparseNMLinear)]
@@ -159,13 +142,5 @@ def test_load_sparse_sets_it_on_every_quantized_layer_and_refuses_folders_withou
     if VNNI:
         assert not torch.equal(*step)  # the int16 kernel computed it
     fp = pack_checkpoint(pruned_checkpoint(tmp_path / "fp")[0], tmp_path / "fp-compact").out
-    with pytest.raises(ValueError, match="has no int8 layer; int16 activations run int8 layers only"):
+    with pytest.raises(ValueError, match="int16 activations need a quantized folder"):
         load_sparse(fp, int16_activations=True)
-
-
-def test_in_an_int4_folder_only_its_int8_head_takes_it(tmp_path):
-    folder = head_folder(tmp_path, "llama", QuantScheme(4, True, 64))
-    model = load_sparse(folder, int16_activations=True)
-    head = model.get_output_embeddings()
-    taken = {m.bits: m._prepare().int16_activations for m in model.modules() if isinstance(m, QuantSparseNMLinear)}
-    assert taken == {4: False, 8: VNNI} and head.bits == 8

@@ -286,10 +286,9 @@ class QuantCompactLayer(_KernelLayer):
     ``int16_activations``: round each token's inputs to 16-bit integers (scale ``max|x| / 32767``)
     and compute the products exactly in integers (AVX-512 VNNI), instead of dequantizing every
     weight to fp32: faster, and no longer bit for bit the dequantized dense layer (each input moves by
-    at most ``max|x| / 65534``). Taken only where the CPU has VNNI and VBMI2, the layer is int8
-    without zero points with groups of whole 64-column steps, and the inputs are finite;
-    :attr:`int16_activations` says whether it was; otherwise (int4 among them: it was slower there)
-    the exact kernel runs.
+    at most ``max|x| / 65534``). Taken only where the CPU has VNNI, VBMI and VBMI2, the layer is
+    int4 or int8 without zero points with groups of whole 64-column steps, and the inputs are finite;
+    :attr:`int16_activations` says whether it was; otherwise the exact kernel runs.
     """
 
     def __init__(
@@ -327,9 +326,9 @@ class QuantCompactLayer(_KernelLayer):
         self.int16_activations = int16_activations and bool(lib.eggs_nm_int16()) and self._sum_groups(lib)
 
     def _sum_groups(self, lib: ctypes.CDLL) -> bool:
-        """Switch to the int16-activation kernel, with the per-group sums of q it needs; False (the
-        exact kernel stays) for a layer it cannot take: int4, zero points, or groups that are not
-        whole 64-column steps."""
+        """Switch to the int16-activation kernel, with the per-group sums of q - z it needs; False
+        (the exact kernel stays) for a layer it cannot take: int8 with zero points, or groups that
+        are not whole 64-column steps."""
         groups = -(-self.cols // self.group_size)
         self.sums = torch.empty((self.rows, groups), dtype=torch.int32)
         if lib.eggs_nm_qlayer_sums(ctypes.addressof(self._layer), self.sums.data_ptr()) < 0:

@@ -237,8 +237,8 @@ class QuantSparseNMLinear(SparseNMLinear):
         dtype: the floating-point dtype of the dense path and the bias [default: float32].
         dense_above_tokens, sparse_from_tokens: as for :class:`SparseNMLinear`
             [default: :data:`QUANT_DENSE_ABOVE_TOKENS` for the bits and ``dtype``].
-        int16_activations: int8 layers: let the CPU kernel round each token's inputs to 16-bit
-            integers and multiply exactly in integers where the CPU has AVX-512 VNNI (see
+        int16_activations: let the CPU kernel round each token's inputs to 16-bit integers and
+            multiply exactly in integers where the CPU has AVX-512 VNNI (see
             :class:`~eggs_ptp.kernels.cpu.QuantCompactLayer`): faster, no longer bit for bit the
             dequantized dense layer. The dense path (prefill) is unchanged [default: False].
     """

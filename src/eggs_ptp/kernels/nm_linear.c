@@ -301,8 +301,10 @@ __attribute__((target("popcnt"))) static int rows_consistent_popcnt(const layer_
 /* For mask byte m: PERMUTE[m][j] is the loaded value that lands in lane j, LANES[m][j] all ones
  * where column j is stored; for a byte of 4 stored columns COMPRESS[m][j] is the (j % 4)-th of them,
  * so one permute gathers their inputs into either half of a register. NIBBLE_BYTE[o][j] and
- * NIBBLE_SHIFT[o][j]: the byte and bit offset of the j-th 4-bit value from nibble o (0 or 1) on. */
+ * NIBBLE_SHIFT[o][j]: the byte and bit offset of the j-th 4-bit value from nibble o (0 or 1) on;
+ * NIBBLE_ORDER[o][j] its byte, + 64 for a high nibble (a vpermt2b index over low, then high nibbles). */
 static int32_t PERMUTE[256][8], LANES[256][8], COMPRESS[256][8], NIBBLE_BYTE[2][16], NIBBLE_SHIFT[2][16];
+static uint8_t NIBBLE_ORDER[2][64];
 
 __attribute__((constructor)) static void init_tables(void) {
     for (int m = 0; m < 256; m++) {
@@ -321,6 +323,9 @@ __attribute__((constructor)) static void init_tables(void) {
             NIBBLE_BYTE[o][j] = (o + j) >> 1;
             NIBBLE_SHIFT[o][j] = 4 * ((o + j) & 1);
         }
+    for (int o = 0; o < 2; o++)
+        for (int j = 0; j < 64; j++)
+            NIBBLE_ORDER[o][j] = (uint8_t)(((o + j) >> 1) + ((o + j) & 1 ? 64 : 0));
 }
 
 /* ---------------------------------------------------------------- AVX2 */
@@ -1117,25 +1122,23 @@ AVX512 static void qdecompress_avx512(const layer_t *layer, int64_t r0, int64_t 
 
 /* ---------------------------------------------------------------- int16 activations (AVX-512 VNNI) */
 
-/* Opt-in, int8 values only: each token's inputs rounded to 16-bit integers, x ~ sx * xq with
- * sx = max|x| / 32767, so that a row's dot product is integer arithmetic, exact, on VNNI (vpdpbusd:
- * 64 byte products per instruction), instead of dequantizing every weight to fp32. xq + 32768 is
- * split into a high and a low unsigned byte; with q the stored integers,
- *   sum q xq = 256 sum q hi + sum q lo - 32768 sum q
+/* Opt-in: each token's inputs rounded to 16-bit integers, x ~ sx * xq with sx = max|x| / 32767, so
+ * that a row's dot product is integer arithmetic, exact, on VNNI (vpdpbusd: 64 byte products per
+ * instruction), instead of dequantizing every weight to fp32. xq + 32768 is split into a high and a
+ * low unsigned byte; with w = q - z the stored integers,
+ *   sum w xq = 256 sum w hi + sum w lo - 32768 sum w
  * per group, the last sum fixed per layer (eggs_nm_qlayer_sums). The error is that of rounding
  * the inputs (at most max|x| / 65534 each), not of the weights, which stay exact. The weights are
- * spread to their columns by a byte expand (vpexpandb, VBMI2), 64 columns per step. int4 is not
- * offered: unpacking nibbles and scaling each group of 128 made it slower than the exact int4
- * kernel on an Intel Xeon (Sapphire Rapids class). */
+ * spread to their columns by a byte expand (vpexpandb, VBMI2), 64 columns per step. */
 typedef struct {
     qlayer_t q;
     const uint8_t *hi, *lo; /* (tokens, padded) */
     const float *xscale;    /* (tokens) */
-    const int32_t *sums;    /* (rows, groups) sum of q over the stored values */
+    const int32_t *sums;    /* (rows, groups) sum of q - z over the stored values */
     int64_t padded;         /* cols rounded up to 64 */
 } a16layer_t;
 
-#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi2,fma,popcnt")))
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2,fma,popcnt")))
 
 /* Mask bits of the (up to) 64 columns from c (a multiple of 64), cut at the row's end. */
 INLINE uint64_t mask64(const uint8_t *mask, int64_t c, int64_t cols) {
@@ -1174,36 +1177,40 @@ VNNI static int split_inputs(const float *x, int64_t tokens, int64_t cols, int64
     return 1;
 }
 
-/* The 16 lanes of (low: 0-7, high: 8-15) summed in a fixed order: lane l + lane l + 8, then the
- * 8 sums likewise (+ 4, + 2, + 1), so that tests can reproduce the rounding. */
-VNNI INLINE double sum16(__m512d low, __m512d high) {
-    const __m512d eight = _mm512_add_pd(low, high);
-    const __m256d four = _mm256_add_pd(_mm512_castpd512_pd256(eight), _mm512_extractf64x4_pd(eight, 1));
-    const __m128d two = _mm_add_pd(_mm256_castpd256_pd128(four), _mm256_extractf128_pd(four, 1));
-    return _mm_cvtsd_f64(two) + _mm_cvtsd_f64(_mm_unpackhi_pd(two, two));
+/* The signed weights q - z of the 64 columns from value k on whose mask bits are m, as bytes in
+ * their columns (zeros elsewhere). int4: the nibbles of the (at most 33) bytes holding them are
+ * put in order by one two-register byte permute (NIBBLE_ORDER: from nibble 0 or 1 of the first). */
+VNNI INLINE __m512i a16_weights(const uint8_t *row, int64_t k, uint64_t m, __m512i zero, const int bits) {
+    const int64_t count = __builtin_popcountll(m);
+    if (bits == 8)
+        return _mm512_maskz_expandloadu_epi8(m, row + k);
+    const int64_t odd = k & 1, bytes = (odd + count + 1) >> 1;
+    const __m512i packed = _mm512_maskz_loadu_epi8(bytes >= 64 ? ~0ull : (1ull << bytes) - 1ull, row + (k >> 1));
+    const __m512i low = _mm512_and_si512(packed, _mm512_set1_epi8(15));
+    const __m512i high = _mm512_and_si512(_mm512_srli_epi16(packed, 4), _mm512_set1_epi8(15));
+    const __m512i q = _mm512_permutex2var_epi8(low, _mm512_loadu_si512(NIBBLE_ORDER[odd]), high);
+    return _mm512_maskz_expand_epi8(m, _mm512_sub_epi8(q, zero));
 }
 
-/* One row against nt tokens. Per group and token, two int32 chains (high and low input bytes),
- * lane l summing columns 4l..4l+3 of each 64-column step (under 2^31 for rows of up to 66000
- * columns); at the group's end each lane's chains are scaled, 256 s then s, into a double
- * accumulator, every product exact; the 32768 sum q part is subtracted once per row. */
-VNNI INLINE void a16_row(const qlayer_t *Q, int64_t r, int64_t t0, const int nt) {
+/* One row against nt tokens: per group, two int32 chains per token (high and low input bytes),
+ * combined exactly in int64 and scaled in double. */
+VNNI INLINE void a16_row(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits) {
     const a16layer_t *A = (const a16layer_t *)Q;
     const layer_t *layer = &Q->base;
     const int64_t cols = layer->cols;
     const uint8_t *row = layer->values + r * Q->stride, *mask = layer->bitmask + r * layer->mask_stride;
-    __m512d lanes[4][2];
-    double offset = 0.0;
+    double total[8];
     for (int t = 0; t < nt; t++)
-        lanes[t][0] = lanes[t][1] = _mm512_setzero_pd();
+        total[t] = 0.0;
     for (int64_t g = 0, c = 0, k = 0; c < cols; g++) {
         const int64_t end = group_end(Q, c);
-        __m512i high[4], low[4];
+        const __m512i zero = _mm512_set1_epi8((char)group_zero(Q, r, g));
+        __m512i high[8], low[8];
         for (int t = 0; t < nt; t++)
             high[t] = low[t] = _mm512_setzero_si512();
         for (; c < end; c += 64) {
             const uint64_t m = mask64(mask, c, cols);
-            const __m512i w = _mm512_maskz_expandloadu_epi8(m, row + k);
+            const __m512i w = a16_weights(row, k, m, zero, bits);
             k += __builtin_popcountll(m);
             for (int t = 0; t < nt; t++) {
                 const int64_t at = (t0 + t) * A->padded + c;
@@ -1212,33 +1219,23 @@ VNNI INLINE void a16_row(const qlayer_t *Q, int64_t r, int64_t t0, const int nt)
             }
         }
         const double scale = group_scale(Q, r, g);
-        const __m512d s = _mm512_set1_pd(scale), s256 = _mm512_set1_pd(256.0 * scale);
-        offset += scale * (double)A->sums[r * Q->groups + g];
+        const int64_t offset = 32768 * (int64_t)A->sums[r * Q->groups + g];
         for (int t = 0; t < nt; t++)
-            for (int half = 0; half < 2; half++) {
-                const __m256i h = half ? _mm512_extracti64x4_epi64(high[t], 1) : _mm512_castsi512_si256(high[t]);
-                const __m256i l = half ? _mm512_extracti64x4_epi64(low[t], 1) : _mm512_castsi512_si256(low[t]);
-                lanes[t][half] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(h), s256, lanes[t][half]);
-                lanes[t][half] = _mm512_fmadd_pd(_mm512_cvtepi32_pd(l), s, lanes[t][half]);
-            }
+            total[t] += scale * (double)(256 * (int64_t)_mm512_reduce_add_epi32(high[t]) +
+                                         (int64_t)_mm512_reduce_add_epi32(low[t]) - offset);
     }
     for (int t = 0; t < nt; t++)
         layer->out[(t0 + t) * layer->rows + r] =
-            (float)((sum16(lanes[t][0], lanes[t][1]) - 32768.0 * offset) * A->xscale[t0 + t]) +
-            (layer->bias ? layer->bias[r] : 0.0f);
+            (float)(total[t] * A->xscale[t0 + t]) + (layer->bias ? layer->bias[r] : 0.0f);
 }
 
 VNNI static void a16_rows(const layer_t *layer, int64_t r0, int64_t r1) {
     const qlayer_t *L = (const qlayer_t *)layer;
     for (int64_t r = r0; r < r1; r++) {
         prefetch_row(layer, r + PREFETCH_ROWS, r1, L->stride);
-        for (int64_t t0 = 0; t0 < layer->tokens; t0 += 4) {
-            switch (layer->tokens - t0) { /* nt a constant in each call, as TOKENS_4 does */
-            case 1: a16_row(L, r, t0, 1); break;
-            case 2: a16_row(L, r, t0, 2); break;
-            case 3: a16_row(L, r, t0, 3); break;
-            default: a16_row(L, r, t0, 4); break;
-            }
+        for (int64_t t0 = 0; t0 < layer->tokens; t0 += 8) {
+            int64_t nt = layer->tokens - t0 < 8 ? layer->tokens - t0 : 8;
+            QUANT_BITS(TOKENS_8, a16_row)
         }
     }
 }
@@ -1475,32 +1472,34 @@ int eggs_nm_qlinear_prepared(const float *x, int64_t tokens, const eggs_nm_qlaye
 
 /* ---------------------------------------------------------------- int16 activations */
 
-/* Whether this CPU runs the int16-activation kernel (AVX-512 with VNNI and VBMI2). */
+/* Whether this CPU runs the int16-activation kernel (AVX-512 with VNNI, VBMI and VBMI2). */
 int eggs_nm_int16(void) {
 #ifdef HAVE_X86
     __builtin_cpu_init();
-    return best_isa() == ISA_AVX512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi2");
+    return best_isa() == ISA_AVX512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi") &&
+           __builtin_cpu_supports("avx512vbmi2");
 #else
     return 0;
 #endif
 }
 
-/* The prepared layer as the int16 kernel's qlayer_t, or an error: ERR_DTYPE unless it is int8
- * without zero points, ERR_GROUP unless its groups are whole 64-column steps. */
+/* The prepared layer as the int16 kernel's qlayer_t, or an error: ERR_DTYPE for int8 with zero
+ * points (q - z may not fit a byte), ERR_GROUP unless its groups are whole 64-column steps. */
 static int int16_layer(qlayer_t *Q, const eggs_nm_qlayer *P) {
     const qlayer_t base = {.base = {NULL, P->qvalues, P->bitmask, P->bias, NULL, NULL, 0, P->rows, P->cols, P->kept,
                                     (P->cols + 7) / 8, 1, P->mask_info}};
     *Q = base;
     int error = quant_layer(Q, (int)P->bits, P->scales, P->zeros, P->group_size);
-    if (!error && (Q->bits != 8 || Q->zeros))
+    if (!error && Q->bits == 8 && Q->zeros)
         error = ERR_DTYPE;
     if (!error && Q->group_size < P->cols && Q->group_size % 64)
         error = ERR_GROUP;
     return error;
 }
 
-/* The sum of q over each group's stored values (rows, groups), which the int16 kernel subtracts
- * once per group; 0, or int16_layer's error. The mask must have been checked (eggs_nm_mask_info). */
+/* The sum of q - z over each group's stored values (rows, groups), which the int16 kernel
+ * subtracts once per group; 0, or int16_layer's error, or ERR_DTYPE for an int4 zero point above
+ * 15. The mask must have been checked (eggs_nm_mask_info). */
 int eggs_nm_qlayer_sums(const eggs_nm_qlayer *P, int32_t *sums) {
     qlayer_t Q;
     int error = int16_layer(&Q, P);
@@ -1513,7 +1512,11 @@ int eggs_nm_qlayer_sums(const eggs_nm_qlayer *P, int32_t *sums) {
         for (int64_t c = 0, k = 0; c < Q.base.cols; c++) {
             if (!bit(mask, c))
                 continue;
-            sums[r * Q.groups + c / Q.group_size] += (int8_t)row[k++];
+            const int64_t g = c / Q.group_size;
+            const int32_t zero = group_zero(&Q, r, g);
+            if (zero > 15 && Q.bits == 4)
+                return ERR_DTYPE;
+            sums[r * Q.groups + g] += qvalue(row, k++, Q.bits) - zero;
         }
     }
     return 0;

@@ -114,19 +114,17 @@ def load_sparse(folder: Path, dtype: torch.dtype | None = None, int16_activation
     (QuantSparseNMLinear for a quantized folder, and for its output head when that was quantized),
     computing in ``dtype`` or the saved one.
 
-    ``int16_activations``: the kernel of the int8 layers (int8 pruned layers, a ``--quantize-head``
-    head) rounds each token's inputs to 16-bit integers where the CPU has AVX-512 VNNI, which is
-    faster and no longer bit for bit the dequantized dense model (see
-    :class:`~eggs_ptp.kernels.linear.QuantSparseNMLinear`); int4 layers stay exact, and a CPU
-    without it runs the exact kernel, with one warning. A folder with no int8 layer is refused."""
+    ``int16_activations`` (quantized folders): the kernel rounds each token's inputs to 16-bit
+    integers where the CPU has AVX-512 VNNI, which is faster and no longer bit for bit the
+    dequantized dense model (see :class:`~eggs_ptp.kernels.linear.QuantSparseNMLinear`); a CPU
+    without it runs the exact kernel, with one warning."""
     folder = Path(folder)
     record, pattern, state = read_compact_tensors(folder)
     if int16_activations:
-        scheme = compact_scheme(record)
-        if (scheme is None or scheme.bits != 8) and record.get("head") is None:
+        if compact_scheme(record) is None:
             raise ValueError(
-                f"{folder} has no int8 layer; int16 activations run int8 layers only "
-                "(pack one pruned with --quantize int8, or with --quantize-head)"
+                f"{folder} stores float values; int16 activations need a quantized folder "
+                "(pack one pruned with --quantize)"
             )
         if not kernel_info()["int16_activations"]:
             warnings.warn(
