@@ -6,7 +6,6 @@ import torch
 from eggs_ptp.eval.speed import BenchSettings, interleaved_times, ratios, render_markdown, run_bench
 from eggs_ptp.formats import save_pruned
 from eggs_ptp.formats.compact import pack_checkpoint
-from eggs_ptp.kernels import kernel_info
 from eggs_ptp.methods import method_config
 
 from helpers import pruned_checkpoint, pruned_tiny
@@ -126,18 +125,3 @@ def test_a_packed_folder_benches_like_its_source(checkpoints, tmp_path):
     assert [variant["label"] for variant in record["variants"]] == ["dense", "compact 2:4"]
     assert record["greedy"]["variants"]["compact 2:4"]["identical"]
     assert torch.get_num_threads() >= 1
-
-
-def test_int16_activations_add_a_variant_per_quantized_checkpoint(checkpoints):
-    settings = BenchSettings(
-        tokens=(1,), repeats=1, prompt_tokens=4, new_tokens=3, baselines=(), int16_activations=True
-    )
-    record = run_bench(list(checkpoints), settings, False)
-    fast = f"{INT8}, int16 activations"
-    assert [variant["label"] for variant in record["variants"]] == ["dense", "compact 2:4", INT8, fast]
-    # Its kernel keeps one int32 sum per row (one group) beside the layer's buffers, counted in its size
-    # (where the CPU runs it; elsewhere the exact kernel runs and holds nothing more).
-    rows = 2 * (32 * 2 + 16 * 2 + 64 * 2 + 32)
-    held = 4 * rows if kernel_info()["int16_activations"] else 0
-    assert record["sizes"][fast]["pruned_layers"] == record["sizes"][INT8]["pruned_layers"] + held
-    assert record["greedy"]["variants"][fast]["against"] == "its dense form"

@@ -77,11 +77,6 @@ def _baselines(text: str) -> tuple[str, ...]:
     show_default=True,
     help="Seed of the random layer inputs (and prompt, without a tokenizer).",
 )
-@click.option(
-    "--int16-activations",
-    is_flag=True,
-    help="Also run each quantized checkpoint with int16 activations (AVX-512 VNNI; not bit for bit).",
-)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object as the last line.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def bench_command(
@@ -96,7 +91,6 @@ def bench_command(
     threads: str,
     baselines: str,
     seed: int,
-    int16_activations: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -127,7 +121,6 @@ def bench_command(
         seed=seed,
         threads=_thread_counts(threads),
         baselines=_baselines(baselines),
-        int16_activations=int16_activations,
     )
     output = output if output is not None else Path(f"bench-{folders[0].resolve().name}.json")
     if output.suffix != ".json":

@@ -32,7 +32,6 @@ from tqdm.auto import tqdm
 from eggs_ptp.formats.checkpoint import read_report
 from eggs_ptp.formats.compact import COMPACT_FILE, load_compact, pack_checkpoint, read_compact
 from eggs_ptp.formats.tensors import tensor_files
-from eggs_ptp.kernels.linear import SparseNMLinear
 from eggs_ptp.kernels.swap import load_sparse
 from eggs_ptp.report import library_versions
 
@@ -63,7 +62,6 @@ class BenchSettings:
 
     ``threads``: each count is a full pass of every timing; None is torch's default count.
     ``baselines``: dense references besides the reference itself (``bf16``, ``int8``).
-    ``int16_activations``: each quantized checkpoint once more, loaded with int16 activations.
     """
 
     tokens: tuple[int, ...] = (1, 8, 128)
@@ -74,7 +72,6 @@ class BenchSettings:
     seed: int = 0
     threads: tuple[int | None, ...] = (None,)
     baselines: tuple[str, ...] = BASELINES
-    int16_activations: bool = False
 
     def __post_init__(self) -> None:
         if not self.tokens or min(self.tokens) < 1:
@@ -185,15 +182,13 @@ def _module_bytes(module: torch.nn.Module) -> int:
         per_channel = weight.qscheme() == torch.per_channel_affine
         scales = 12 * (weight.q_per_channel_scales().numel() if per_channel else 1)  # fp64 scale + int32 zero
         return weight.numel() + scales + (0 if bias is None else bias.numel() * bias.element_size())
-    derived = module.derived_bytes() if isinstance(module, SparseNMLinear) else 0
-    return _storage_bytes([*module.parameters(), *module.buffers()]) + derived
+    return _storage_bytes([*module.parameters(), *module.buffers()])
 
 
 def _model_bytes(model: torch.nn.Module) -> int:
     tensors = [*model.parameters(), *model.buffers()]
     packed = [m for m in model.modules() if _dynamic_int8_layer(m)]
-    derived = sum(m.derived_bytes() for m in model.modules() if isinstance(m, SparseNMLinear))
-    return _storage_bytes(tensors) + sum(_module_bytes(m) for m in packed) + derived
+    return _storage_bytes(tensors) + sum(_module_bytes(m) for m in packed)
 
 
 def _shape_groups(record: dict[str, Any]) -> dict[tuple[int, int], list[str]]:
@@ -312,9 +307,6 @@ def _variants(
         label = f"compact {record['pattern']}" + (f" + {scheme}" if scheme else "")
         twin = reference if packed == folders[0][1] else load_compact(packed, dtype)
         variants.append(Variant(label, "compact", load_sparse(packed, dtype), name, scheme, packed, twin))
-        if settings.int16_activations and scheme is not None:
-            fast = load_sparse(packed, dtype, int16_activations=True)
-            variants.append(Variant(f"{label}, int16 activations", "compact", fast, name, scheme, packed, twin))
         if in_bf16 and scheme is None:
             twin_bf16 = load_compact(packed, torch.bfloat16)
             variants.append(

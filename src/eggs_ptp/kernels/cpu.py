@@ -74,8 +74,6 @@ def library() -> ctypes.CDLL | None:
     lib.eggs_nm_mask_info.argtypes = [_P, _I64, _I64, _I64, _INT]
     lib.eggs_nm_linear_prepared.argtypes = [_P, _I64, _P, _P, _INT, _INT]
     lib.eggs_nm_qlinear_prepared.argtypes = [_P, _I64, _P, _P, _INT, _INT]
-    lib.eggs_nm_qlinear_int16_prepared.argtypes = [_P, _I64, _P, _P, _P, _INT, _INT]
-    lib.eggs_nm_qlayer_sums.argtypes = [_P, _P]
     return lib
 
 
@@ -83,7 +81,7 @@ def kernel_info() -> dict[str, Any]:
     """Whether the kernel is loaded, the code path it runs here (auto), and which paths this CPU has."""
     lib = library()
     if lib is None:
-        return {"available": False, "isa": "torch", "openmp": False, "isas": [], "int16_activations": False}
+        return {"available": False, "isa": "torch", "openmp": False, "isas": []}
     isas = [name for name, code in ISAS.items() if code and lib.eggs_nm_isa(code) > 0]
     return {
         "available": True,
@@ -91,7 +89,6 @@ def kernel_info() -> dict[str, Any]:
         "forced_by": f"{ISA_VARIABLE}={os.environ[ISA_VARIABLE]}" if _forced_isa() else None,
         "openmp": bool(lib.eggs_nm_openmp()),
         "isas": isas,
-        "int16_activations": bool(lib.eggs_nm_int16()),
     }
 
 
@@ -281,15 +278,7 @@ class CompactLayer(_KernelLayer):
 
 
 class QuantCompactLayer(_KernelLayer):
-    """A quantized compact layer's kernel arguments: see :func:`nm_qlinear`.
-
-    ``int16_activations``: round each token's inputs to 16-bit integers (scale ``max|x| / 32767``)
-    and compute the products exactly in integers (AVX-512 VNNI), instead of dequantizing every
-    weight to fp32: faster, and no longer bit for bit the dequantized dense layer (each input moves by
-    at most ``max|x| / 65534``). Taken only where the CPU has VNNI, VBMI and VBMI2, the layer is
-    int4 or int8 without zero points with groups of whole 64-column steps, and the inputs are finite;
-    :attr:`int16_activations` says whether it was; otherwise the exact kernel runs.
-    """
+    """A quantized compact layer's kernel arguments: see :func:`nm_qlinear`."""
 
     def __init__(
         self,
@@ -301,7 +290,6 @@ class QuantCompactLayer(_KernelLayer):
         zeros: torch.Tensor | None = None,
         group_size: int | None = None,
         bias: torch.Tensor | None = None,
-        int16_activations: bool = False,
     ) -> None:
         lib = _library()
         self._kernel = lib.eggs_nm_qlinear_prepared
@@ -323,20 +311,6 @@ class QuantCompactLayer(_KernelLayer):
             _mask_info(lib, bitmask, self.rows, cols, self.kept),
         )
         self._arguments = (ctypes.addressof(self._layer),)
-        self.int16_activations = int16_activations and bool(lib.eggs_nm_int16()) and self._sum_groups(lib)
-
-    def _sum_groups(self, lib: ctypes.CDLL) -> bool:
-        """Switch to the int16-activation kernel, with the per-group sums of q - z it needs; False
-        (the exact kernel stays) for a layer it cannot take: int8 with zero points, or groups that
-        are not whole 64-column steps."""
-        groups = -(-self.cols // self.group_size)
-        self.sums = torch.empty((self.rows, groups), dtype=torch.int32)
-        if lib.eggs_nm_qlayer_sums(ctypes.addressof(self._layer), self.sums.data_ptr()) < 0:
-            del self.sums
-            return False
-        self._kernel = lib.eggs_nm_qlinear_int16_prepared
-        self._arguments = (ctypes.addressof(self._layer), self.sums.data_ptr())
-        return True
 
 
 def nm_linear(

@@ -150,13 +150,6 @@ class SparseNMLinear(nn.Module):
         self._prepared = True
         return self._layer
 
-    def derived_bytes(self) -> int:
-        """Bytes the CPU kernel keeps beside the buffers, derived from them (the per-group sums of
-        int16 activations), so that sizes count all a layer holds."""
-        layer = self._layer if self._prepared else self._prepare()
-        sums = getattr(layer, "sums", None)
-        return 0 if sums is None else sums.nbytes
-
     def dense_weight(self) -> torch.Tensor:
         """The (out, in) weight with zeros: rebuilt per call on CPU, cached on CUDA."""
         if not self.bitmask.is_cuda:
@@ -184,10 +177,10 @@ class SparseNMLinear(nn.Module):
             return self._semi.linear(x)
         return F.linear(x, self.dense_weight(), self.bias)
 
-    _PREPARED_FROM = ("values", "bitmask", "bias")  # what the prepared kernel arguments derive from
+    _BUFFERS = ("values", "bitmask", "bias")
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in self._PREPARED_FROM:  # a buffer or setting replaced: the prepared arguments are stale
+        if name in self._BUFFERS:  # a buffer replaced: the prepared pointers are stale
             self.__dict__["_prepared"] = False
         super().__setattr__(name, value)
 
@@ -237,13 +230,9 @@ class QuantSparseNMLinear(SparseNMLinear):
         dtype: the floating-point dtype of the dense path and the bias [default: float32].
         dense_above_tokens, sparse_from_tokens: as for :class:`SparseNMLinear`
             [default: :data:`QUANT_DENSE_ABOVE_TOKENS` for the bits and ``dtype``].
-        int16_activations: let the CPU kernel round each token's inputs to 16-bit integers and
-            multiply exactly in integers where the CPU has AVX-512 VNNI (see
-            :class:`~eggs_ptp.kernels.cpu.QuantCompactLayer`): faster, no longer bit for bit the
-            dequantized dense layer. The dense path (prefill) is unchanged [default: False].
     """
 
-    _PREPARED_FROM = ("qvalues", "bitmask", "scales", "zeros", "bias", "int16_activations")
+    _BUFFERS = ("qvalues", "bitmask", "scales", "zeros", "bias")
 
     def __init__(
         self,
@@ -256,7 +245,6 @@ class QuantSparseNMLinear(SparseNMLinear):
         dtype: torch.dtype = torch.float32,
         dense_above_tokens: int | None = None,
         sparse_from_tokens: int | None = None,
-        int16_activations: bool = False,
     ) -> None:
         nn.Module.__init__(self)  # SparseNMLinear.__init__ checks float values, which this layer has none of
         pattern = Pattern.parse(pattern) if isinstance(pattern, str) else pattern
@@ -282,7 +270,6 @@ class QuantSparseNMLinear(SparseNMLinear):
         self.in_features, self.out_features, self.pattern = in_features, out_features, pattern
         self.scheme, self.bits, self.group_size = grid.scheme, grid.scheme.bits, grid.scheme.group_size
         self.dense_above_tokens, self.sparse_from_tokens = dense_above_tokens, sparse_from_tokens
-        self.int16_activations = int16_activations
         self._dtype = dtype
         self.register_buffer("qvalues", qvalues.contiguous())
         self.register_buffer("bitmask", bitmask.contiguous())
@@ -329,15 +316,7 @@ class QuantSparseNMLinear(SparseNMLinear):
 
     def _kernel_layer(self) -> QuantCompactLayer:
         return QuantCompactLayer(
-            self.qvalues,
-            self.bits,
-            self.bitmask,
-            self.in_features,
-            self.scales,
-            self.zeros,
-            self.group_size,
-            self.bias,
-            self.int16_activations,
+            self.qvalues, self.bits, self.bitmask, self.in_features, self.scales, self.zeros, self.group_size, self.bias
         )
 
     def _rebuild(self) -> torch.Tensor:
@@ -363,8 +342,7 @@ class QuantSparseNMLinear(SparseNMLinear):
     def extra_repr(self) -> str:
         group = "row" if self.group_size is None else self.group_size
         symmetric = "symmetric" if self.scheme.symmetric else "asymmetric"
-        inputs = ", int16 activations" if self.int16_activations else ""
-        return f"{super().extra_repr()}, int{self.bits} {symmetric}, group={group}{inputs}"
+        return f"{super().extra_repr()}, int{self.bits} {symmetric}, group={group}"
 
 
 class QuantEmbedding(nn.Module):

@@ -34,11 +34,9 @@
  * two tokens; that was ~10% faster than gathering the inputs with table permutes, as AVX2 does.
  */
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
-/* ISA_INT16: returned, never requested, by a call that ran the int16-activation kernel. */
-enum { ISA_AUTO = 0, ISA_GENERIC = 1, ISA_AVX2 = 2, ISA_AVX512 = 3, ISA_INT16 = 4 };
+enum { ISA_AUTO = 0, ISA_GENERIC = 1, ISA_AVX2 = 2, ISA_AVX512 = 3 };
 enum { DTYPE_F32 = 0, DTYPE_BF16 = 1 };
 enum { ERR_ISA = -1, ERR_DTYPE = -2, ERR_BITMASK = -3, ERR_GROUP = -4 };
 
@@ -301,10 +299,8 @@ __attribute__((target("popcnt"))) static int rows_consistent_popcnt(const layer_
 /* For mask byte m: PERMUTE[m][j] is the loaded value that lands in lane j, LANES[m][j] all ones
  * where column j is stored; for a byte of 4 stored columns COMPRESS[m][j] is the (j % 4)-th of them,
  * so one permute gathers their inputs into either half of a register. NIBBLE_BYTE[o][j] and
- * NIBBLE_SHIFT[o][j]: the byte and bit offset of the j-th 4-bit value from nibble o (0 or 1) on;
- * NIBBLE_ORDER[o][j] its byte, + 64 for a high nibble (a vpermt2b index over low, then high nibbles). */
+ * NIBBLE_SHIFT[o][j]: the byte and bit offset of the j-th 4-bit value from nibble o (0 or 1) on. */
 static int32_t PERMUTE[256][8], LANES[256][8], COMPRESS[256][8], NIBBLE_BYTE[2][16], NIBBLE_SHIFT[2][16];
-static uint8_t NIBBLE_ORDER[2][64];
 
 __attribute__((constructor)) static void init_tables(void) {
     for (int m = 0; m < 256; m++) {
@@ -323,9 +319,6 @@ __attribute__((constructor)) static void init_tables(void) {
             NIBBLE_BYTE[o][j] = (o + j) >> 1;
             NIBBLE_SHIFT[o][j] = 4 * ((o + j) & 1);
         }
-    for (int o = 0; o < 2; o++)
-        for (int j = 0; j < 64; j++)
-            NIBBLE_ORDER[o][j] = (uint8_t)(((o + j) >> 1) + ((o + j) & 1 ? 64 : 0));
 }
 
 /* ---------------------------------------------------------------- AVX2 */
@@ -1119,127 +1112,6 @@ AVX512 static void qdecompress_avx512(const layer_t *layer, int64_t r0, int64_t 
     }
 }
 
-
-/* ---------------------------------------------------------------- int16 activations (AVX-512 VNNI) */
-
-/* Opt-in: each token's inputs rounded to 16-bit integers, x ~ sx * xq with sx = max|x| / 32767, so
- * that a row's dot product is integer arithmetic, exact, on VNNI (vpdpbusd: 64 byte products per
- * instruction), instead of dequantizing every weight to fp32. xq + 32768 is split into a high and a
- * low unsigned byte; with w = q - z the stored integers,
- *   sum w xq = 256 sum w hi + sum w lo - 32768 sum w
- * per group, the last sum fixed per layer (eggs_nm_qlayer_sums). The error is that of rounding
- * the inputs (at most max|x| / 65534 each), not of the weights, which stay exact. The weights are
- * spread to their columns by a byte expand (vpexpandb, VBMI2), 64 columns per step. */
-typedef struct {
-    qlayer_t q;
-    const uint8_t *hi, *lo; /* (tokens, padded) */
-    const float *xscale;    /* (tokens) */
-    const int32_t *sums;    /* (rows, groups) sum of q - z over the stored values */
-    int64_t padded;         /* cols rounded up to 64 */
-} a16layer_t;
-
-#define VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi,avx512vbmi2,fma,popcnt")))
-
-/* Mask bits of the (up to) 64 columns from c (a multiple of 64), cut at the row's end. */
-INLINE uint64_t mask64(const uint8_t *mask, int64_t c, int64_t cols) {
-    uint64_t m = 0;
-    const int64_t left = cols - c;
-    memcpy(&m, mask + (c >> 3), left >= 64 ? 8 : (size_t)((left + 7) >> 3));
-    return left >= 64 ? m : m & ((1ull << left) - 1ull);
-}
-
-/* The inputs of each token as bytes hi and lo of xq + 32768 (zeros past cols), and their scales;
- * 0 if some input is NaN or infinite (the caller then takes the float kernel). */
-VNNI static int split_inputs(const float *x, int64_t tokens, int64_t cols, int64_t padded, uint8_t *hi, uint8_t *lo,
-                             float *xscale) {
-    for (int64_t t = 0; t < tokens; t++) {
-        const float *row = x + t * cols;
-        __m512 most = _mm512_setzero_ps();
-        __mmask16 nan = 0;
-        for (int64_t c = 0; c < cols; c += 16) {
-            const __m512 v = _mm512_maskz_loadu_ps(lanes16(cols - c), row + c);
-            most = _mm512_max_ps(most, _mm512_abs_ps(v));
-            nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-        }
-        const float top = _mm512_reduce_max_ps(most);
-        if (nan || !(top <= 3.4028234663852886e38f))
-            return 0;
-        xscale[t] = top / 32767.0f;
-        const __m512 inverse = _mm512_set1_ps(top > 0.0f ? 32767.0f / top : 0.0f);
-        for (int64_t c = 0; c < padded; c += 16) {
-            const __mmask16 lanes = c < cols ? lanes16(cols - c) : 0;
-            __m512i u = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, row + c), inverse));
-            u = _mm512_maskz_add_epi32(lanes, u, _mm512_set1_epi32(32768));
-            _mm_storeu_si128((__m128i *)(hi + t * padded + c), _mm512_cvtepi32_epi8(_mm512_srli_epi32(u, 8)));
-            _mm_storeu_si128((__m128i *)(lo + t * padded + c), _mm512_cvtepi32_epi8(u));
-        }
-    }
-    return 1;
-}
-
-/* The signed weights q - z of the 64 columns from value k on whose mask bits are m, as bytes in
- * their columns (zeros elsewhere). int4: the nibbles of the (at most 33) bytes holding them are
- * put in order by one two-register byte permute (NIBBLE_ORDER: from nibble 0 or 1 of the first). */
-VNNI INLINE __m512i a16_weights(const uint8_t *row, int64_t k, uint64_t m, __m512i zero, const int bits) {
-    const int64_t count = __builtin_popcountll(m);
-    if (bits == 8)
-        return _mm512_maskz_expandloadu_epi8(m, row + k);
-    const int64_t odd = k & 1, bytes = (odd + count + 1) >> 1;
-    const __m512i packed = _mm512_maskz_loadu_epi8(bytes >= 64 ? ~0ull : (1ull << bytes) - 1ull, row + (k >> 1));
-    const __m512i low = _mm512_and_si512(packed, _mm512_set1_epi8(15));
-    const __m512i high = _mm512_and_si512(_mm512_srli_epi16(packed, 4), _mm512_set1_epi8(15));
-    const __m512i q = _mm512_permutex2var_epi8(low, _mm512_loadu_si512(NIBBLE_ORDER[odd]), high);
-    return _mm512_maskz_expand_epi8(m, _mm512_sub_epi8(q, zero));
-}
-
-/* One row against nt tokens: per group, two int32 chains per token (high and low input bytes),
- * combined exactly in int64 and scaled in double. */
-VNNI INLINE void a16_row(const qlayer_t *Q, int64_t r, int64_t t0, const int nt, const int bits) {
-    const a16layer_t *A = (const a16layer_t *)Q;
-    const layer_t *layer = &Q->base;
-    const int64_t cols = layer->cols;
-    const uint8_t *row = layer->values + r * Q->stride, *mask = layer->bitmask + r * layer->mask_stride;
-    double total[8];
-    for (int t = 0; t < nt; t++)
-        total[t] = 0.0;
-    for (int64_t g = 0, c = 0, k = 0; c < cols; g++) {
-        const int64_t end = group_end(Q, c);
-        const __m512i zero = _mm512_set1_epi8((char)group_zero(Q, r, g));
-        __m512i high[8], low[8];
-        for (int t = 0; t < nt; t++)
-            high[t] = low[t] = _mm512_setzero_si512();
-        for (; c < end; c += 64) {
-            const uint64_t m = mask64(mask, c, cols);
-            const __m512i w = a16_weights(row, k, m, zero, bits);
-            k += __builtin_popcountll(m);
-            for (int t = 0; t < nt; t++) {
-                const int64_t at = (t0 + t) * A->padded + c;
-                high[t] = _mm512_dpbusd_epi32(high[t], _mm512_loadu_si512(A->hi + at), w);
-                low[t] = _mm512_dpbusd_epi32(low[t], _mm512_loadu_si512(A->lo + at), w);
-            }
-        }
-        const double scale = group_scale(Q, r, g);
-        const int64_t offset = 32768 * (int64_t)A->sums[r * Q->groups + g];
-        for (int t = 0; t < nt; t++)
-            total[t] += scale * (double)(256 * (int64_t)_mm512_reduce_add_epi32(high[t]) +
-                                         (int64_t)_mm512_reduce_add_epi32(low[t]) - offset);
-    }
-    for (int t = 0; t < nt; t++)
-        layer->out[(t0 + t) * layer->rows + r] =
-            (float)(total[t] * A->xscale[t0 + t]) + (layer->bias ? layer->bias[r] : 0.0f);
-}
-
-VNNI static void a16_rows(const layer_t *layer, int64_t r0, int64_t r1) {
-    const qlayer_t *L = (const qlayer_t *)layer;
-    for (int64_t r = r0; r < r1; r++) {
-        prefetch_row(layer, r + PREFETCH_ROWS, r1, L->stride);
-        for (int64_t t0 = 0; t0 < layer->tokens; t0 += 8) {
-            int64_t nt = layer->tokens - t0 < 8 ? layer->tokens - t0 : 8;
-            QUANT_BITS(TOKENS_8, a16_row)
-        }
-    }
-}
-
 #endif
 
 /* ---------------------------------------------------------------- dispatch */
@@ -1468,90 +1340,4 @@ int eggs_nm_qlinear_prepared(const float *x, int64_t tokens, const eggs_nm_qlaye
         return error ? error : isa;
     error = split_rows(&Q.base, NULL, KERNELS[isa].qrows, threads, P->rows * P->kept * tokens);
     return error ? error : isa;
-}
-
-/* ---------------------------------------------------------------- int16 activations */
-
-/* Whether this CPU runs the int16-activation kernel (AVX-512 with VNNI, VBMI and VBMI2). */
-int eggs_nm_int16(void) {
-#ifdef HAVE_X86
-    __builtin_cpu_init();
-    return best_isa() == ISA_AVX512 && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi") &&
-           __builtin_cpu_supports("avx512vbmi2");
-#else
-    return 0;
-#endif
-}
-
-/* The prepared layer as the int16 kernel's qlayer_t, or an error: ERR_DTYPE for int8 with zero
- * points (q - z may not fit a byte), ERR_GROUP unless its groups are whole 64-column steps. */
-static int int16_layer(qlayer_t *Q, const eggs_nm_qlayer *P) {
-    const qlayer_t base = {.base = {NULL, P->qvalues, P->bitmask, P->bias, NULL, NULL, 0, P->rows, P->cols, P->kept,
-                                    (P->cols + 7) / 8, 1, P->mask_info}};
-    *Q = base;
-    int error = quant_layer(Q, (int)P->bits, P->scales, P->zeros, P->group_size);
-    if (!error && Q->bits == 8 && Q->zeros)
-        error = ERR_DTYPE;
-    if (!error && Q->group_size < P->cols && Q->group_size % 64)
-        error = ERR_GROUP;
-    return error;
-}
-
-/* The sum of q - z over each group's stored values (rows, groups), which the int16 kernel
- * subtracts once per group; 0, or int16_layer's error, or ERR_DTYPE for an int4 zero point above
- * 15. The mask must have been checked (eggs_nm_mask_info). */
-int eggs_nm_qlayer_sums(const eggs_nm_qlayer *P, int32_t *sums) {
-    qlayer_t Q;
-    int error = int16_layer(&Q, P);
-    if (error)
-        return error;
-    for (int64_t r = 0; r < Q.base.rows; r++) {
-        const uint8_t *row = Q.base.values + r * Q.stride, *mask = Q.base.bitmask + r * Q.base.mask_stride;
-        for (int64_t g = 0; g < Q.groups; g++)
-            sums[r * Q.groups + g] = 0;
-        for (int64_t c = 0, k = 0; c < Q.base.cols; c++) {
-            if (!bit(mask, c))
-                continue;
-            const int64_t g = c / Q.group_size;
-            const int32_t zero = group_zero(&Q, r, g);
-            if (zero > 15 && Q.bits == 4)
-                return ERR_DTYPE;
-            sums[r * Q.groups + g] += qvalue(row, k++, Q.bits) - zero;
-        }
-    }
-    return 0;
-}
-
-/* eggs_nm_qlinear_prepared with each token's inputs rounded to 16-bit integers (see "int16
- * activations" above), returning ISA_INT16, where the CPU has it (eggs_nm_int16), `requested_isa`
- * is auto or avx512, and every input is finite; otherwise eggs_nm_qlinear_prepared, exact. sums:
- * from eggs_nm_qlayer_sums for this layer. */
-int eggs_nm_qlinear_int16_prepared(const float *x, int64_t tokens, const eggs_nm_qlayer *P, const int32_t *sums,
-                                   float *out, int threads, int requested_isa) {
-#ifdef HAVE_X86
-    static int supported = -1;
-    if (supported < 0)
-        supported = eggs_nm_int16();
-    a16layer_t A = {.sums = sums, .padded = (P->cols + 63) / 64 * 64};
-    if (supported && eggs_nm_isa(requested_isa) == ISA_AVX512 && tokens > 0 && P->rows > 0 && !int16_layer(&A.q, P)) {
-        uint8_t *bytes = malloc((size_t)(2 * tokens * A.padded));
-        float *xscale = malloc((size_t)tokens * sizeof(float));
-        int error = 1;
-        if (bytes && xscale && split_inputs(x, tokens, P->cols, A.padded, bytes, bytes + tokens * A.padded, xscale)) {
-            A.q.base.x = x;
-            A.q.base.out = out;
-            A.q.base.tokens = tokens;
-            A.hi = bytes;
-            A.lo = bytes + tokens * A.padded;
-            A.xscale = xscale;
-            error = split_rows(&A.q.base, NULL, a16_rows, threads, P->rows * P->kept * tokens);
-            error = error ? error : ISA_INT16;
-        }
-        free(bytes);
-        free(xscale);
-        if (error != 1)
-            return error;
-    }
-#endif
-    return eggs_nm_qlinear_prepared(x, tokens, P, out, threads, requested_isa);
 }

@@ -7,7 +7,6 @@ bitmask and grid when the folder is quantized), never a dense copy.
 
 from __future__ import annotations
 
-import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from eggs_ptp.formats.compact import (
     read_compact_tensors,
     take_grid,
 )
-from eggs_ptp.kernels.cpu import kernel_info
 from eggs_ptp.kernels.linear import QuantEmbedding, QuantSparseNMLinear, SparseNMLinear
 from eggs_ptp.pattern import Pattern
 from eggs_ptp.quant import head_scheme
@@ -42,7 +40,6 @@ def _swap_in_sparse(
     pattern: Pattern,
     state: dict[str, torch.Tensor],
     dtype: torch.dtype | None,
-    int16_activations: bool,
 ) -> None:
     """Replace each packed linear layer of ``model`` by a SparseNMLinear holding its compact tensors, and
     rename their keys in ``state`` to the new module's buffers (same tensors, so loading copies nothing).
@@ -59,15 +56,7 @@ def _swap_in_sparse(
         else:
             qvalues, grid = state.pop(f"{name}.weight.qvalues"), take_grid(layer, scheme, state)
             build = partial(
-                QuantSparseNMLinear,
-                qvalues,
-                bitmask,
-                cols,
-                pattern,
-                grid,
-                bias,
-                dtype or layer_dtype(layer),
-                int16_activations=int16_activations,
+                QuantSparseNMLinear, qvalues, bitmask, cols, pattern, grid, bias, dtype or layer_dtype(layer)
             )
         try:
             module = build()
@@ -75,7 +64,7 @@ def _swap_in_sparse(
             raise ValueError(f"{name}: {error}") from None
         _install(model, name, module, state)
     if record.get("head") is not None:
-        _swap_in_head(model, record["head"], state, dtype, int16_activations)
+        _swap_in_head(model, record["head"], state, dtype)
 
 
 def _swap_in_head(
@@ -83,7 +72,6 @@ def _swap_in_head(
     head: dict[str, Any],
     state: dict[str, torch.Tensor],
     dtype: torch.dtype | None,
-    int16_activations: bool,
 ) -> None:
     """The quantized output head as a QuantSparseNMLinear that stores every weight; a plain
     ``nn.Embedding`` tied to it becomes a QuantEmbedding reading the same integers, any other
@@ -98,7 +86,6 @@ def _swap_in_head(
         grid,
         state.pop(f"{name}.bias", None),
         dtype or layer_dtype(head),
-        int16_activations=int16_activations,
     )
     _install(model, name, module, state)
     if tied is None:
@@ -109,35 +96,13 @@ def _swap_in_head(
         state[f"{tied}.weight"] = module.dense_weight()
 
 
-def load_sparse(folder: Path, dtype: torch.dtype | None = None, int16_activations: bool = False) -> PreTrainedModel:
+def load_sparse(folder: Path, dtype: torch.dtype | None = None) -> PreTrainedModel:
     """A working causal LM (eval mode) from a packed folder, its pruned layers as SparseNMLinear
     (QuantSparseNMLinear for a quantized folder, and for its output head when that was quantized),
-    computing in ``dtype`` or the saved one.
-
-    ``int16_activations`` (quantized folders): the kernel rounds each token's inputs to 16-bit
-    integers where the CPU has AVX-512 VNNI, which is faster and no longer bit for bit the
-    dequantized dense model (see :class:`~eggs_ptp.kernels.linear.QuantSparseNMLinear`); a CPU
-    without it runs the exact kernel, with one warning."""
+    computing in ``dtype`` or the saved one."""
     folder = Path(folder)
     record, pattern, state = read_compact_tensors(folder)
-    if int16_activations:
-        if compact_scheme(record) is None:
-            raise ValueError(
-                f"{folder} stores float values; int16 activations need a quantized folder "
-                "(pack one pruned with --quantize)"
-            )
-        if not kernel_info()["int16_activations"]:
-            warnings.warn(
-                "eggs-ptp: this CPU has no AVX-512 VNNI / VBMI2 (or the kernel is unavailable): "
-                "int16 activations fall back to the exact kernel",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-
-    def swap(model: PreTrainedModel) -> None:
-        _swap_in_sparse(model, record, pattern, state, dtype, int16_activations)
-
-    return model_from_state(folder, state, dtype, swap)
+    return model_from_state(folder, state, dtype, lambda model: _swap_in_sparse(model, record, pattern, state, dtype))
 
 
 __all__ = ["load_sparse"]
