@@ -29,9 +29,9 @@ from eggs_ptp.quant import SCALE_DTYPE, Grid
 
 # Tokens per call up to which the CPU kernel runs; above it, decompressing the weight for the call
 # and running dense F.linear (MKL / oneDNN) is faster. Measured on SmolLM2-135M's layer shapes on
-# the 2-core development machine: benchmarks/results/kernel_threshold.md, made by
+# the 2-core development machine (AMD Zen 5, AVX-512): benchmarks/results/kernel_threshold.md, made by
 # benchmarks/kernel_threshold.py. Other dtypes (fp16) have no kernel and always take the dense path.
-DENSE_ABOVE_TOKENS = {torch.float32: 16, torch.bfloat16: 12}
+DENSE_ABOVE_TOKENS = {torch.float32: 32, torch.bfloat16: 16}
 # The same for quantized layers, by stored bits and the dtype the layer computes in (same benchmark).
 QUANT_DENSE_ABOVE_TOKENS = {
     (8, torch.float32): 16,
