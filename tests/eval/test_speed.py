@@ -6,11 +6,13 @@ import torch
 from eggs_ptp.eval.speed import BenchSettings, interleaved_times, ratios, render_markdown, run_bench
 from eggs_ptp.formats import save_pruned
 from eggs_ptp.formats.compact import pack_checkpoint
+from eggs_ptp.kernels import DENSE_ABOVE_TOKENS
 from eggs_ptp.methods import method_config
 
 from helpers import pruned_checkpoint, pruned_tiny
 
-SETTINGS = BenchSettings(tokens=(1, 20), repeats=2, prompt_tokens=8, new_tokens=6, threads=(1, 2))
+MANY = DENSE_ABOVE_TOKENS[torch.float32] + 1  # one token past the fp32 kernel's crossover: the dense path
+SETTINGS = BenchSettings(tokens=(1, MANY), repeats=2, prompt_tokens=8, new_tokens=6, threads=(1, 2))
 FP = ["dense", "dense bf16", "dense int8 (torch dynamic)", "compact 2:4", "compact 2:4 bf16"]
 INT8 = "compact 2:4 + int8 per channel"
 
@@ -60,15 +62,15 @@ def test_one_row_per_layer_shape_and_token_count(result):
         rows = run["layers"]
         assert [(r["shape"], r["layers"], r["tokens"]) for r in rows] == [
             ([32, 32], 4, 1),
-            ([32, 32], 4, 20),
+            ([32, 32], 4, MANY),
             ([16, 32], 4, 1),
-            ([16, 32], 4, 20),
+            ([16, 32], 4, MANY),
             ([64, 32], 4, 1),
-            ([64, 32], 4, 20),
+            ([64, 32], 4, MANY),
             ([32, 64], 2, 1),
-            ([32, 64], 2, 20),
+            ([32, 64], 2, MANY),
         ]
-        assert {r["tokens"]: r["paths"]["compact 2:4"] for r in rows} == {1: "kernel", 20: "dense"}
+        assert {r["tokens"]: r["paths"]["compact 2:4"] for r in rows} == {1: "kernel", MANY: "dense"}
         for row in rows:
             assert row["time_ratio"]["dense"] == {"min": 1.0, "median": 1.0, "max": 1.0}
             for label in [*FP, INT8]:
